@@ -1,0 +1,98 @@
+"""Grouped-query self-attention with RoPE, optional QK-norm, biases and sliding windows.
+
+Masks are built from positions and segment ids, so one code path serves padded batches
+(segment 0 = padding), packed sequences (one segment id per example), and KV-cache decoding
+(cache slots carry their own positions and segment ids).
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from align_jax.models.config import ModelConfig
+from align_jax.models.layers import RMSNorm, param
+from align_jax.models.rope import apply_rope
+
+_MASK_VALUE = -0.7 * float(jnp.finfo(jnp.float32).max)
+
+
+def attention_mask(
+    q_positions: jax.Array,  # [B, T] int
+    q_segments: jax.Array,  # [B, T] int, 0 = padding
+    k_positions: jax.Array,  # [B, S] int
+    k_segments: jax.Array,  # [B, S] int, 0 = empty / padding
+    sliding_window: int | None,
+) -> jax.Array:  # [B, T, S] bool
+    """Causal, same-segment (and optionally windowed) attention mask."""
+    delta = q_positions[:, :, None] - k_positions[:, None, :]
+    mask = (delta >= 0) & (q_segments[:, :, None] == k_segments[:, None, :])
+    mask &= k_segments[:, None, :] != 0
+    if sliding_window is not None:
+        mask &= delta < sliding_window
+    return mask
+
+
+def dot_product_attention(
+    q: jax.Array,  # [B, T, N, H]
+    k: jax.Array,  # [B, S, K, H]
+    v: jax.Array,  # [B, S, K, H]
+    mask: jax.Array,  # [B, T, S] bool
+    scale: float,
+    softcap: float | None = None,
+) -> jax.Array:  # [B, T, N, H]
+    """Softmax attention in float32; query heads grouped over the K key/value heads."""
+    b, t, n, h = q.shape
+    kv_heads = k.shape[2]
+    q = q.reshape(b, t, kv_heads, n // kv_heads, h)
+    scores = jnp.einsum("btkgh,bskh->bkgts", q, k, preferred_element_type=jnp.float32) * scale
+    if softcap is not None:
+        scores = softcap * jnp.tanh(scores / softcap)
+    scores = jnp.where(mask[:, None, None], scores, _MASK_VALUE)
+    probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
+    out = jnp.einsum("bkgts,bskh->btkgh", probs, v)
+    return out.reshape(b, t, n, h)
+
+
+class Attention(nnx.Module):
+    def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
+        d, n, k, h, dt = (
+            cfg.hidden_size,
+            cfg.num_heads,
+            cfg.num_kv_heads,
+            cfg.head_dim,
+            cfg.jnp_param_dtype,
+        )
+        self.q = param(rngs, (d, n, h), ("embed", "heads", "head_dim"), dt)
+        self.k = param(rngs, (d, k, h), ("embed", "kv_heads", "head_dim"), dt)
+        self.v = param(rngs, (d, k, h), ("embed", "kv_heads", "head_dim"), dt)
+        self.o = param(rngs, (n, h, d), ("heads", "head_dim", "embed"), dt)
+        if cfg.qkv_bias:
+            self.q_bias = param(rngs, (n, h), ("heads", "head_dim"), dt, zeros=True)
+            self.k_bias = param(rngs, (k, h), ("kv_heads", "head_dim"), dt, zeros=True)
+            self.v_bias = param(rngs, (k, h), ("kv_heads", "head_dim"), dt, zeros=True)
+        if cfg.qk_norm:
+            self.q_norm = RMSNorm(h, "head_dim", cfg, rngs=rngs)
+            self.k_norm = RMSNorm(h, "head_dim", cfg, rngs=rngs)
+        self.cfg = cfg
+        scalar = cfg.query_pre_attn_scalar or cfg.head_dim
+        self.scale = float(scalar) ** -0.5
+
+    def project_qkv(self, x: jax.Array, positions: jax.Array, inv_freq: jax.Array):
+        """x [B, T, D] -> rotated q [B, T, N, H], rotated k and v [B, T, K, H]."""
+        dt = self.cfg.jnp_dtype
+        q = jnp.einsum("btd,dnh->btnh", x, self.q[...].astype(dt))
+        k = jnp.einsum("btd,dkh->btkh", x, self.k[...].astype(dt))
+        v = jnp.einsum("btd,dkh->btkh", x, self.v[...].astype(dt))
+        if self.cfg.qkv_bias:
+            q = q + self.q_bias[...].astype(dt)
+            k = k + self.k_bias[...].astype(dt)
+            v = v + self.v_bias[...].astype(dt)
+        if self.cfg.qk_norm:
+            q, k = self.q_norm(q), self.k_norm(k)
+        return apply_rope(q, positions, inv_freq), apply_rope(k, positions, inv_freq), v
+
+    def output(self, attended: jax.Array) -> jax.Array:
+        """[B, T, N, H] -> [B, T, D]."""
+        return jnp.einsum("btnh,nhd->btd", attended, self.o[...].astype(self.cfg.jnp_dtype))

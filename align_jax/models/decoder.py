@@ -1,0 +1,237 @@
+"""The decoder-only transformer shared by every family (Llama, Qwen2, Gemma 3), in Flax NNX.
+
+Layer parameters are stored stacked, with a leading ``layers`` axis, so the forward can run as
+one ``lax.scan`` over layers (fast compiles) or as an unrolled Python loop (``scan_layers=False``)
+over the same parameters. Per-layer differences (Gemma's sliding/global layers with different
+RoPE bases) are scanned-over inputs, not different modules.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from align_jax.models.attention import Attention, attention_mask, dot_product_attention
+from align_jax.models.config import ModelConfig
+from align_jax.models.layers import GatedMLP, RMSNorm, param
+from align_jax.models.rope import inverse_frequencies
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass
+class KVCache:
+    """Pre-allocated keys/values of every layer plus the position and segment of each slot."""
+
+    k: jax.Array  # [L, B, S, K, H]
+    v: jax.Array  # [L, B, S, K, H]
+    positions: jax.Array  # [B, S] int32
+    segment_ids: jax.Array  # [B, S] int32, 0 = empty
+    index: jax.Array  # [] int32, next slot to write
+
+    @classmethod
+    def init(cls, cfg: ModelConfig, batch: int, max_len: int, dtype=None) -> "KVCache":
+        dtype = dtype or cfg.jnp_dtype
+        shape = (cfg.num_layers, batch, max_len, cfg.num_kv_heads, cfg.head_dim)
+        return cls(
+            k=jnp.zeros(shape, dtype),
+            v=jnp.zeros(shape, dtype),
+            positions=jnp.zeros((batch, max_len), jnp.int32),
+            segment_ids=jnp.zeros((batch, max_len), jnp.int32),
+            index=jnp.zeros((), jnp.int32),
+        )
+
+    @property
+    def max_len(self) -> int:
+        return self.k.shape[2]
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass
+class DecoderOutput:
+    logits: jax.Array | None  # [B, T, V]; None when return_logits=False
+    final_hidden: jax.Array  # [B, T, D] after the final norm (what the unembedding reads)
+    hidden_states: jax.Array | None  # [L + 1, B, T, D]: embeddings, then each block's output
+    cache: KVCache | None
+
+
+class Block(nnx.Module):
+    """Pre-norm transformer block; Gemma adds post-norms ("sandwich") around both sublayers."""
+
+    def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
+        self.attn_norm = RMSNorm(cfg.hidden_size, "embed", cfg, rngs=rngs)
+        self.attn = Attention(cfg, rngs=rngs)
+        self.mlp_norm = RMSNorm(cfg.hidden_size, "embed", cfg, rngs=rngs)
+        self.mlp = GatedMLP(cfg, rngs=rngs)
+        if cfg.sandwich_norm:
+            self.attn_post_norm = RMSNorm(cfg.hidden_size, "embed", cfg, rngs=rngs)
+            self.mlp_post_norm = RMSNorm(cfg.hidden_size, "embed", cfg, rngs=rngs)
+        self.cfg = cfg
+
+    def __call__(self, x, positions, inv_freq, mask, cache_kv=None, cache_index=None):
+        """x [B, T, D] -> (x, (k, v)); with a cache, (k, v) are the updated cache rows."""
+        h = self.attn_norm(x)
+        q, k, v = self.attn.project_qkv(h, positions, inv_freq)
+        if cache_kv is not None:
+            cache_k, cache_v = cache_kv
+            k = jax.lax.dynamic_update_slice(cache_k, k.astype(cache_k.dtype), (0, cache_index, 0, 0))
+            v = jax.lax.dynamic_update_slice(cache_v, v.astype(cache_v.dtype), (0, cache_index, 0, 0))
+        attended = dot_product_attention(
+            q, k.astype(q.dtype), v.astype(q.dtype), mask, self.attn.scale, self.cfg.attn_logit_softcap
+        )
+        h = self.attn.output(attended)
+        if self.cfg.sandwich_norm:
+            h = self.attn_post_norm(h)
+        x = x + h
+        h = self.mlp(self.mlp_norm(x))
+        if self.cfg.sandwich_norm:
+            h = self.mlp_post_norm(h)
+        return x + h, (k, v)
+
+
+def _stacked_blocks(cfg: ModelConfig, rngs: nnx.Rngs) -> Block:
+    """L independently initialised blocks whose parameters share a leading ``layers`` axis."""
+    keys = jax.random.split(rngs.params(), cfg.num_layers)
+    graphdef = nnx.graphdef(nnx.eval_shape(lambda: Block(cfg, rngs=nnx.Rngs(0))))
+    state = jax.vmap(lambda key: nnx.state(Block(cfg, rngs=nnx.Rngs(params=key))))(keys)
+    for _, variable in nnx.to_flat_state(state):
+        variable.set_metadata("axes", ("layers",) + tuple(variable.get_metadata()["axes"]))
+    return nnx.merge(graphdef, state)
+
+
+_REMAT_POLICIES = {
+    "full": None,
+    "dots": jax.checkpoint_policies.checkpoint_dots,
+}
+
+
+class Decoder(nnx.Module):
+    def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
+        dt = cfg.jnp_param_dtype
+        self.embed = param(rngs, (cfg.vocab_size, cfg.hidden_size), ("vocab", "embed"), dt)
+        self.blocks = _stacked_blocks(cfg, rngs)
+        self.final_norm = RMSNorm(cfg.hidden_size, "embed", cfg, rngs=rngs)
+        if not cfg.tie_embeddings:
+            self.lm_head = param(rngs, (cfg.hidden_size, cfg.vocab_size), ("embed", "vocab"), dt)
+        self.cfg = cfg
+
+    # -- pieces -------------------------------------------------------------------------
+    def embed_tokens(self, tokens: jax.Array) -> jax.Array:  # [B, T] -> [B, T, D]
+        x = jnp.take(self.embed[...], tokens, axis=0).astype(self.cfg.jnp_dtype)
+        if self.cfg.embed_scale:
+            x = x * jnp.asarray(self.cfg.hidden_size**0.5, x.dtype)
+        return x
+
+    def unembedding(self) -> jax.Array:  # [D, V]
+        if self.cfg.tie_embeddings:
+            return self.embed[...].T
+        return self.lm_head[...]
+
+    def logits_from_hidden(self, h: jax.Array) -> jax.Array:  # [..., D] -> [..., V]
+        logits = h @ self.unembedding().astype(h.dtype)
+        cap = self.cfg.final_logit_softcap
+        if cap is not None:
+            logits = cap * jnp.tanh(logits / cap)
+        return logits
+
+    # -- forward ------------------------------------------------------------------------
+    def __call__(
+        self,
+        tokens: jax.Array,  # [B, T] int
+        positions: jax.Array | None = None,  # [B, T] int; default 0..T-1
+        segment_ids: jax.Array | None = None,  # [B, T] int; 0 = padding; default all 1
+        *,
+        cache: KVCache | None = None,
+        return_logits: bool = True,
+        return_hidden_states: bool = False,
+    ) -> DecoderOutput:
+        """Runs the decoder. With ``cache``, the T new tokens are written at ``cache.index``."""
+        cfg = self.cfg
+        b, t = tokens.shape
+        if positions is None:
+            positions = jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32), (b, t))
+        if segment_ids is None:
+            segment_ids = jnp.ones((b, t), jnp.int32)
+        if cache is not None:
+            idx = cache.index
+            k_positions = jax.lax.dynamic_update_slice(cache.positions, positions.astype(jnp.int32), (0, idx))
+            k_segments = jax.lax.dynamic_update_slice(cache.segment_ids, segment_ids.astype(jnp.int32), (0, idx))
+        else:
+            k_positions, k_segments = positions, segment_ids
+
+        full_mask = attention_mask(positions, segment_ids, k_positions, k_segments, None)
+        sliding = np.asarray(cfg.layer_is_sliding)
+        global_inv = jnp.asarray(inverse_frequencies(cfg.head_dim, cfg.rope_theta, cfg.rope_scaling))
+        if sliding.any():
+            local_mask = attention_mask(positions, segment_ids, k_positions, k_segments, cfg.sliding_window)
+            local_inv = jnp.asarray(
+                inverse_frequencies(
+                    cfg.head_dim, cfg.local_rope_theta or cfg.rope_theta, cfg.local_rope_scaling
+                )
+            )
+
+        x = self.embed_tokens(tokens)
+        graphdef, block_state = nnx.split(self.blocks)
+
+        def layer(x, per_layer):
+            state, is_sliding, kv = per_layer
+            block = nnx.merge(graphdef, state)
+            if sliding.any():
+                mask = jnp.where(is_sliding, local_mask, full_mask)
+                inv = jnp.where(is_sliding, local_inv, global_inv)
+            else:
+                mask, inv = full_mask, global_inv
+            index = cache.index if cache is not None else None
+            x, new_kv = block(x, positions, inv, mask, kv, index)
+            return x, (x if return_hidden_states else None, new_kv if cache is not None else None)
+
+        if cfg.remat != "none":
+            layer = jax.checkpoint(layer, policy=_REMAT_POLICIES[cfg.remat], prevent_cse=not cfg.scan_layers)
+        kv_in = (cache.k, cache.v) if cache is not None else None
+        xs = (block_state, jnp.asarray(sliding), kv_in)
+        if cfg.scan_layers:
+            x, (hidden, new_kv) = jax.lax.scan(layer, x, xs)
+        else:
+            outs = []
+            for i in range(cfg.num_layers):
+                x, out = layer(x, jax.tree.map(lambda a: a[i], xs))
+                outs.append(out)
+            hidden, new_kv = jax.tree.map(lambda *a: jnp.stack(a), *outs) if outs else (None, None)
+
+        new_cache = None
+        if cache is not None:
+            new_cache = KVCache(
+                k=new_kv[0],
+                v=new_kv[1],
+                positions=k_positions,
+                segment_ids=k_segments,
+                index=cache.index + t,
+            )
+        hidden_states = None
+        if return_hidden_states:
+            hidden_states = jnp.concatenate([self.embed_tokens(tokens)[None], hidden], axis=0)
+        h = self.final_norm(x)
+        logits = self.logits_from_hidden(h) if return_logits else None
+        return DecoderOutput(logits=logits, final_hidden=h, hidden_states=hidden_states, cache=new_cache)
+
+
+def init_decoder(cfg: ModelConfig, seed: int = 0) -> Decoder:
+    """A randomly initialised decoder (tests, speed benchmarks)."""
+    return Decoder(cfg, rngs=nnx.Rngs(params=seed))
+
+
+def abstract_decoder(cfg: ModelConfig) -> Decoder:
+    """The decoder's structure with ShapeDtypeStructs instead of arrays (no memory used)."""
+    return nnx.eval_shape(lambda: Decoder(cfg, rngs=nnx.Rngs(0)))
+
+
+def param_axes(model: nnx.Module) -> dict[tuple[Any, ...], tuple[str | None, ...]]:
+    """Flat path -> logical axis names of every parameter."""
+    return {
+        path: tuple(var.get_metadata()["axes"])
+        for path, var in nnx.to_flat_state(nnx.state(model, nnx.Param))
+    }
