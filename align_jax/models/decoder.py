@@ -9,6 +9,7 @@ RoPE bases) are scanned-over inputs, not different modules.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any
 
 import jax
@@ -149,7 +150,19 @@ class Decoder(nnx.Module):
         return_logits: bool = True,
         return_hidden_states: bool = False,
     ) -> DecoderOutput:
-        """Runs the decoder. With ``cache``, the T new tokens are written at ``cache.index``."""
+        """Runs the decoder. With ``cache``, the T new tokens are written at ``cache.index``.
+
+        The forward is one compiled program, cached by structure and shapes, so eager calls (in a
+        notebook) cost one compile per shape; inside an outer ``jit`` it is simply inlined.
+        """
+        graphdef, state = nnx.split(self)
+        return _compiled_forward(
+            graphdef, state, tokens, positions, segment_ids, cache,
+            return_logits=return_logits, return_hidden_states=return_hidden_states,
+        )
+
+    def forward(self, tokens, positions, segment_ids, cache, return_logits, return_hidden_states) -> DecoderOutput:
+        """The uncompiled forward (see ``__call__``)."""
         cfg = self.cfg
         b, t = tokens.shape
         if positions is None:
@@ -217,6 +230,12 @@ class Decoder(nnx.Module):
         h = self.final_norm(x)
         logits = self.logits_from_hidden(h) if return_logits else None
         return DecoderOutput(logits=logits, final_hidden=h, hidden_states=hidden_states, cache=new_cache)
+
+
+@functools.partial(jax.jit, static_argnames=("graphdef", "return_logits", "return_hidden_states"))
+def _compiled_forward(graphdef, state, tokens, positions, segment_ids, cache, *, return_logits, return_hidden_states):
+    model = nnx.merge(graphdef, state)
+    return model.forward(tokens, positions, segment_ids, cache, return_logits, return_hidden_states)
 
 
 def init_decoder(cfg: ModelConfig, seed: int = 0) -> Decoder:

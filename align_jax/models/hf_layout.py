@@ -108,7 +108,7 @@ def decoder_from_hf_tensors(
     loaded = {}
     for spec in _tensor_table(cfg):
         var = abstract[spec.path]
-        shape = tuple(var.value.shape)
+        shape = tuple(var.get_value().shape)
         layer_shape = shape[1:] if spec.per_layer else shape
         arrays = []
         for i in range(cfg.num_layers) if spec.per_layer else [None]:
@@ -149,7 +149,7 @@ def _expected_hf_shape(layer_shape: tuple[int, ...], spec: _Tensor) -> tuple[int
 def decoder_to_hf_tensors(model: Decoder) -> dict[str, np.ndarray]:
     """All parameters as HF-named numpy arrays ([out, in] linear weights)."""
     cfg = model.cfg
-    flat = {path: np.asarray(jax.device_get(var.value)) for path, var in nnx.to_flat_state(nnx.state(model, nnx.Param))}
+    flat = {path: np.asarray(jax.device_get(var.get_value())) for path, var in nnx.to_flat_state(nnx.state(model, nnx.Param))}
     out = {}
     for spec in _tensor_table(cfg):
         value = flat[spec.path]
@@ -268,6 +268,10 @@ def config_from_hf(hf: Mapping[str, Any], source: str = "config.json") -> ModelC
     )
 
 
+def _int_if_whole(x):
+    return int(x) if x is not None and float(x).is_integer() else x
+
+
 def _first(x):
     return x[0] if isinstance(x, (list, tuple)) else x
 
@@ -309,7 +313,7 @@ def config_to_hf(cfg: ModelConfig) -> dict[str, Any]:
     if cfg.family == "gemma3":
         hf.update(
             hidden_activation="gelu_pytorch_tanh",
-            query_pre_attn_scalar=cfg.query_pre_attn_scalar,
+            query_pre_attn_scalar=_int_if_whole(cfg.query_pre_attn_scalar),
             sliding_window=cfg.sliding_window,
             layer_types=["sliding_attention" if s else "full_attention" for s in cfg.layer_is_sliding],
             final_logit_softcapping=cfg.final_logit_softcap,

@@ -71,7 +71,7 @@ def param_shardings(model: nnx.Module, mesh: Mesh, rules: Rules = DEFAULT_RULES)
     out = {}
     for path, var in nnx.to_flat_state(nnx.state(model, nnx.Param)):
         axes = var.get_metadata()["axes"]
-        out[path] = NamedSharding(mesh, logical_to_spec(axes, mesh, rules, var.value.shape))
+        out[path] = NamedSharding(mesh, logical_to_spec(axes, mesh, rules, var.get_value().shape))
     return out
 
 
@@ -80,7 +80,7 @@ def state_shardings(state: nnx.State, mesh: Mesh, rules: Rules = DEFAULT_RULES) 
 
     def one(var):
         axes = var.get_metadata().get("axes")
-        spec = PartitionSpec() if axes is None else logical_to_spec(axes, mesh, rules, var.value.shape)
+        spec = PartitionSpec() if axes is None else logical_to_spec(axes, mesh, rules, var.get_value().shape)
         return var.replace(value=NamedSharding(mesh, spec))
 
     return jax.tree.map(one, state, is_leaf=lambda x: isinstance(x, nnx.Variable))
@@ -91,7 +91,7 @@ def shard_model(model: nnx.Module, mesh: Mesh, rules: Rules = DEFAULT_RULES) -> 
     graphdef, state = nnx.split(model)
     shardings = state_shardings(state, mesh, rules)
     state = jax.tree.map(
-        lambda v, s: v.replace(value=jax.device_put(v.value, s.value)),
+        lambda v, s: v.replace(value=jax.device_put(v.get_value(), s.get_value())),
         state,
         shardings,
         is_leaf=lambda x: isinstance(x, nnx.Variable),
