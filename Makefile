@@ -22,7 +22,7 @@ demo: $(STAMP)
 	$(PY) -m align_jax.demo
 
 test: $(STAMP)
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q -n 2 --dist loadfile tests
 
 clean:
 	rm -rf $(VENV)
