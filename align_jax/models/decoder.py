@@ -73,16 +73,14 @@ class Block(nnx.Module):
             self.mlp_post_norm = RMSNorm(cfg.hidden_size, "embed", cfg, rngs=rngs)
         self.cfg = cfg
 
-    def __call__(self, x, positions, inv_freq, mask, cache_kv=None, cache_index=None):
-        """x [B, T, D] -> (x, (k, v)); with a cache, (k, v) are the updated cache rows."""
-        h = self.attn_norm(x)
-        q, k, v = self.attn.project_qkv(h, positions, inv_freq)
-        if cache_kv is not None:
-            cache_k, cache_v = cache_kv
-            k = jax.lax.dynamic_update_slice(cache_k, k.astype(cache_k.dtype), (0, cache_index, 0, 0))
-            v = jax.lax.dynamic_update_slice(cache_v, v.astype(cache_v.dtype), (0, cache_index, 0, 0))
+    def qkv(self, x, positions, inv_freq):
+        """x [B, T, D] -> rotated q [B, T, N, H], k and v [B, T, K, H]."""
+        return self.attn.project_qkv(self.attn_norm(x), positions, inv_freq)
+
+    def finish(self, x, q, keys, values, mask):
+        """Attention of q over keys/values [B, S, K, H], then the MLP; returns the new x."""
         attended = dot_product_attention(
-            q, k.astype(q.dtype), v.astype(q.dtype), mask, self.attn.scale, self.cfg.attn_logit_softcap
+            q, keys.astype(q.dtype), values.astype(q.dtype), mask, self.attn.scale, self.cfg.attn_logit_softcap
         )
         h = self.attn.output(attended)
         if self.cfg.sandwich_norm:
@@ -91,7 +89,12 @@ class Block(nnx.Module):
         h = self.mlp(self.mlp_norm(x))
         if self.cfg.sandwich_norm:
             h = self.mlp_post_norm(h)
-        return x + h, (k, v)
+        return x + h
+
+    def __call__(self, x, positions, inv_freq, mask):
+        """x [B, T, D] -> x, attending over the T tokens themselves (no cache)."""
+        q, k, v = self.qkv(x, positions, inv_freq)
+        return self.finish(x, q, k, v, mask)
 
 
 def _stacked_blocks(cfg: ModelConfig, rngs: nnx.Rngs) -> Block:
@@ -190,40 +193,43 @@ class Decoder(nnx.Module):
         x = self.embed_tokens(tokens)
         graphdef, block_state = nnx.split(self.blocks)
 
-        def layer(x, per_layer):
-            state, is_sliding, kv = per_layer
+        def layer(carry, per_layer):
+            x, kv = carry
+            state, is_sliding, i = per_layer
             block = nnx.merge(graphdef, state)
             if sliding.any():
                 mask = jnp.where(is_sliding, local_mask, full_mask)
                 inv = jnp.where(is_sliding, local_inv, global_inv)
             else:
                 mask, inv = full_mask, global_inv
-            index = cache.index if cache is not None else None
-            x, new_kv = block(x, positions, inv, mask, kv, index)
-            return x, (x if return_hidden_states else None, new_kv if cache is not None else None)
+            q, k, v = block.qkv(x, positions, inv)
+            if kv is None:
+                keys, values = k, v
+            else:  # write the new rows into the stacked cache in place, then read this layer's slice
+                kv = tuple(
+                    jax.lax.dynamic_update_slice(c, new[None].astype(c.dtype), (i, 0, cache.index, 0, 0))
+                    for c, new in zip(kv, (k, v))
+                )
+                keys, values = kv[0][i], kv[1][i]
+            x = block.finish(x, q, keys, values, mask)
+            return (x, kv), (x if return_hidden_states else None)
 
         if cfg.remat != "none":
             layer = jax.checkpoint(layer, policy=_REMAT_POLICIES[cfg.remat], prevent_cse=not cfg.scan_layers)
-        kv_in = (cache.k, cache.v) if cache is not None else None
-        xs = (block_state, jnp.asarray(sliding), kv_in)
+        carry = (x, (cache.k, cache.v) if cache is not None else None)
+        xs = (block_state, jnp.asarray(sliding), jnp.arange(cfg.num_layers))
         if cfg.scan_layers:
-            x, (hidden, new_kv) = jax.lax.scan(layer, x, xs)
+            (x, kv), hidden = jax.lax.scan(layer, carry, xs)
         else:
             outs = []
             for i in range(cfg.num_layers):
-                x, out = layer(x, jax.tree.map(lambda a: a[i], xs))
+                carry, out = layer(carry, jax.tree.map(lambda a: a[i], xs))
                 outs.append(out)
-            hidden, new_kv = jax.tree.map(lambda *a: jnp.stack(a), *outs) if outs else (None, None)
+            (x, kv), hidden = carry, (jnp.stack(outs) if return_hidden_states else None)
 
         new_cache = None
         if cache is not None:
-            new_cache = KVCache(
-                k=new_kv[0],
-                v=new_kv[1],
-                positions=k_positions,
-                segment_ids=k_segments,
-                index=cache.index + t,
-            )
+            new_cache = KVCache(k=kv[0], v=kv[1], positions=k_positions, segment_ids=k_segments, index=cache.index + t)
         hidden_states = None
         if return_hidden_states:
             hidden_states = jnp.concatenate([self.embed_tokens(tokens)[None], hidden], axis=0)
