@@ -1,0 +1,247 @@
+"""Train state and the pure, sharded train/eval steps.
+
+``step(state, batch) -> (state, metrics)`` is jitted with explicit ``in_shardings`` /
+``out_shardings`` over the mesh and donates the state. Batches carry a leading micro-batch axis
+``[A, B, ...]``; gradients are accumulated over it with exact weighted reduction (each task
+returns a weighted-mean loss and its weight).
+
+Parameters live in three places of one pytree, all sharded by the same logical-axis rules:
+``params`` (trainable: the policy, or LoRA adapters; plus a reward head for reward models),
+``frozen`` (the LoRA base, when LoRA is on) and ``reference`` (the frozen reference policy, when
+the reference mode is "frozen"). Gradients only reach ``params``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable, Mapping
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import nnx
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from align_jax.models.decoder import Decoder
+from align_jax.parallel.rules import DEFAULT_RULES, Rules, logical_to_spec, state_shardings
+from align_jax.training import lora as lora_lib
+
+REFERENCE_MODES = ("frozen", "precomputed", "none")
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass
+class TrainState:
+    step: jax.Array  # [] int32
+    params: dict[str, Any]  # trainable: {"model": State} or {"lora": State}, optional "reward_head"
+    frozen: dict[str, Any]  # {"model": State} under LoRA, else {}
+    reference: Any  # nnx.State of the frozen reference policy, or None
+    opt_state: Any
+
+
+@dataclasses.dataclass(frozen=True)
+class StepSpec:
+    """Everything static about a step: model structure, loss, optimizer, reference handling."""
+
+    graphdef: Any  # nnx.GraphDef of the Decoder
+    task_loss: Callable[..., tuple[jax.Array, dict, jax.Array]]  # (model, batch[, head]) -> (loss, metrics, weight)
+    optimizer: optax.GradientTransformation
+    reference_mode: str = "none"
+    reference_fn: Callable[[Decoder, Mapping[str, jax.Array]], dict] | None = None  # frozen mode
+    lora: lora_lib.LoraConfig | None = None
+    uses_head: bool = False  # reward models: task_loss(model, head, batch)
+    reference_sync_every: int = 0  # TR-DPO: 0 = never update the reference
+    reference_sync_alpha: float = 1.0  # 1 = hard update, < 1 = soft (Polyak) update
+
+    def __post_init__(self):
+        if self.reference_mode not in REFERENCE_MODES:
+            raise ValueError(f"unknown reference mode {self.reference_mode!r}; valid: {REFERENCE_MODES}")
+        if self.reference_mode == "frozen" and self.reference_fn is None:
+            raise ValueError("reference mode 'frozen' needs a reference_fn")
+        if self.reference_sync_every and self.reference_mode != "frozen":
+            raise ValueError("TR-DPO reference updates need reference mode 'frozen'")
+
+
+def policy_state(spec: StepSpec, params: Mapping[str, Any], frozen: Mapping[str, Any]) -> nnx.State:
+    """The policy's full parameter state (LoRA adapters merged into the frozen base)."""
+    if spec.lora is None:
+        return params["model"]
+    return lora_lib.merge(frozen["model"], params["lora"], spec.lora)
+
+
+def init_state(spec: StepSpec, model_state: nnx.State, *, lora_key=None, reward_head=None) -> TrainState:
+    """A fresh state; the reference (frozen mode) starts as a copy of the initial policy."""
+    if spec.lora is not None:
+        params, frozen = {"lora": lora_lib.init_lora(model_state, spec.lora, lora_key)}, {"model": model_state}
+    else:
+        params, frozen = {"model": model_state}, {}
+    if reward_head is not None:
+        params["reward_head"] = reward_head
+    reference = None
+    if spec.reference_mode == "frozen":
+        reference = jax.tree.map(jnp.copy, model_state)
+    return TrainState(
+        step=jnp.zeros((), jnp.int32),
+        params=params,
+        frozen=frozen,
+        reference=reference,
+        opt_state=spec.optimizer.init(params),
+    )
+
+
+def _loss_and_aux(spec: StepSpec, params, frozen, reference, batch):
+    model = nnx.merge(spec.graphdef, policy_state(spec, params, frozen))
+    if spec.reference_mode == "frozen":
+        ref_model = nnx.merge(spec.graphdef, jax.lax.stop_gradient(reference))
+        batch = {**batch, **spec.reference_fn(ref_model, batch)}
+    if spec.uses_head:
+        loss, metrics, weight = spec.task_loss(model, params["reward_head"], batch)
+    else:
+        loss, metrics, weight = spec.task_loss(model, batch)
+    # Differentiate the weighted SUM so that micro-batches add up exactly.
+    return loss * weight, (metrics, weight)
+
+
+def _accumulate(spec: StepSpec, state: TrainState, batch):
+    """Gradients and metrics summed over the leading micro-batch axis, then normalised."""
+    grad_fn = jax.value_and_grad(_loss_and_aux, argnums=1, has_aux=True)
+
+    def micro(carry, micro_batch):
+        grads, sums, total = carry
+        (_, (metrics, weight)), g = grad_fn(spec, state.params, state.frozen, state.reference, micro_batch)
+        grads = jax.tree.map(jnp.add, grads, g)
+        sums = jax.tree.map(lambda s, m: s + m.astype(jnp.float32) * weight, sums, metrics)
+        return (grads, sums, total + weight), None
+
+    first = jax.tree.map(lambda x: x[0], batch)
+    _, (metrics_shape, _) = jax.eval_shape(
+        lambda: _loss_and_aux(spec, state.params, state.frozen, state.reference, first)
+    )
+    zeros = (
+        jax.tree.map(jnp.zeros_like, state.params),
+        jax.tree.map(lambda m: jnp.zeros((), jnp.float32), metrics_shape),
+        jnp.zeros((), jnp.float32),
+    )
+    (grads, sums, total), _ = jax.lax.scan(micro, zeros, batch)
+    denom = jnp.maximum(total, 1e-9)
+    grads = jax.tree.map(lambda g: g / denom, grads)
+    metrics = jax.tree.map(lambda s: s / denom, sums)
+    return grads, metrics, total
+
+
+def train_step(spec: StepSpec, state: TrainState, batch) -> tuple[TrainState, dict]:
+    """One optimizer update from a batch [A, B, ...] (pure; jit it with `compile_train_step`)."""
+    grads, metrics, total = _accumulate(spec, state, batch)
+    updates, opt_state = spec.optimizer.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    step = state.step + 1
+    reference = state.reference
+    if spec.reference_sync_every:
+        sync = (step % spec.reference_sync_every) == 0
+        new_policy = policy_state(spec, params, state.frozen)
+        a = spec.reference_sync_alpha
+        reference = jax.tree.map(
+            lambda r, p: jnp.where(sync, (a * p.astype(jnp.float32) + (1 - a) * r.astype(jnp.float32)).astype(r.dtype), r),
+            reference,
+            new_policy,
+        )
+    metrics = {
+        **metrics,
+        "weight": total,
+        "grad_norm": optax.tree.norm(grads),
+        "param_norm": optax.tree.norm(params),
+    }
+    return TrainState(step, params, state.frozen, reference, opt_state), metrics
+
+
+def eval_step(spec: StepSpec, state: TrainState, batch) -> dict:
+    """Weighted metrics of a batch [A, B, ...] without an update."""
+
+    def micro(carry, micro_batch):
+        sums, total = carry
+        _, (metrics, weight) = _loss_and_aux(spec, state.params, state.frozen, state.reference, micro_batch)
+        return (jax.tree.map(lambda s, m: s + m.astype(jnp.float32) * weight, sums, metrics), total + weight), None
+
+    first = jax.tree.map(lambda x: x[0], batch)
+    _, (metrics_shape, _) = jax.eval_shape(lambda: _loss_and_aux(spec, state.params, state.frozen, state.reference, first))
+    init = (jax.tree.map(lambda m: jnp.zeros((), jnp.float32), metrics_shape), jnp.zeros((), jnp.float32))
+    (sums, total), _ = jax.lax.scan(micro, init, batch)
+    return {**jax.tree.map(lambda s: s / jnp.maximum(total, 1e-9), sums), "weight": total}
+
+
+# -- shardings and compilation ------------------------------------------------------------
+def train_state_shardings(state: TrainState, mesh: Mesh, rules: Rules = DEFAULT_RULES) -> TrainState:
+    """Shardings for every leaf: parameters (and their optimizer moments) by their logical
+    axes; scalars and anything without axes replicated."""
+
+    def of_tree(tree):
+        if tree is None:
+            return None
+        if isinstance(tree, nnx.State):
+            return state_shardings(tree, mesh, rules)
+        return jax.tree.map(lambda _: NamedSharding(mesh, PartitionSpec()), tree)
+
+    def of_params(params):
+        return {k: of_tree(v) for k, v in params.items()}
+
+    param_shardings = of_params(state.params)
+    opt_shardings = _match_params_subtrees(state.opt_state, state.params, param_shardings, mesh)
+    return TrainState(
+        step=NamedSharding(mesh, PartitionSpec()),
+        params=param_shardings,
+        frozen=of_params(state.frozen),
+        reference=of_tree(state.reference),
+        opt_state=opt_shardings,
+    )
+
+
+def _match_params_subtrees(opt_state, params, param_shardings, mesh):
+    """Shardings for an optax state: any subtree with the params' structure gets their shardings."""
+    params_def = jax.tree.structure(params)
+    replicated = NamedSharding(mesh, PartitionSpec())
+
+    def walk(node):
+        if jax.tree.structure(node) == params_def:
+            return param_shardings
+        children, treedef = jax.tree_util.tree_flatten(node, is_leaf=lambda x: x is not node)
+        if len(children) == 1 and children[0] is node:  # a leaf
+            return replicated
+        return jax.tree_util.tree_unflatten(treedef, [walk(c) for c in children])
+
+    return walk(opt_state)
+
+
+def batch_shardings(batch, mesh: Mesh, rules: Rules = DEFAULT_RULES, *, micro_axis: bool = True):
+    """[A, B, ...] arrays: B over the batch rule's mesh axes, the rest replicated."""
+
+    def one(x):
+        lead = (None, "batch") if micro_axis else ("batch",)
+        axes = lead + (None,) * (x.ndim - len(lead))
+        return NamedSharding(mesh, logical_to_spec(axes, mesh, rules, x.shape))
+
+    return jax.tree.map(one, batch)
+
+
+def compile_train_step(spec: StepSpec, state_sh: TrainState, batch_sh, mesh: Mesh):
+    """``step(state, batch)`` jitted with explicit shardings and the state donated."""
+    replicated = NamedSharding(mesh, PartitionSpec())
+    return jax.jit(
+        lambda state, batch: train_step(spec, state, batch),
+        in_shardings=(state_sh, batch_sh),
+        out_shardings=(state_sh, replicated),
+        donate_argnums=0,
+    )
+
+
+def compile_eval_step(spec: StepSpec, state_sh: TrainState, batch_sh, mesh: Mesh):
+    replicated = NamedSharding(mesh, PartitionSpec())
+    return jax.jit(lambda state, batch: eval_step(spec, state, batch), in_shardings=(state_sh, batch_sh), out_shardings=replicated)
+
+
+def shard_state(state: TrainState, shardings: TrainState) -> TrainState:
+    return jax.tree.map(
+        lambda x, s: jax.device_put(x, s),
+        state,
+        shardings,
+        is_leaf=lambda x: x is None,
+    )
