@@ -32,9 +32,16 @@ def resolve_axis_sizes(sizes: Sequence[int], num_devices: int) -> tuple[int, ...
 
 
 def make_mesh(data: int = 1, fsdp: int = -1, tensor: int = 1, devices: Sequence[jax.Device] | None = None) -> Mesh:
-    """A ``Mesh`` over ``devices`` (default: all) with axes (data, fsdp, tensor)."""
+    """A ``Mesh`` over ``devices`` (default: all) with axes (data, fsdp, tensor).
+
+    With one size -1 the mesh spans every device; fully specified sizes whose product is smaller
+    than the device count use the first devices (e.g. ``make_mesh(1, 1, 1)`` is one device).
+    """
     devices = list(devices if devices is not None else jax.devices())
-    shape = resolve_axis_sizes((data, fsdp, tensor), len(devices))
+    sizes = (data, fsdp, tensor)
+    if -1 not in sizes and math.prod(sizes) < len(devices):
+        devices = devices[: math.prod(sizes)]  # fully specified smaller mesh: the first devices
+    shape = resolve_axis_sizes(sizes, len(devices))
     try:
         device_array = jax.experimental.mesh_utils.create_device_mesh(shape, devices)
     except Exception:  # CPU or irregular topologies: a plain reshape is fine

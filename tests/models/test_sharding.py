@@ -46,6 +46,9 @@ def test_mesh_sizes_and_errors():
         resolve_axis_sizes((-1, -1, 1), 8)
     with pytest.raises(ValueError, match="needs 6 devices"):
         resolve_axis_sizes((3, 2, 1), 8)
+    assert make_mesh(1, 1, 1).devices.size == 1
+    with pytest.raises(ValueError, match="needs 16 devices"):
+        make_mesh(2, 4, 2)
     with pytest.raises(KeyError, match="unknown logical axes"):
         rules_from_config({"embd": "fsdp"})
     assert dict(rules_from_config({"embed": None}))["embed"] is None

@@ -1,0 +1,134 @@
+"""From the data section of a run config to tokenized train/eval examples and grain iterators."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from typing import Any, Sequence
+
+import jax
+import numpy as np
+
+from align_jax.data.pipeline import make_dataset
+from align_jax.data.records import PreferenceRecord, SFTRecord, UnpairedRecord
+from align_jax.data.sources import load_records
+from align_jax.data.tokenization import Tokenize
+from align_jax.training.config import DataSection
+
+KIND_OF_TASK = {"preference": "preference", "reward_model": "preference", "unpaired": "unpaired", "sft": "sft"}
+
+
+@dataclasses.dataclass
+class Splits:
+    train: list[Any]
+    eval: list[Any]
+    stats: dict[str, Any]
+
+
+def _file_records(path: str, source: str, data: DataSection):
+    records, stats = load_records(path, source, dict(data.fields) or None, format=data.format, on_error=data.on_error)
+    return records, {"rows": stats.rows, "records": stats.records, "skipped": dict(stats.skipped)}
+
+
+def load_splits(data: DataSection, task: str) -> Splits:
+    """Records for training and evaluation (eval: its own file, or the tail of the train file)."""
+    stats: dict[str, Any] = {}
+    if data.source == "checkable_pairs":
+        from align_jax.data.checkable_pairs import build_checkable_pairs
+
+        train = [p.record for p in build_checkable_pairs("train", seed=data.seed)]
+        evals = [p.record for p in build_checkable_pairs("validation", seed=data.seed)]
+    else:
+        train, stats["train"] = _file_records(data.train_path, data.source, data)
+        if data.eval_path:
+            evals, stats["eval"] = _file_records(data.eval_path, data.source, data)
+        else:
+            rng = np.random.RandomState(data.seed)
+            order = rng.permutation(len(train))
+            n_eval = max(1, int(round(len(train) * data.eval_fraction)))
+            evals = [train[i] for i in order[:n_eval]]
+            train = [train[i] for i in order[n_eval:]]
+    if task == "unpaired":
+        train, evals = _unpaired(train), _unpaired(evals)
+    elif task == "sft":
+        train, evals = _sft(train), _sft(evals)
+    if data.max_train_examples:
+        train = train[: data.max_train_examples]
+    if data.max_eval_examples:
+        evals = evals[: data.max_eval_examples]
+    if not train or not evals:
+        raise ValueError(f"empty dataset: {len(train)} train and {len(evals)} eval records ({data})")
+    return Splits(train, evals, stats)
+
+
+def _unpaired(records):
+    """Preference pairs -> unpaired examples (chosen desirable, rejected not), as KTO papers do."""
+    out = []
+    for r in records:
+        if isinstance(r, PreferenceRecord):
+            out += [UnpairedRecord(r.prompt, r.chosen, True), UnpairedRecord(r.prompt, r.rejected, False)]
+        else:
+            out.append(r)
+    return out
+
+
+def _sft(records):
+    """Preference pairs -> SFT conversations on the chosen reply."""
+    return [
+        SFTRecord(tuple(r.prompt) + ({"role": "assistant", "content": r.chosen},)) if isinstance(r, PreferenceRecord) else r
+        for r in records
+    ]
+
+
+class Pretokenized:
+    """A pass-through "tokenizer" for examples tokenized ahead of time (``make_dataset`` maps it)."""
+
+    def __init__(self, tokenize: Tokenize):
+        self.max_length = tokenize.max_length
+        self.pad_id = tokenize.pad_id
+
+    def __call__(self, example):
+        return example
+
+
+def tokenize_all(tokenize: Tokenize, records: Sequence[Any]) -> list[dict]:
+    examples = [tokenize(r) for r in records]
+    return [ex for ex in examples if ex is not None]
+
+
+def attach(examples: list[dict], columns: dict[str, np.ndarray]) -> list[dict]:
+    """Adds per-example values (e.g. reference log-probs [N]) to each example dict."""
+    return [{**ex, **{k: np.float32(v[i]) for k, v in columns.items()}} for i, ex in enumerate(examples)]
+
+
+def iterator(examples, tokenize, data: DataSection, *, train: bool):
+    """A grain iterator of host-local batches; train: shuffled, repeated forever."""
+    per_host = data.batch_size // jax.process_count()
+    ds = make_dataset(
+        examples,
+        tokenize,
+        batch_size=per_host,
+        seed=data.seed,
+        shuffle=train,
+        num_epochs=None if train else 1,
+        drop_remainder=True,
+    )
+    return iter(ds)
+
+
+def to_global(batch: dict, data: DataSection, shardings) -> dict:
+    """Host-local [b, ...] numpy batch -> global [A, B/A, ...] arrays over the mesh."""
+    a = data.micro_batches
+    out = {}
+    for k, v in batch.items():
+        v = np.asarray(v)
+        local = v.reshape((a, v.shape[0] // a) + v.shape[1:])
+        global_shape = (a, local.shape[1] * jax.process_count()) + local.shape[2:]
+        out[k] = jax.make_array_from_process_local_data(shardings[k], local, global_shape)
+    return out
+
+
+def log_truncation(tokenize: Tokenize, name: str) -> dict[str, int]:
+    stats = tokenize.stats.as_dict()
+    logging.info("%s truncation: %s", name, stats)
+    return stats

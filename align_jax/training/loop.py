@@ -1,0 +1,231 @@
+"""The training run: config -> model, data, state -> jitted steps -> metrics, checkpoints, export.
+
+Resuming: the same command on the same workdir restores the newest complete checkpoint (state and
+data-iterator position) and truncates the metric trace after it, so an interrupted run continues
+exactly where the uninterrupted one would be. A non-finite loss stops the run before anything is
+saved for that step, so the last checkpoint on disk is the last good state.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from align_jax.data.packing import pad
+from align_jax.data.tokenization import Tokenize
+from align_jax.models import load_model, save_hf_dir
+from align_jax.objectives import REGISTRIES
+from align_jax.parallel.mesh import make_mesh
+from align_jax.training import data_setup as D
+from align_jax.training import step as S
+from align_jax.training.checkpointing import Checkpointer, check_finite
+from align_jax.training.config import RunConfig
+from align_jax.training.flops import measure_matmul_peak, model_flops_per_token
+from align_jax.training.lora import LoraConfig
+from align_jax.training.metrics_logging import MetricsWriter, ProgressBar, Throughput
+from align_jax.training.optimizer import make_optimizer
+from align_jax.training.reference_cache import cached_reference_logps
+from align_jax.training.tasks import (
+    init_reward_head,
+    preference_loss,
+    reference_logps,
+    reward_model_loss,
+    sft_loss,
+    unpaired_loss,
+)
+
+_LOSS_REGISTRY = {"preference": "preference", "unpaired": "unpaired"}
+
+
+def build_task_loss(cfg: RunConfig):
+    """(task loss function, whether it takes a reward head) for the configured task and loss."""
+    options = dict(cfg.loss_options)
+    task = cfg.train.task
+    if task == "sft":
+        _require(cfg.loss_name == "sft" and not options, "train.task='sft' takes loss.name='sft' and no options")
+        return sft_loss, False
+    if task == "reward_model":
+        _require(cfg.loss_name == "bradley_terry", "train.task='reward_model' takes loss.name='bradley_terry'")
+        unknown = set(options) - {"center_coef"}
+        _require(not unknown, f"bradley_terry options: center_coef (got {sorted(unknown)})")
+        return functools.partial(reward_model_loss, center_coef=float(options.get("center_coef", 0.0))), True
+    loss_fn = REGISTRIES[_LOSS_REGISTRY[task]].build(cfg.loss_name, **options)
+    task_fn = preference_loss if task == "preference" else unpaired_loss
+    return functools.partial(task_fn, loss_fn=loss_fn), False
+
+
+def _require(ok: bool, message: str):
+    if not ok:
+        raise ValueError(message)
+
+
+def _tokens_in(batch) -> float:
+    """Non-padding tokens of every side of a batch (the throughput definition)."""
+    return float(sum(np.sum(np.asarray(v) > 0) for k, v in batch.items() if k.endswith("segment_ids")))
+
+
+def run(cfg: RunConfig, workdir: str | Path) -> dict[str, Any]:
+    workdir = Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    mesh = make_mesh(cfg.mesh.data, cfg.mesh.fsdp, cfg.mesh.tensor)
+    m = cfg.model
+    lm = load_model(
+        m.name if m.path is None else None,
+        m.path,
+        param_dtype=m.param_dtype,
+        dtype=m.dtype,
+        remat=m.remat,
+        scan_layers=m.scan_layers,
+        mesh=mesh,
+    )
+    task_loss, uses_head = build_task_loss(cfg)
+
+    # -- data ---------------------------------------------------------------------------
+    splits = D.load_splits(cfg.data, cfg.train.task)
+    tokenize = Tokenize(
+        lm.tokenizer,
+        template=lm.chat_template,
+        max_length=cfg.data.max_length,
+        max_prompt_length=cfg.data.max_prompt_length or None,
+        policy=cfg.data.truncation,
+    )
+    train_ex = D.tokenize_all(tokenize, splits.train)
+    eval_ex = D.tokenize_all(tokenize, splits.eval)
+    if cfg.train.task == "sft":
+        train_ex = [pad(e, cfg.data.max_length, tokenize.pad_id) for e in train_ex]
+        eval_ex = [pad(e, cfg.data.max_length, tokenize.pad_id) for e in eval_ex]
+    truncation = D.log_truncation(tokenize, "train+eval")
+    if not train_ex or not eval_ex:
+        raise ValueError(f"no examples left after truncation policy {cfg.data.truncation!r}: {truncation}")
+
+    kind = D.KIND_OF_TASK[cfg.train.task]
+    if cfg.reference.mode == "precomputed":
+        for name, examples in (("train", train_ex), ("eval", eval_ex)):
+            values, path, hit = cached_reference_logps(lm.model, lm.source, examples, kind, cfg.reference.cache_dir)
+            logging.info("%s reference log-probs: %s (%s)", name, path, "cache hit" if hit else "computed")
+            if name == "train":
+                train_ex = D.attach(examples, values)
+            else:
+                eval_ex = D.attach(examples, values)
+
+    # -- state and steps ------------------------------------------------------------------
+    lora = None
+    if cfg.lora.rank:
+        lora = LoraConfig(rank=cfg.lora.rank, alpha=cfg.lora.alpha, targets=cfg.lora.targets)
+    graphdef, model_state = nnx.split(lm.model)
+    spec = S.StepSpec(
+        graphdef=graphdef,
+        task_loss=task_loss,
+        optimizer=make_optimizer(cfg.optimizer),
+        reference_mode=cfg.reference.mode,
+        reference_fn=functools.partial(reference_logps, kind=kind) if cfg.reference.mode == "frozen" else None,
+        lora=lora,
+        uses_head=uses_head,
+        reference_sync_every=cfg.reference.sync_every,
+        reference_sync_alpha=cfg.reference.sync_alpha,
+    )
+    state = S.init_state(
+        spec,
+        jax.tree.map(jnp.copy, model_state),  # the loaded model stays intact (the "before" policy)
+        lora_key=jax.random.key(cfg.data.seed),
+        reward_head=init_reward_head(lm.model.cfg.hidden_size) if uses_head else None,
+    )
+    state_sh = S.train_state_shardings(state, mesh)
+    state = S.shard_state(state, state_sh)
+
+    pretok = D.Pretokenized(tokenize)
+    train_it = D.iterator(train_ex, pretok, cfg.data, train=True)
+    sample = {k: np.asarray(v) for k, v in next(D.iterator(train_ex, pretok, cfg.data, train=False)).items()}
+    a = cfg.data.micro_batches
+    shaped = {k: np.zeros((a, cfg.data.batch_size // a) + v.shape[1:], v.dtype) for k, v in sample.items()}
+    batch_sh = S.batch_shardings(shaped, mesh)
+    train_step = S.compile_train_step(spec, state_sh, batch_sh, mesh)
+    eval_step = S.compile_eval_step(spec, state_sh, batch_sh, mesh)
+
+    def evaluate(state) -> dict[str, float]:
+        sums, total = {}, 0.0
+        for batch in D.iterator(eval_ex, pretok, cfg.data, train=False):
+            metrics = jax.device_get(eval_step(state, D.to_global(batch, cfg.data, batch_sh)))
+            w = float(metrics.pop("weight"))
+            for k, v in metrics.items():
+                sums[k] = sums.get(k, 0.0) + float(v) * w
+            total += w
+        return {f"eval/{k}": v / max(total, 1e-9) for k, v in sums.items()}
+
+    # -- resume -----------------------------------------------------------------------------
+    ckpt = Checkpointer(
+        workdir / "checkpoints",
+        keep_last=cfg.train.keep_checkpoints,
+        best_metric=cfg.train.best_metric or None,
+        best_mode=cfg.train.best_mode,
+    )
+    start = ckpt.latest_step() or 0
+    if start:
+        abstract = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), state, state_sh)
+        state, data_state = ckpt.restore(start, abstract_state=abstract)
+        train_it.set_state(data_state)
+        logging.info("resumed from step %d", start)
+    writer = MetricsWriter(workdir, resume_step=start if start else None)
+    (workdir / "config.json").write_text(json.dumps(_jsonable(cfg), indent=2))
+
+    flops_per_token = model_flops_per_token(lm.model.cfg, cfg.data.max_length, training=True)
+    throughput = Throughput(flops_per_token=flops_per_token, peak_flops=_peak_flops())
+    before = evaluate(state) if start == 0 else None
+    if before is not None:
+        writer.write(0, before, split="eval")
+    metrics: dict[str, float] = {}
+    with ProgressBar(cfg.train.steps, initial=start, desc=cfg.train.task, show=("loss",)) as bar:
+        for step in range(start + 1, cfg.train.steps + 1):
+            host_batch = next(train_it)
+            state, device_metrics = train_step(state, D.to_global(host_batch, cfg.data, batch_sh))
+            metrics = {k: float(v) for k, v in jax.device_get(device_metrics).items()}
+            check_finite(step, metrics)  # raises before this step's state can be saved
+            metrics.update(throughput.update(_tokens_in(host_batch)))
+            metrics["learning_rate"] = float(_lr(cfg, step))
+            if step % cfg.train.log_every == 0:
+                writer.write(step, metrics)
+            if step % cfg.train.eval_every == 0 or step == cfg.train.steps:
+                eval_metrics = evaluate(state)
+                writer.write(step, eval_metrics, split="eval")
+                metrics.update(eval_metrics)
+            if step % cfg.train.checkpoint_every == 0 or step == cfg.train.steps:
+                ckpt.save(step, state, data_state=train_it.get_state(), metrics=metrics)
+            bar.update(step, metrics)
+    ckpt.close()
+    writer.close()
+
+    result = {"final": metrics, "before": before, "truncation": truncation, "data": splits.stats,
+              "train_examples": len(train_ex), "eval_examples": len(eval_ex)}
+    if cfg.train.export_hf and jax.process_index() == 0:
+        policy = nnx.merge(graphdef, S.policy_state(spec, state.params, state.frozen))
+        export = save_hf_dir(policy, workdir / "export")
+        lm.tokenizer.save_pretrained(export)
+        result["export"] = str(export)
+    (workdir / "result.json").write_text(json.dumps(result, indent=2, default=str))
+    return {**result, "loaded": lm, "policy_state": S.policy_state(spec, state.params, state.frozen), "graphdef": graphdef}
+
+
+def _lr(cfg: RunConfig, step: int) -> float:
+    from align_jax.training.optimizer import learning_rate_schedule
+
+    return learning_rate_schedule(cfg.optimizer)(step - 1)
+
+
+@functools.lru_cache(maxsize=None)
+def _peak_flops() -> float:
+    return measure_matmul_peak("float32", size=1024, repeats=3)
+
+
+def _jsonable(cfg: RunConfig) -> dict:
+    import dataclasses
+
+    return json.loads(json.dumps(dataclasses.asdict(cfg), default=str))

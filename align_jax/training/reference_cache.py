@@ -1,0 +1,78 @@
+"""Precomputed reference log-probs: one forward pass over the data, cached and reused.
+
+The cache key hashes the model's identity (its source files' paths, sizes and modification times,
+and the dtypes) and the tokenized examples themselves, so a changed model, dataset or
+tokenization never reads stale values, and a rerun of the same experiment skips the pass.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+from typing import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from tqdm import tqdm
+
+from align_jax.models.decoder import Decoder
+from align_jax.training.tasks import reference_logps
+
+DEFAULT_CACHE_DIR = Path(os.environ.get("ALIGN_JAX_CACHE", Path.home() / ".cache" / "align_jax")) / "reference_logps"
+
+
+def model_fingerprint(source: str, model: Decoder) -> str:
+    """Paths, sizes and mtimes of the weight files, plus the runtime dtypes."""
+    path = Path(source)
+    files = sorted(p for p in path.iterdir() if p.is_file()) if path.is_dir() else [path]
+    parts = [f"{p}:{p.stat().st_size}:{p.stat().st_mtime_ns}" for p in files]
+    parts.append(f"{model.cfg.param_dtype}/{model.cfg.dtype}")
+    return "|".join(parts)
+
+
+def cache_key(fingerprint: str, kind: str, examples: Sequence[dict]) -> str:
+    h = hashlib.sha256(f"{fingerprint}|{kind}".encode())
+    for ex in examples:
+        for name in sorted(ex):
+            h.update(name.encode())
+            h.update(np.ascontiguousarray(ex[name]).tobytes())
+    return h.hexdigest()[:24]
+
+
+def compute_reference_logps(
+    model: Decoder, examples: Sequence[dict], kind: str, *, batch_size: int = 16
+) -> dict[str, np.ndarray]:
+    """Summed reference log-probs of every example, in order (``reference_<side>_logps`` [N])."""
+    fn = jax.jit(lambda batch: reference_logps(model, batch, kind))
+    outputs: dict[str, list[np.ndarray]] = {}
+    for start in tqdm(range(0, len(examples), batch_size), desc="reference log-probs", leave=False):
+        chunk = list(examples[start : start + batch_size])
+        n = len(chunk)
+        chunk += [chunk[-1]] * (batch_size - n)  # fixed shape: one compile
+        batch = {k: jnp.asarray(np.stack([ex[k] for ex in chunk])) for k in chunk[0] if k.endswith(("_tokens", "_loss_mask", "_positions", "_segment_ids"))}
+        for name, value in fn(batch).items():
+            outputs.setdefault(name, []).append(np.asarray(value)[:n])
+    return {name: np.concatenate(parts) for name, parts in outputs.items()}
+
+
+def cached_reference_logps(
+    model: Decoder,
+    source: str,
+    examples: Sequence[dict],
+    kind: str,
+    cache_dir: str | os.PathLike | None = None,
+) -> tuple[dict[str, np.ndarray], Path, bool]:
+    """(log-probs, cache file, whether it was a cache hit)."""
+    cache_dir = Path(cache_dir) if cache_dir else DEFAULT_CACHE_DIR
+    path = cache_dir / f"{cache_key(model_fingerprint(source, model), kind, examples)}.npz"
+    if path.exists():
+        with np.load(path) as f:
+            return {k: f[k] for k in f.files}, path, True
+    values = compute_reference_logps(model, examples, kind)
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp.npz")
+    np.savez(tmp, **values)
+    os.replace(tmp, path)
+    return values, path, False

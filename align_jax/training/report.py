@@ -1,0 +1,99 @@
+"""The end-of-run report: held-out metrics before vs after, training curves, and for the
+checkable-instruction preference set, instruction compliance of greedy generations before/after."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+from matplotlib.figure import Figure  # noqa: E402
+
+from align_jax.training.config import RunConfig  # noqa: E402
+from align_jax.training.metrics_logging import read_metrics  # noqa: E402
+
+CURVES = ("loss", "rewards/margins", "rewards/accuracies", "rewards/chosen", "rewards/rejected", "sft/nll", "rm/accuracy")
+
+
+def plot_curves(workdir: Path) -> Path | None:
+    rows = read_metrics(workdir)
+    names = [n for n in CURVES if any(n in r for r in rows)]
+    if not names:
+        return None
+    fig = Figure(figsize=(4 * len(names), 3.2))
+    for i, name in enumerate(names):
+        ax = fig.add_subplot(1, len(names), i + 1)
+        for split, style in (("train", "-"), ("eval", "o-")):
+            pts = [(r["step"], r[name]) for r in rows if r.get("split") == split and name in r]
+            pts += [(r["step"], r[f"eval/{name}"]) for r in rows if r.get("split") == split and f"eval/{name}" in r]
+            if pts:
+                xs, ys = zip(*sorted(pts))
+                ax.plot(xs, ys, style, label=split, markersize=3)
+        ax.set_title(name)
+        ax.set_xlabel("step")
+        ax.legend()
+    fig.tight_layout()
+    path = workdir / "curves.png"
+    fig.savefig(path, dpi=90)
+    return path
+
+
+def _table(before: dict | None, after: dict) -> list[str]:
+    lines = ["| metric | before | after |", "|---|---|---|"]
+    for k in sorted(after):
+        if not k.startswith("eval/"):
+            continue
+        b = "" if before is None or k not in before else f"{before[k]:.4f}"
+        lines.append(f"| `{k}` | {b} | {after[k]:.4f} |")
+    return lines
+
+
+def write_report(cfg: RunConfig, workdir: str | Path, result: dict[str, Any]) -> Path:
+    workdir = Path(workdir)
+    lines = [
+        f"# {cfg.train.task} run: {cfg.loss_name} on {cfg.data.source}",
+        "",
+        f"model `{cfg.model.name or cfg.model.path}`, {cfg.train.steps} steps, batch {cfg.data.batch_size}, "
+        f"lr {cfg.optimizer.learning_rate}, reference `{cfg.reference.mode}`, LoRA rank {cfg.lora.rank}; "
+        f"{result['train_examples']} train / {result['eval_examples']} held-out examples; "
+        f"truncation {result['truncation']}.",
+        "",
+        "## Held-out metrics",
+        "",
+        *_table(result.get("before"), result["final"]),
+        "",
+    ]
+    if cfg.data.source == "checkable_pairs" and cfg.train.task == "preference":
+        lines += _compliance_section(result)
+    curves = plot_curves(workdir)
+    if curves is not None:
+        lines += ["## Training curves", "", f"![curves]({curves.name})", ""]
+    if "export" in result:
+        lines += [f"Policy exported to `{result['export']}` (opens with `transformers.AutoModelForCausalLM`).", ""]
+    path = workdir / "report.md"
+    path.write_text("\n".join(lines))
+    return path
+
+
+def _compliance_section(result: dict[str, Any]) -> list[str]:
+    from flax import nnx
+
+    from align_jax.data.checkable_pairs import build_checkable_pairs
+    from align_jax.evals.instruction_compliance import compliance_report, format_report_markdown
+
+    lm = result["loaded"]
+    tuned = type(lm)(nnx.merge(result["graphdef"], result["policy_state"]), lm.tokenizer, lm.chat_template, lm.source)
+    lines = ["## Instruction compliance of greedy answers (held-out facts)", ""]
+    summary = {}
+    for split in ("test", "test_ood"):
+        examples = [p.example for p in build_checkable_pairs(split)][:48]
+        before, after = compliance_report(lm, examples), compliance_report(tuned, examples)
+        summary[split] = {"before": before, "after": after}
+        lines += [f"### split `{split}` ({len(examples)} prompts)", "", format_report_markdown(before, after), ""]
+    (Path(result["export"]).parent if "export" in result else Path(".")).joinpath("compliance.json").write_text(
+        json.dumps(summary, indent=2, default=str)
+    )
+    return lines

@@ -1,0 +1,27 @@
+"""The main job (`make demo`): DPO on SmolLM2-135M-Instruct, on CPU, in minutes.
+
+Preference pairs built offline: a factual question plus one checkable instruction (lowercase,
+quotation marks, an end phrase, ...); the preferred answer satisfies it, the other does not, as
+verified by the IFEval verifiers. The report compares held-out reward accuracy and the instruction
+compliance of greedy answers on held-out facts (and on constraint types never trained on) before
+and after training.
+"""
+
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(__file__))
+from common import base_config  # noqa: E402
+
+
+def get_config():
+    c = base_config()
+    c.data.source = "checkable_pairs"
+    c.data.max_length = 96
+    c.data.max_train_examples = 320
+    c.train.steps = 40
+    c.optimizer.total_steps = 40
+    c.optimizer.learning_rate = 2e-5
+    c.optimizer.warmup_steps = 4
+    c.loss.beta = 0.1
+    return c
