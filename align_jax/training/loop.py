@@ -183,25 +183,27 @@ def run(cfg: RunConfig, workdir: str | Path) -> dict[str, Any]:
     if before is not None:
         writer.write(0, before, split="eval")
     metrics: dict[str, float] = {}
-    with ProgressBar(cfg.train.steps, initial=start, desc=cfg.train.task, show=("loss",)) as bar:
-        for step in range(start + 1, cfg.train.steps + 1):
-            host_batch = next(train_it)
-            state, device_metrics = train_step(state, D.to_global(host_batch, cfg.data, batch_sh))
-            metrics = {k: float(v) for k, v in jax.device_get(device_metrics).items()}
-            check_finite(step, metrics)  # raises before this step's state can be saved
-            metrics.update(throughput.update(_tokens_in(host_batch)))
-            metrics["learning_rate"] = float(_lr(cfg, step))
-            if step % cfg.train.log_every == 0:
-                writer.write(step, metrics)
-            if step % cfg.train.eval_every == 0 or step == cfg.train.steps:
-                eval_metrics = evaluate(state)
-                writer.write(step, eval_metrics, split="eval")
-                metrics.update(eval_metrics)
-            if step % cfg.train.checkpoint_every == 0 or step == cfg.train.steps:
-                ckpt.save(step, state, data_state=train_it.get_state(), metrics=metrics)
-            bar.update(step, metrics)
-    ckpt.close()
-    writer.close()
+    try:
+        with ProgressBar(cfg.train.steps, initial=start, desc=cfg.train.task, show=("loss",)) as bar:
+            for step in range(start + 1, cfg.train.steps + 1):
+                host_batch = next(train_it)
+                state, device_metrics = train_step(state, D.to_global(host_batch, cfg.data, batch_sh))
+                metrics = {k: float(v) for k, v in jax.device_get(device_metrics).items()}
+                check_finite(step, metrics)  # raises before this step's state can be saved
+                metrics.update(throughput.update(_tokens_in(host_batch)))
+                metrics["learning_rate"] = float(_lr(cfg, step))
+                if step % cfg.train.log_every == 0:
+                    writer.write(step, metrics)
+                if step % cfg.train.eval_every == 0 or step == cfg.train.steps:
+                    eval_metrics = evaluate(state)
+                    writer.write(step, eval_metrics, split="eval")
+                    metrics.update(eval_metrics)
+                if step % cfg.train.checkpoint_every == 0 or step == cfg.train.steps:
+                    ckpt.save(step, state, data_state=train_it.get_state(), metrics=metrics)
+                bar.update(step, metrics)
+    finally:  # a stopped run still finishes writing its last good checkpoint and metrics
+        ckpt.close()
+        writer.close()
 
     result = {"final": metrics, "before": before, "truncation": truncation, "data": splits.stats,
               "train_examples": len(train_ex), "eval_examples": len(eval_ex)}

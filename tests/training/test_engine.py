@@ -1,0 +1,166 @@
+"""The training engine end to end on a tiny model with the real SmolLM2 tokenizer:
+config validation, 1 vs 8 devices, determinism, NaN stop with the last good checkpoint kept,
+and exact resume after SIGKILL (run in subprocesses, as a user would)."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import jax
+import numpy as np
+import pytest
+
+from align_jax.models import ModelConfig, init_decoder, save_hf_dir
+from align_jax.models.gguf_file import smollm2_gguf_path
+from align_jax.models.tokenizer import Tokenizer
+from align_jax.training.checkpointing import Checkpointer, NonFiniteLossError
+from align_jax.training.config import parse_config
+from align_jax.training.loop import run
+from align_jax.training.metrics_logging import read_metrics
+
+REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO / "configs"))
+from common import base_config  # noqa: E402
+
+QUESTIONS = ["What is {} plus {}?", "Name a color that is not {}.", "Is {} larger than {}?", "Spell the number {}."]
+
+
+@pytest.fixture(scope="module")
+def tiny_model_dir(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("tiny_model")
+    tok = Tokenizer.from_gguf(smollm2_gguf_path())
+    cfg = ModelConfig(family="llama", vocab_size=tok.vocab_size, hidden_size=32, intermediate_size=64, num_layers=2,
+                      num_heads=4, num_kv_heads=2, head_dim=8, eos_token_id=tok.eos_id, bos_token_id=tok.bos_id)
+    save_hf_dir(init_decoder(cfg, seed=0), folder)
+    tok.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def pairs_file(tmp_path_factory):
+    path = tmp_path_factory.mktemp("data") / "pairs.jsonl"
+    rng = np.random.RandomState(0)
+    with path.open("w") as f:
+        for i in range(40):
+            a, b = rng.randint(0, 50, 2)
+            q = QUESTIONS[i % 4].format(a, b)
+            f.write(json.dumps({"prompt": q, "chosen": f"The answer is {a + b}.", "rejected": f"I don't know, maybe {a}?"}) + "\n")
+    return path
+
+
+def make_config(model_dir, data_file, **overrides):
+    c = base_config()
+    c.model.name = None
+    c.model.path = str(model_dir)
+    c.mesh = dict(data=1, fsdp=1, tensor=1)
+    c.data.update(source="preference", train_path=str(data_file), max_length=40, batch_size=4, max_eval_examples=8)
+    c.train.update(steps=4, eval_every=2, checkpoint_every=2, export_hf=False, report=False)
+    c.optimizer.update(learning_rate=1e-3, total_steps=4)
+    c.reference.cache_dir = str(Path(data_file).parent / "refcache")
+    for key, value in overrides.items():
+        section, name = key.split("__")
+        c[section][name] = value
+    return c
+
+
+def train_losses(workdir):
+    return [r["loss"] for r in read_metrics(workdir, split="train")]
+
+
+def test_config_rejects_unknown_keys_and_options(tiny_model_dir, pairs_file):
+    c = make_config(tiny_model_dir, pairs_file)
+    c.unlock()
+    c.train.stepz = 3
+    with pytest.raises(KeyError, match=r"config.train has unknown key\(s\) \['stepz'\]; valid keys: .*steps"):
+        parse_config(c)
+    c = make_config(tiny_model_dir, pairs_file, loss__gamma=1.0)
+    cfg = parse_config(c)
+    from align_jax.training.loop import build_task_loss
+
+    with pytest.raises(ValueError, match="unknown option.*gamma.*valid options: beta"):
+        build_task_loss(cfg)
+    with pytest.raises(ValueError, match="train.task='sft' uses no reference"):
+        parse_config(make_config(tiny_model_dir, pairs_file, train__task="sft"))
+
+
+def test_dpo_run_learns_and_same_seed_same_metrics(tiny_model_dir, pairs_file, tmp_path):
+    cfg = parse_config(make_config(tiny_model_dir, pairs_file, train__steps=6, optimizer__total_steps=6))
+    a = run(cfg, tmp_path / "a")
+    assert a["before"]["eval/loss"] == pytest.approx(np.log(2), abs=1e-5)
+    assert a["final"]["eval/loss"] < np.log(2) and a["final"]["eval/rewards/accuracies"] > 0.5
+    run(cfg, tmp_path / "b")
+    assert train_losses(tmp_path / "a") == train_losses(tmp_path / "b")
+
+
+@pytest.mark.skipif(len(jax.devices()) < 8, reason="needs 8 (forced CPU) devices")
+def test_one_device_and_eight_devices_give_the_same_losses(tiny_model_dir, pairs_file, tmp_path):
+    one = parse_config(make_config(tiny_model_dir, pairs_file))
+    eight = parse_config(make_config(tiny_model_dir, pairs_file, mesh__data=2, mesh__fsdp=2, mesh__tensor=2))
+    run(one, tmp_path / "one")
+    run(eight, tmp_path / "eight")
+    np.testing.assert_allclose(train_losses(tmp_path / "eight"), train_losses(tmp_path / "one"), rtol=1e-4)
+
+
+def test_nan_stops_the_run_and_keeps_the_last_good_checkpoint(tiny_model_dir, pairs_file, tmp_path, monkeypatch):
+    """A corrupt precomputed reference value (NaN) for one training example poisons the loss of
+    the step that draws it: the run must stop there, with the previous step's checkpoint intact."""
+    from align_jax.training import loop
+
+    real = loop.cached_reference_logps
+
+    def corrupt(model, source, examples, kind, cache_dir):
+        values, path, hit = real(model, source, examples, kind, cache_dir)
+        if len(examples) > 8:  # the train split
+            values = {k: v.copy() for k, v in values.items()}
+            values["reference_chosen_logps"][5] = np.nan
+        return values, path, hit
+
+    monkeypatch.setattr(loop, "cached_reference_logps", corrupt)
+    cfg = parse_config(make_config(tiny_model_dir, pairs_file, train__steps=12, train__checkpoint_every=1,
+                                   train__eval_every=100, optimizer__total_steps=12))
+    with pytest.raises(NonFiniteLossError, match="step") as err:
+        run(cfg, tmp_path / "nan")
+    bad_step = err.value.step
+    assert bad_step >= 2, "the corrupt example must not be in the first batch for this test"
+    ckpt = Checkpointer(tmp_path / "nan" / "checkpoints")
+    assert ckpt.latest_step() == bad_step - 1
+    state, _ = ckpt.restore(abstract_state=None)
+    assert all(np.isfinite(np.asarray(x)).all() for x in jax.tree.leaves(state["params"]))
+    losses = train_losses(tmp_path / "nan")
+    assert len(losses) == bad_step - 1 and np.isfinite(losses).all()
+
+
+def _main(config_file, workdir):
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=1", "JAX_PLATFORMS": "cpu"}
+    return [sys.executable, "-m", "align_jax.main", f"--config={config_file}", f"--workdir={workdir}"], env
+
+
+def test_sigkill_then_same_command_resumes_exactly(tiny_model_dir, pairs_file, tmp_path):
+    config_file = tmp_path / "cfg.py"
+    config_file.write_text(
+        "import sys\nsys.path.insert(0, %r)\nsys.path.insert(0, %r)\nfrom test_engine import make_config\n"
+        "def get_config():\n    return make_config(%r, %r, train__steps=8, optimizer__total_steps=8, train__checkpoint_every=2)\n"
+        % (str(REPO / "configs"), str(Path(__file__).parent), str(tiny_model_dir), str(pairs_file))
+    )
+    cmd, env = _main(config_file, tmp_path / "full")
+    subprocess.run(cmd, env=env, check=True, capture_output=True, cwd=REPO)
+    cmd, env = _main(config_file, tmp_path / "killed")
+    proc = subprocess.Popen(cmd, env=env, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None:
+        if any(r["step"] >= 5 for r in read_metrics(tmp_path / "killed", split="train")) if (tmp_path / "killed" / "metrics.jsonl").exists() else False:
+            break
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert Checkpointer(tmp_path / "killed" / "checkpoints").latest_step() in (4, 6)
+    subprocess.run(cmd, env=env, check=True, capture_output=True, cwd=REPO)
+
+    def trace(workdir):
+        return [{k: v for k, v in r.items() if not k.startswith("perf/")} for r in read_metrics(workdir)]
+
+    assert trace(tmp_path / "killed") == trace(tmp_path / "full")
