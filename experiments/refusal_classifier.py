@@ -1,0 +1,52 @@
+"""Trains and evaluates the refusal prompt / response classifiers on SmolLM2 hidden states.
+
+    python experiments/refusal_classifier.py \
+        --data_dir=../shared/data/refusal_direction --out_dir=/tmp/refusal_out
+
+Writes ``refusal_classifier.json`` and ``refusal_classifier.md`` to ``--out_dir``; features are
+cached in ``--cache_dir`` (default ``<out_dir>/cache``), so a re-run skips the forward passes.
+"""
+
+from __future__ import annotations
+
+import json
+import pathlib
+
+from absl import app, flags
+
+from align_jax.evals.refusal.run import RefusalConfig, report_markdown, run_experiment
+from align_jax.models.registry import load_model
+
+flags.DEFINE_string("data_dir", "../shared/data/refusal_direction", "refusal_direction folder")
+flags.DEFINE_string("out_dir", "/tmp/refusal_classifier", "where the JSON and Markdown reports go")
+flags.DEFINE_string("cache_dir", None, "feature cache (default <out_dir>/cache)")
+flags.DEFINE_string("model", "smollm2-135m-instruct", "registered model name")
+flags.DEFINE_list("layers", ["10", "14", "18"], "candidate layers (chosen on val)")
+flags.DEFINE_float("target_fpr", 0.03, "benign FPR the val threshold aims for")
+flags.DEFINE_integer("hidden", 0, "hidden units of the head (0 = logistic regression)")
+flags.DEFINE_integer("seed", 0, "seed for splits, sampling and heads")
+
+
+def main(argv):
+    del argv
+    F = flags.FLAGS
+    out = pathlib.Path(F.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    cfg = RefusalConfig(
+        data_dir=F.data_dir,
+        cache_dir=F.cache_dir or str(out / "cache"),
+        layers=tuple(int(x) for x in F.layers),
+        target_fpr=F.target_fpr,
+        hidden=F.hidden,
+        seed=F.seed,
+    )
+    lm = load_model(F.model)
+    report = run_experiment(lm, F.model, cfg, log=lambda s: print(s, flush=True))
+    (out / "refusal_classifier.json").write_text(json.dumps(report, indent=1, default=str))
+    md = report_markdown(report)
+    (out / "refusal_classifier.md").write_text(md)
+    print(md)
+
+
+if __name__ == "__main__":
+    app.run(main)

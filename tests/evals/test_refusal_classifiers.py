@@ -1,0 +1,229 @@
+"""Heads, thresholds, metrics and features on synthetic data and a tiny random decoder."""
+
+import numpy as np
+import pytest
+
+from align_jax.evals.refusal import metrics as M
+from align_jax.evals.refusal.classifiers import PromptClassifier, ResponseClassifier, featurize, make_response_judge
+from align_jax.evals.refusal.features import (
+    cached_features, encode_for_features, extract_features, left_pad, pool_hidden, truncated_decoder,
+)
+from align_jax.evals.refusal.probe import (
+    class_balanced_weights, group_weights, positive_score, predict_logits, threshold_for_fpr, threshold_for_groups,
+    train_head, weighted_xent,
+)
+from align_jax.models.config import ModelConfig
+from align_jax.models.decoder import init_decoder
+
+TINY = ModelConfig(family="llama", vocab_size=128, hidden_size=16, intermediate_size=32, num_layers=3,
+                   num_heads=2, num_kv_heads=1, head_dim=8)
+
+
+class CharTokenizer:
+    """One token per character (ids = code point mod 128); enough for encode_for_features."""
+
+    def encode_with_offsets(self, text):
+        return [ord(c) % 128 for c in text], [(i, i + 1) for i in range(len(text))]
+
+
+# -- heads ---------------------------------------------------------------------------------------
+
+
+def _blobs(n, d, n_classes, seed, sep=4.0):
+    rng = np.random.default_rng(seed)
+    centers = rng.normal(size=(n_classes, d)) * sep
+    y = rng.integers(0, n_classes, size=n)
+    return (centers[y] + rng.normal(size=(n, d))).astype(np.float32), y
+
+
+@pytest.mark.parametrize("hidden", [0, 16])
+def test_head_learns_a_separable_problem(hidden):
+    x, y = _blobs(400, 10, 3, seed=0)
+    xt, yt = _blobs(200, 10, 3, seed=0)  # same centres (same seed), fresh noise below
+    xt = xt + np.random.default_rng(5).normal(size=xt.shape).astype(np.float32) * 0.1
+    head, losses = train_head(x, y, 3, hidden=hidden, steps=200, lr=0.05)
+    assert losses[-1] < 0.2 * losses[0]
+    acc = (np.asarray(predict_logits(head, xt)).argmax(-1) == yt).mean()
+    assert acc > 0.95
+
+
+def test_binary_score_orders_classes_and_imbalance_is_weighted():
+    rng = np.random.default_rng(1)
+    x = np.concatenate([rng.normal(0, 1, (950, 4)), rng.normal(1.5, 1, (50, 4))]).astype(np.float32)
+    y = np.array([0] * 950 + [1] * 50)
+    balanced, _ = train_head(x, y, 2, steps=300, lr=0.05)
+    plain, _ = train_head(x, y, 2, steps=300, lr=0.05, weights=np.ones(1000))
+    # with balanced weights the minority class is recalled far more often at the default cut (score > 0)
+    assert (positive_score(balanced, x[y == 1]) > 0).mean() > (positive_score(plain, x[y == 1]) > 0).mean() + 0.2
+
+
+def test_class_balanced_and_group_weights_by_hand():
+    w = class_balanced_weights(np.array([0, 0, 0, 1]), 2)
+    np.testing.assert_allclose(w, [4 / 6, 4 / 6, 4 / 6, 2.0])  # N / (C * count)
+    assert w[:3].sum() == pytest.approx(w[3:].sum())
+    with pytest.raises(ValueError, match="labels must be in"):
+        class_balanced_weights(np.array([0, 2]), 2)
+    g = group_weights(["a", "a", "b", "c"], {"a": 0.5, "b": 0.25, "c": 0.25})
+    np.testing.assert_allclose(g, [1.0, 1.0, 1.0, 1.0])
+    g = group_weights(["a", "b", "b", "b"], {"a": 0.5, "b": 0.5})
+    np.testing.assert_allclose(g, [2.0, 2 / 3, 2 / 3, 2 / 3])
+    with pytest.raises(ValueError, match="without a share"):
+        group_weights(["z"], {"a": 1.0})
+
+
+def test_weighted_xent_matches_numpy():
+    rng = np.random.default_rng(2)
+    x = rng.normal(size=(5, 3)).astype(np.float32)
+    y = np.array([0, 1, 2, 1, 0])
+    w = np.array([1.0, 2.0, 0.5, 1.0, 3.0], np.float32)
+    p = {"w": rng.normal(size=(3, 3)).astype(np.float32), "b": np.array([0.1, -0.2, 0.3], np.float32)}
+    z = x @ p["w"] + p["b"]
+    logp = z - np.log(np.exp(z).sum(1, keepdims=True))
+    expect = (w * -logp[np.arange(5), y]).sum() / w.sum() + 0.1 * (p["w"] ** 2).sum()
+    assert float(weighted_xent(p, x, y, w, 0.1)) == pytest.approx(expect, rel=1e-5)
+
+
+# -- thresholds -------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("n, target", [(1000, 0.03), (97, 0.03), (10, 0.05), (333, 0.0), (50, 0.5)])
+def test_threshold_achieves_target_fpr_on_its_own_data(n, target):
+    s = np.random.default_rng(n).normal(size=n)
+    t = threshold_for_fpr(s, target)
+    fpr = np.mean(s > t)
+    assert fpr <= target + 1e-12
+    # and it is the smallest such threshold among observed scores: one lower score would exceed the target
+    lower = np.sort(s)[np.sort(s) < t]
+    if lower.size:
+        assert np.mean(s > lower[-1]) > target
+    assert fpr == np.floor(target * n + 1e-9) / n  # distinct scores: exactly floor(target * n) flagged
+
+
+def test_threshold_with_ties_and_groups():
+    s = np.array([1.0, 1.0, 1.0, 0.0])
+    t = threshold_for_fpr(s, 0.5)
+    assert np.mean(s > t) <= 0.5
+    a, b = np.linspace(0, 1, 101), np.linspace(0, 5, 101)
+    t = threshold_for_groups({"a": a, "b": b}, 0.03)
+    assert np.mean(a > t) <= 0.03 and np.mean(b > t) <= 0.03
+    with pytest.raises(ValueError):
+        threshold_for_fpr(np.array([]), 0.03)
+
+
+# -- metrics ---------------------------------------------------------------------------------------------
+
+
+def test_rates_and_breakdowns_by_hand():
+    flags = np.array([1, 0, 0, 1, 1, 0, 0, 0])
+    ci = M.rate_ci(flags, n_resamples=200)
+    assert ci.point == pytest.approx(3 / 8) and ci.low <= 3 / 8 <= ci.high and ci.high - ci.low > 0
+    assert M.rate_ci(np.ones(20)) == (1.0, 1.0, 1.0)
+    groups = ["S1", "S1", "S2", "S2", "S2", None, "S9", "S9"]
+    per = M.per_group_rate(flags, groups, n_resamples=50)
+    assert list(per) == ["S1", "S2", "S9"]
+    assert per["S1"][0].point == 0.5 and per["S1"][1] == 2
+    assert per["S2"][0].point == pytest.approx(2 / 3) and per["S9"][0].point == 0.0
+    with pytest.raises(ValueError, match="non-empty"):
+        M.rate_ci([])
+
+
+def test_confusion_and_per_class_accuracy_by_hand():
+    y = np.array([0, 0, 1, 1, 1, 2])
+    p = np.array([0, 1, 1, 1, 2, 2])
+    np.testing.assert_array_equal(M.confusion_matrix(y, p, 3), [[1, 1, 0], [0, 2, 1], [0, 0, 1]])
+    np.testing.assert_allclose(M.per_class_accuracy(y, p, 3), [0.5, 2 / 3, 1.0])
+    assert np.isnan(M.per_class_accuracy(np.array([0]), np.array([0]), 2)[1])
+
+
+def test_generation_rates_with_a_fake_judge():
+    prompts = ["b1", "b2", "b3", "b4", "h1", "h2", "h3"]
+    harmful = [False] * 4 + [True] * 3
+    verdict = {"b1": M.REFUSAL, "b2": M.PARTIAL, "b3": M.COMPLIANCE, "b4": M.COMPLIANCE,
+               "h1": M.COMPLIANCE, "h2": M.REFUSAL, "h3": M.PARTIAL}
+    judge = lambda ps, rs: np.array([verdict[p] for p in ps])  # noqa: E731
+    r = M.generation_rates(prompts, ["x"] * 7, harmful, judge, n_resamples=50)
+    assert r["over_refusal"].point == pytest.approx(1 / 4)
+    assert r["over_refusal_any"].point == pytest.approx(2 / 4)
+    assert r["compliance"].point == pytest.approx(1 / 3)
+    assert r["compliance_any"].point == pytest.approx(2 / 3)
+    only_benign = M.generation_rates(prompts[:4], ["x"] * 4, harmful[:4], judge)
+    assert only_benign["compliance"] is None
+    with pytest.raises(ValueError, match="lengths differ"):
+        M.generation_rates(prompts, ["x"], harmful, judge)
+
+
+# -- features on a tiny random decoder ---------------------------------------------------------------
+
+
+def test_encode_marks_only_the_content_and_rejects_empty():
+    tok = CharTokenizer()
+    e = encode_for_features(tok, "chatml", "Hi there")
+    assert sum(e.content_mask) == len("Hi there")
+    assert e.ids[-1] == ord("\n")  # generation prompt ends the text
+    r = encode_for_features(tok, "chatml", "Hi there", "Sure thing")
+    assert sum(r.content_mask) == len("Sure thing")
+    with pytest.raises(ValueError, match="empty prompt"):
+        encode_for_features(tok, "chatml", "  ")
+    with pytest.raises(ValueError, match="empty response"):
+        encode_for_features(tok, "chatml", "Hi", "")
+
+
+def test_pool_hidden_by_hand():
+    h = np.arange(2 * 1 * 3 * 2, dtype=np.float32).reshape(2, 1, 3, 2)  # [K, B, T, D]
+    mask = np.array([[0, 1, 1]])
+    out = np.asarray(pool_hidden(h, mask))
+    np.testing.assert_allclose(out[0, 0], np.concatenate([h[0, 0, 1:].mean(0), h[0, 0, -1]]))
+    np.testing.assert_allclose(out[1, 0], np.concatenate([h[1, 0, 1:].mean(0), h[1, 0, -1]]))
+
+
+TEXTS = ["short", "a much longer prompt than the first one, with more words", "mid length text", "bake bread"]
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    model, tok = init_decoder(TINY, seed=0), CharTokenizer()
+    enc = [encode_for_features(tok, "chatml_plain", t) for t in TEXTS]
+    return model, tok, enc, extract_features(model, enc, [1, 2, 3], batch_size=4, bucket=64)
+
+
+def test_features_do_not_depend_on_batch_padding(tiny):
+    model, _, enc, together = tiny
+    assert together[1].shape == (4, 2 * TINY.hidden_size)
+    alone = extract_features(model, enc[:1] + enc[3:], [1, 3], batch_size=4, bucket=128)  # more left padding
+    for layer in (1, 3):
+        np.testing.assert_allclose(alone[layer][0], together[layer][0], atol=1e-4)
+        np.testing.assert_allclose(alone[layer][1], together[layer][3], atol=1e-4)
+    assert not np.allclose(together[1], together[3])
+    tokens, positions, segments, content = left_pad(enc[:1], 64)
+    assert segments[0].tolist() == [0] * (64 - len(enc[0].ids)) + [1] * len(enc[0].ids)
+    assert positions[0, -1] == len(enc[0].ids) - 1
+
+
+def test_classifier_wrappers_use_an_exact_truncated_model(tiny):
+    model, tok, _, full = tiny
+    feats = featurize(model, tok, "chatml_plain", TEXTS, layers=[2], bucket=64)[2]  # 2 of 3 layers
+    np.testing.assert_allclose(feats, full[2], atol=1e-5)
+    y = np.array([0, 1, 0, 1])
+    head, _ = train_head(feats, y, 2, steps=200, lr=0.05)
+    clf = PromptClassifier(2, head, threshold=0.0)
+    np.testing.assert_array_equal(clf.flags(feats), y.astype(bool))  # memorises 4 points
+    rhead, _ = train_head(feats[:3], np.array([0, 1, 2]), 3, steps=200, lr=0.05)
+    judge = make_response_judge(ResponseClassifier(2, rhead), model, tok, "chatml_plain", bucket=128)
+    labels = judge(TEXTS[:2], ["Sure, here it is.", "I can't help with that."])
+    assert labels.shape == (2,) and set(labels.tolist()) <= {0, 1, 2}
+
+
+def test_cached_features_compute_once(tmp_path):
+    calls = []
+
+    def compute():
+        calls.append(1)
+        return {4: np.ones((2, 3), np.float32)}
+
+    items = [("p", None), ("q", "r")]
+    a = cached_features(tmp_path, "m", "chatml", [4], items, compute)
+    b = cached_features(tmp_path, "m", "chatml", [4], items, compute)
+    np.testing.assert_array_equal(a[4], b[4])
+    assert len(calls) == 1
+    cached_features(tmp_path, "m", "chatml", [4], items[:1], compute)  # different texts: new key
+    assert len(calls) == 2
