@@ -1,12 +1,13 @@
 # Two entry points do all set-up on a fresh machine:
-#   make demo   # the main job on the embedded default model (SmolLM2-135M-Instruct)
+#   make demo   # the main job: DPO on the embedded default model (SmolLM2-135M-Instruct), with a report
 #   make test   # the test suite (what .ci/run calls)
+# Also: make chat (batched generation demo).
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-all setup clean
+.PHONY: demo chat test setup clean
 
 $(STAMP): requirements.txt requirements-test.txt requirements-models.txt
 	$(PYTHON) -m venv $(VENV)
@@ -19,7 +20,10 @@ $(STAMP): requirements.txt requirements-test.txt requirements-models.txt
 setup: $(STAMP)
 
 demo: $(STAMP)
-	$(PY) -m align_jax.demo
+	$(PY) -m align_jax.main --config=configs/dpo_demo.py --workdir=runs/demo
+
+chat: $(STAMP)
+	$(PY) -m align_jax.chat_demo
 
 test: $(STAMP)
 	$(PY) -m pytest -q -n 2 --dist loadfile tests

@@ -25,6 +25,7 @@ def main(argv):
     import jax
 
     if _COORDINATOR.value:
+        jax.config.update("jax_cpu_collectives_implementation", "gloo")  # CPU collectives; no effect on GPU/TPU
         jax.distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
     from align_jax.training.config import parse_config
     from align_jax.training.loop import run

@@ -28,22 +28,6 @@ flags.DEFINE_string("output_json", "benchmarks/results/generation.json", "where 
 FLAGS = flags.FLAGS
 
 
-def matmul_peak_flops(n: int = 2048, reps: int = 10) -> float:
-    import jax
-    import jax.numpy as jnp
-
-    a = jax.random.normal(jax.random.key(0), (n, n), jnp.float32)
-    b = jax.random.normal(jax.random.key(1), (n, n), jnp.float32)
-    f = jax.jit(lambda a, b: a @ b)
-    f(a, b).block_until_ready()
-    best = float("inf")
-    for _ in range(reps):
-        t = time.perf_counter()
-        f(a, b).block_until_ready()
-        best = min(best, time.perf_counter() - t)
-    return 2 * n**3 / best
-
-
 def main(argv):
     del argv
     import jax
@@ -52,6 +36,7 @@ def main(argv):
     import transformers
 
     from align_jax.models.registry import load_model
+    from align_jax.training.flops import measure_matmul_peak
     from align_jax.sampling import SamplingParams, sample
 
     loaded = load_model(FLAGS.model)
@@ -61,7 +46,7 @@ def main(argv):
         path.parent, gguf_file=path.name, dtype=torch.float32
     ).eval()
     n_params = cfg.num_params()
-    peak = matmul_peak_flops()
+    peak = measure_matmul_peak("float32", size=2048)
     print(f"params {n_params / 1e6:.1f}M; fp32 matmul peak {peak / 1e9:.1f} GFLOP/s; "
           f"torch threads {torch.get_num_threads()}; jax devices {jax.devices()}")
 

@@ -18,10 +18,13 @@ def get_config():
     c = base_config()
     c.data.source = "checkable_pairs"
     c.data.max_length = 96
-    c.data.max_train_examples = 320
-    c.train.steps = 40
-    c.optimizer.total_steps = 40
-    c.optimizer.learning_rate = 2e-5
-    c.optimizer.warmup_steps = 4
+    c.data.max_train_examples = 240
+    c.data.max_eval_examples = 32
+    c.train.steps = 24
+    c.train.eval_every = 12
+    c.train.checkpoint_every = 12
+    c.optimizer.total_steps = 24
+    c.optimizer.learning_rate = 3e-5
+    c.optimizer.warmup_steps = 2
     c.loss.beta = 0.1
     return c

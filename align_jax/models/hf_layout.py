@@ -127,8 +127,8 @@ def decoder_from_hf_tensors(
             arrays.append(_to_ours(w, spec, layer_shape))
         value = np.stack(arrays) if spec.per_layer else arrays[0]
         value = value.astype(cfg.jnp_param_dtype)
-        if shardings is not None:
-            value = jax.device_put(value, shardings[spec.path])
+        if shardings is not None:  # per-shard callback: also valid when the mesh spans processes
+            value = jax.make_array_from_callback(value.shape, shardings[spec.path], lambda i, v=value: v[i])
         else:
             value = jax.numpy.asarray(value)
         loaded[spec.path] = var.replace(value=value)

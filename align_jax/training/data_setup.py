@@ -6,10 +6,10 @@ import dataclasses
 import logging
 from typing import Any, Sequence
 
+import grain
 import jax
 import numpy as np
 
-from align_jax.data.pipeline import make_dataset
 from align_jax.data.records import PreferenceRecord, SFTRecord, UnpairedRecord
 from align_jax.data.sources import load_records
 from align_jax.data.tokenization import Tokenize
@@ -80,17 +80,6 @@ def _sft(records):
     ]
 
 
-class Pretokenized:
-    """A pass-through "tokenizer" for examples tokenized ahead of time (``make_dataset`` maps it)."""
-
-    def __init__(self, tokenize: Tokenize):
-        self.max_length = tokenize.max_length
-        self.pad_id = tokenize.pad_id
-
-    def __call__(self, example):
-        return example
-
-
 def tokenize_all(tokenize: Tokenize, records: Sequence[Any]) -> list[dict]:
     examples = [tokenize(r) for r in records]
     return [ex for ex in examples if ex is not None]
@@ -101,19 +90,21 @@ def attach(examples: list[dict], columns: dict[str, np.ndarray]) -> list[dict]:
     return [{**ex, **{k: np.float32(v[i]) for k, v in columns.items()}} for i, ex in enumerate(examples)]
 
 
-def iterator(examples, tokenize, data: DataSection, *, train: bool):
-    """A grain iterator of host-local batches; train: shuffled, repeated forever."""
-    per_host = data.batch_size // jax.process_count()
-    ds = make_dataset(
-        examples,
-        tokenize,
-        batch_size=per_host,
-        seed=data.seed,
-        shuffle=train,
-        num_epochs=None if train else 1,
-        drop_remainder=True,
-    )
-    return iter(ds)
+def iterator(examples: Sequence[dict], data: DataSection, *, train: bool):
+    """A grain iterator of this host's slices of the global batches.
+
+    The global batch sequence depends only on the seed (shuffle, then batch), and host ``h`` of
+    ``H`` takes every H-th host-sized batch starting at ``h``: concatenated over hosts, they are
+    exactly the single-process batches, so losses do not depend on the number of processes.
+    Train: reshuffled every epoch, forever. Eval: one pass in order, the remainder dropped.
+    """
+    hosts = jax.process_count()
+    per_host = data.batch_size // hosts
+    ds = grain.MapDataset.source(list(examples))
+    if train:
+        ds = ds.repeat(None).shuffle(seed=data.seed)
+    ds = ds.batch(per_host, drop_remainder=True)[jax.process_index() :: hosts]
+    return iter(ds.to_iter_dataset())
 
 
 def to_global(batch: dict, data: DataSection, shardings) -> dict:

@@ -142,9 +142,8 @@ def run(cfg: RunConfig, workdir: str | Path) -> dict[str, Any]:
     state_sh = S.train_state_shardings(state, mesh)
     state = S.shard_state(state, state_sh)
 
-    pretok = D.Pretokenized(tokenize)
-    train_it = D.iterator(train_ex, pretok, cfg.data, train=True)
-    sample = {k: np.asarray(v) for k, v in next(D.iterator(train_ex, pretok, cfg.data, train=False)).items()}
+    train_it = D.iterator(train_ex, cfg.data, train=True)
+    sample = {k: np.asarray(v) for k, v in next(D.iterator(train_ex, cfg.data, train=False)).items()}
     a = cfg.data.micro_batches
     shaped = {k: np.zeros((a, cfg.data.batch_size // a) + v.shape[1:], v.dtype) for k, v in sample.items()}
     batch_sh = S.batch_shardings(shaped, mesh)
@@ -153,7 +152,7 @@ def run(cfg: RunConfig, workdir: str | Path) -> dict[str, Any]:
 
     def evaluate(state) -> dict[str, float]:
         sums, total = {}, 0.0
-        for batch in D.iterator(eval_ex, pretok, cfg.data, train=False):
+        for batch in D.iterator(eval_ex, cfg.data, train=False):
             metrics = jax.device_get(eval_step(state, D.to_global(batch, cfg.data, batch_sh)))
             w = float(metrics.pop("weight"))
             for k, v in metrics.items():
@@ -205,13 +204,16 @@ def run(cfg: RunConfig, workdir: str | Path) -> dict[str, Any]:
         ckpt.close()
         writer.close()
 
+    if not metrics:  # resumed a finished run: report its held-out metrics again
+        metrics = evaluate(state)
     result = {"final": metrics, "before": before, "truncation": truncation, "data": splits.stats,
               "train_examples": len(train_ex), "eval_examples": len(eval_ex)}
-    if cfg.train.export_hf and jax.process_index() == 0:
-        policy = nnx.merge(graphdef, S.policy_state(spec, state.params, state.frozen))
-        export = save_hf_dir(policy, workdir / "export")
-        lm.tokenizer.save_pretrained(export)
-        result["export"] = str(export)
+    if cfg.train.export_hf:
+        policy = nnx.merge(graphdef, S.gather_to_hosts(S.policy_state(spec, state.params, state.frozen)))
+        if jax.process_index() == 0:
+            export = save_hf_dir(policy, workdir / "export")
+            lm.tokenizer.save_pretrained(export)
+            result["export"] = str(export)
     (workdir / "result.json").write_text(json.dumps(result, indent=2, default=str))
     return {**result, "loaded": lm, "policy_state": S.policy_state(spec, state.params, state.frozen), "graphdef": graphdef}
 

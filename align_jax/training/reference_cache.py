@@ -15,6 +15,7 @@ from typing import Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import NamedSharding, PartitionSpec
 from tqdm import tqdm
 
 from align_jax.models.decoder import Decoder
@@ -46,15 +47,34 @@ def compute_reference_logps(
 ) -> dict[str, np.ndarray]:
     """Summed reference log-probs of every example, in order (``reference_<side>_logps`` [N])."""
     fn = jax.jit(lambda batch: reference_logps(model, batch, kind))
+    replicated = _replicated_like(model)
     outputs: dict[str, list[np.ndarray]] = {}
     for start in tqdm(range(0, len(examples), batch_size), desc="reference log-probs", leave=False):
         chunk = list(examples[start : start + batch_size])
         n = len(chunk)
         chunk += [chunk[-1]] * (batch_size - n)  # fixed shape: one compile
-        batch = {k: jnp.asarray(np.stack([ex[k] for ex in chunk])) for k in chunk[0] if k.endswith(("_tokens", "_loss_mask", "_positions", "_segment_ids"))}
+        batch = {
+            k: _place(np.stack([ex[k] for ex in chunk]), replicated)
+            for k in chunk[0]
+            if k.endswith(("_tokens", "_loss_mask", "_positions", "_segment_ids"))
+        }
         for name, value in fn(batch).items():
             outputs.setdefault(name, []).append(np.asarray(value)[:n])
     return {name: np.concatenate(parts) for name, parts in outputs.items()}
+
+
+def _replicated_like(model: Decoder):
+    """A replicated sharding on the model's mesh (None when its parameters are not on a mesh)."""
+    sharding = getattr(model.embed[...], "sharding", None)
+    if isinstance(sharding, NamedSharding):
+        return NamedSharding(sharding.mesh, PartitionSpec())
+    return None
+
+
+def _place(host: np.ndarray, sharding):
+    if sharding is None:
+        return jnp.asarray(host)
+    return jax.make_array_from_callback(host.shape, sharding, lambda index: host[index])
 
 
 def cached_reference_logps(

@@ -18,6 +18,7 @@ from typing import Any, Callable, Mapping
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
@@ -238,10 +239,25 @@ def compile_eval_step(spec: StepSpec, state_sh: TrainState, batch_sh, mesh: Mesh
     return jax.jit(lambda state, batch: eval_step(spec, state, batch), in_shardings=(state_sh, batch_sh), out_shardings=replicated)
 
 
+def _place(x, sharding):
+    """Puts x on ``sharding``; values local to this process go through a per-shard callback, so
+    this also works for shardings that span several processes (every process passes the same x)."""
+    if x is None:
+        return None
+    if sharding.is_fully_addressable or (isinstance(x, jax.Array) and not x.is_fully_addressable):
+        return jax.device_put(x, sharding)
+    host = np.asarray(x)
+    return jax.make_array_from_callback(host.shape, sharding, lambda index: host[index])
+
+
 def shard_state(state: TrainState, shardings: TrainState) -> TrainState:
+    return jax.tree.map(_place, state, shardings, is_leaf=lambda x: x is None)
+
+
+def gather_to_hosts(tree):
+    """Every array fully on every process (for export from a multi-process run)."""
+    from jax.experimental import multihost_utils
+
     return jax.tree.map(
-        lambda x, s: jax.device_put(x, s),
-        state,
-        shardings,
-        is_leaf=lambda x: x is None,
+        lambda x: x if x.is_fully_addressable else multihost_utils.process_allgather(x, tiled=True), tree
     )

@@ -23,8 +23,8 @@ from align_jax.training.loop import run
 from align_jax.training.metrics_logging import read_metrics
 
 REPO = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(REPO / "configs"))
-from common import base_config  # noqa: E402
+sys.path.insert(0, str(Path(__file__).parent))
+from engine_config import make_config  # noqa: E402
 
 QUESTIONS = ["What is {} plus {}?", "Name a color that is not {}.", "Is {} larger than {}?", "Spell the number {}."]
 
@@ -50,21 +50,6 @@ def pairs_file(tmp_path_factory):
             q = QUESTIONS[i % 4].format(a, b)
             f.write(json.dumps({"prompt": q, "chosen": f"The answer is {a + b}.", "rejected": f"I don't know, maybe {a}?"}) + "\n")
     return path
-
-
-def make_config(model_dir, data_file, **overrides):
-    c = base_config()
-    c.model.name = None
-    c.model.path = str(model_dir)
-    c.mesh = dict(data=1, fsdp=1, tensor=1)
-    c.data.update(source="preference", train_path=str(data_file), max_length=40, batch_size=4, max_eval_examples=8)
-    c.train.update(steps=4, eval_every=2, checkpoint_every=2, export_hf=False, report=False)
-    c.optimizer.update(learning_rate=1e-3, total_steps=4)
-    c.reference.cache_dir = str(Path(data_file).parent / "refcache")
-    for key, value in overrides.items():
-        section, name = key.split("__")
-        c[section][name] = value
-    return c
 
 
 def train_losses(workdir):
@@ -142,9 +127,9 @@ def _main(config_file, workdir):
 def test_sigkill_then_same_command_resumes_exactly(tiny_model_dir, pairs_file, tmp_path):
     config_file = tmp_path / "cfg.py"
     config_file.write_text(
-        "import sys\nsys.path.insert(0, %r)\nsys.path.insert(0, %r)\nfrom test_engine import make_config\n"
+        "import sys\nsys.path.insert(0, %r)\nfrom engine_config import make_config\n"
         "def get_config():\n    return make_config(%r, %r, train__steps=8, optimizer__total_steps=8, train__checkpoint_every=2)\n"
-        % (str(REPO / "configs"), str(Path(__file__).parent), str(tiny_model_dir), str(pairs_file))
+        % (str(Path(__file__).parent), str(tiny_model_dir), str(pairs_file))
     )
     cmd, env = _main(config_file, tmp_path / "full")
     subprocess.run(cmd, env=env, check=True, capture_output=True, cwd=REPO)
@@ -164,3 +149,30 @@ def test_sigkill_then_same_command_resumes_exactly(tiny_model_dir, pairs_file, t
         return [{k: v for k, v in r.items() if not k.startswith("perf/")} for r in read_metrics(workdir)]
 
     assert trace(tmp_path / "killed") == trace(tmp_path / "full")
+
+
+def test_two_processes_match_one_process(tiny_model_dir, pairs_file, tmp_path):
+    """Two processes on localhost (gloo collectives, 2 CPU devices each, a 4-way fsdp mesh across
+    them, per-host data slices) give the single-device losses, and export a whole model."""
+    config_file = tmp_path / "cfg.py"
+    config_file.write_text(
+        "import sys\nsys.path.insert(0, %r)\nfrom engine_config import make_config\n"
+        "def get_config():\n    return make_config(%r, %r, mesh__fsdp=-1, train__export_hf=True)\n"
+        % (str(Path(__file__).parent), str(tiny_model_dir), str(pairs_file))
+    )
+    single = parse_config(make_config(tiny_model_dir, pairs_file))
+    run(single, tmp_path / "single")
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2", "JAX_PLATFORMS": "cpu"}
+    port = 20000 + os.getpid() % 20000
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-m", "align_jax.main", f"--config={config_file}", f"--workdir={tmp_path / 'multi'}",
+             f"--coordinator_address=localhost:{port}", "--num_processes=2", f"--process_id={i}"],
+            env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        )
+        for i in range(2)
+    ]
+    outputs = [p.communicate(timeout=600)[0] for p in procs]
+    assert all(p.returncode == 0 for p in procs), outputs[0][-3000:] + outputs[1][-3000:]
+    np.testing.assert_allclose(train_losses(tmp_path / "multi"), train_losses(tmp_path / "single"), rtol=1e-4)
+    assert (tmp_path / "multi" / "export" / "model.safetensors").exists()
