@@ -1,0 +1,44 @@
+"""The project's generated multi-constraint prompts: in-distribution vs each OOD split.
+
+``instructions.generate(split, limit, seed=seed)`` prompts per split (``cfg.splits``), greedy
+responses, and per split ``<split>/instruction_level_strict`` and ``<split>/prompt_level_strict``
+(CIs resample prompts). All splits are generated in one pass (one compiled program).
+Config keys: splits, limit (prompts per split, > 0), max_new_tokens, batch_size, seed.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from align_jax.evals import runner
+from align_jax.evals.instructions import SPLITS, generate
+from align_jax.evals.suites.ifeval import respond_and_score
+
+REPORTED = ("instruction_level_strict", "prompt_level_strict")
+
+
+def run(lm, cfg, *, progress: bool) -> runner.SuiteResult:
+    splits = list(cfg.splits)
+    unknown = [s for s in splits if s not in SPLITS]
+    if unknown or not splits:
+        raise ValueError(f"splits must be a non-empty subset of {SPLITS}; got {splits}")
+    if int(cfg.limit) < 1:
+        raise ValueError(f"constraints_ood needs limit >= 1 prompts per split, got {cfg.limit}")
+    examples, split_of = [], []
+    for split in splits:
+        generated = generate(split, int(cfg.limit), seed=int(cfg.seed))
+        examples += generated
+        split_of += [split] * len(generated)
+    records, rates = respond_and_score(lm, examples, max_new_tokens=int(cfg.max_new_tokens),
+                                       batch_size=int(cfg.batch_size), progress=progress,
+                                       desc="constraint responses")
+    split_of = np.array(split_of)
+    per_split = {}
+    for split in splits:
+        rows = split_of == split
+        for level in REPORTED:
+            per_split[f"{split}/{level}"] = runner.Rate(rates[level].successes[rows], rates[level].trials[rows])
+    for record, split in zip(records, split_of):
+        record["split"] = str(split)
+    return runner.SuiteResult(examples=records, rates=per_split,
+                              settings={"prompts_per_split": int(cfg.limit)})

@@ -1,0 +1,18 @@
+"""Factual QA: greedy short answers, sequence-probability and P(True) confidence."""
+
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(__file__))
+from eval_base import base_config  # noqa: E402
+
+
+def get_config():
+    c = base_config("factual_qa")
+    c.split = "test"  # train / validation / test of evals.factual_qa.split_factual_qa
+    c.split_seed = 0
+    c.max_new_tokens = 24
+    c.match_mode = "contains"  # "exact" or "contains" (answer_matches)
+    c.bucket = 64  # P(True) scoring widths round up to a multiple of this
+    c.n_bins = 15
+    return c

@@ -1,0 +1,187 @@
+"""The evaluation runner end to end on a tiny random decoder with SmolLM2's real tokenizer."""
+
+import csv
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from align_jax.evals import runner
+from align_jax.evals.instructions import evaluate_responses, generate, save_ifeval
+from align_jax.evals.suites import SUITES
+from align_jax.evals.suites.factual_qa import answer_record
+from align_jax.evals.factual_qa import split_factual_qa
+from align_jax.models import LoadedModel, ModelConfig, init_decoder
+from align_jax.models.gguf_file import smollm2_gguf_path
+from align_jax.models.tokenizer import Tokenizer
+
+CALIBRATION_METRICS = ("accuracy", "mean_confidence", "ece", "ece_equal_mass", "mce", "brier", "auroc")
+TQA_ROWS = [
+    ("What color is the sky on a clear day?", "Blue", "Green; Red; Purple"),
+    ("How many legs does a spider have?", "Eight", "Six; Ten"),
+    ("What is the boiling point of water at sea level in Celsius?", "100 degrees", "50 degrees; 212 degrees"),
+    ("Which planet is closest to the Sun?", "Mercury", "Venus; Mars; Jupiter"),
+    ("Who wrote Hamlet?", "William Shakespeare", "Charles Dickens"),
+]
+
+
+@pytest.fixture(scope="module")
+def tiny_lm():
+    tok = Tokenizer.from_gguf(smollm2_gguf_path())
+    cfg = ModelConfig(family="llama", vocab_size=tok.vocab_size, hidden_size=16, intermediate_size=32,
+                      num_layers=1, num_heads=2, num_kv_heads=1, head_dim=8, max_position_embeddings=512)
+    return LoadedModel(init_decoder(cfg, seed=0), tok, "chatml", "tiny")
+
+
+@pytest.fixture(scope="module")
+def tqa_csv(tmp_path_factory):
+    path = tmp_path_factory.mktemp("tqa") / "TruthfulQA.csv"
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["Type", "Category", "Question", "Best Answer", "Incorrect Answers"])
+        for q, best, wrong in TQA_ROWS:
+            w.writerow(["Adversarial", "Test", q, best, wrong])
+    return path
+
+
+def _read_outputs(workdir):
+    results = json.loads((workdir / "results.json").read_text())
+    lines = (workdir / "examples.jsonl").read_text().splitlines()
+    return results, [json.loads(line) for line in lines]
+
+
+def _check_outputs(workdir, results, n, metric_names, pngs=()):
+    on_disk, examples = _read_outputs(workdir)
+    assert on_disk == results
+    assert {"suite", "model", "n", "n_failures", "metrics", "settings", "seconds", "files"} <= set(results)
+    assert results["n"] == n == len(examples)
+    assert results["n_failures"] == sum(e["failure"] is not None for e in examples)
+    assert set(results["metrics"]) == set(metric_names)
+    for name, m in results["metrics"].items():
+        assert set(m) == {"value", "low", "high", "n"}, name
+        if m["value"] is not None:
+            assert m["low"] <= m["value"] <= m["high"], (name, m)
+    assert results["settings"]["ci_level"] == 0.95
+    summary = (workdir / "summary.md").read_text()
+    assert all(f"| {name} |" in summary for name in metric_names)
+    for png in pngs:
+        assert (workdir / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        assert png in results["files"]
+    return examples
+
+
+@pytest.fixture(scope="module")
+def tqa_run(tiny_lm, tqa_csv, tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("tqa_run")
+    cfg = runner.load_eval_config("truthfulqa_mc", data_path=str(tqa_csv), limit=4, batch_size=4,
+                                  n_resamples=100)
+    return workdir, runner.run_suite(tiny_lm, cfg, workdir, progress=False)
+
+
+def test_truthfulqa_mc_end_to_end(tqa_run):
+    workdir, results = tqa_run
+    names = [f"{s}/{m}" for s in ("sum", "mean") for m in CALIBRATION_METRICS]
+    examples = _check_outputs(workdir, results, 4, names, ["reliability_sum.png", "reliability_mean.png"])
+    acc = np.mean([e["sum_correct"] for e in examples])
+    assert results["metrics"]["sum/accuracy"]["value"] == pytest.approx(acc)
+    assert all(m["n"] == 4 for m in results["metrics"].values())
+    for e in examples:
+        assert e["sum_chosen"] == int(np.argmax(e["sum_logprobs"]))
+        assert e["mean_chosen"] == int(np.argmax(e["mean_logprobs"]))
+        probs = np.exp(e["sum_logprobs"] - np.max(e["sum_logprobs"]))
+        assert e["sum_confidence"] == pytest.approx(probs.max() / probs.sum())
+
+
+def _plain_option_logprob(lm, prompt, continuation):
+    """Sum of log-softmax over the continuation tokens from one unpadded forward."""
+    tok = lm.tokenizer
+    p, c = tok.encode(prompt, add_special_tokens=True), tok.encode(continuation)
+    logits = lm.model(jnp.asarray([p + c], jnp.int32)).logits[0].astype(jnp.float32)
+    logp = np.asarray(jax.nn.log_softmax(logits, axis=-1))
+    return sum(float(logp[len(p) + i - 1, t]) for i, t in enumerate(c)), len(c)
+
+
+def test_truthfulqa_scores_equal_independent_forward(tiny_lm, tqa_run):
+    _, examples = _read_outputs(tqa_run[0])
+    for e in examples[:2]:  # every distinct length is one more compile of the plain forward
+        for k, choice in enumerate(e["choices"]):
+            total, n = _plain_option_logprob(tiny_lm, f"Q: {e['question']}\nA:", f" {choice}")
+            assert e["num_tokens"][k] == n
+            assert e["sum_logprobs"][k] == pytest.approx(total, abs=1e-4)
+            assert e["mean_logprobs"][k] == pytest.approx(total / n, abs=1e-4)
+
+
+def test_factual_qa_end_to_end(tiny_lm, tmp_path):
+    cfg = runner.load_eval_config("factual_qa", limit=4, batch_size=4, max_new_tokens=6, n_resamples=100)
+    results = runner.run_suite(tiny_lm, cfg, tmp_path, progress=False)
+    names = [f"{s}/{m}" for s in ("seq_prob", "p_true") for m in CALIBRATION_METRICS]
+    examples = _check_outputs(tmp_path, results, 4, names, ["reliability_seq_prob.png", "reliability_p_true.png"])
+    assert all(0.0 < e["seq_prob"] <= 1.0 and 0.0 < e["p_true"] < 1.0 for e in examples)
+    assert results["metrics"]["p_true/mean_confidence"]["value"] == pytest.approx(
+        np.mean([e["p_true"] for e in examples]))
+
+
+def test_empty_generation_is_a_failure_record():
+    item = split_factual_qa()["test"][0]
+    empty = runner.Generation(text="", token_ids=(2,), logprobs=np.array([-0.1]), stopped=True)
+    record = answer_record(item, empty, "contains")
+    assert record["failure"] == runner.EMPTY_GENERATION and record["correct"] is False
+    assert record["seq_prob"] == pytest.approx(np.exp(-0.1))
+    ok = runner.Generation(text=f"{item.answer}\nmore", token_ids=(5, 6, 2),
+                           logprobs=np.array([-0.5, -1.5, -3.0]), stopped=True)
+    record = answer_record(item, ok, "exact")
+    assert record["failure"] is None and record["correct"] is True
+    assert record["seq_prob"] == pytest.approx(np.exp(-1.0))  # stop token excluded
+
+
+def test_ifeval_end_to_end(tiny_lm, tmp_path):
+    data = tmp_path / "input_data.jsonl"
+    save_ifeval(generate("in_distribution", 6, seed=1), data)
+    cfg = runner.load_eval_config("ifeval", data_path=str(data), limit=4, batch_size=4,
+                                  max_new_tokens=8, n_resamples=100)
+    results = runner.run_suite(tiny_lm, cfg, tmp_path / "out", progress=False)
+    names = ["prompt_level_strict", "prompt_level_loose", "instruction_level_strict", "instruction_level_loose"]
+    examples = _check_outputs(tmp_path / "out", results, 4, names)
+    expected = evaluate_responses(generate("in_distribution", 6, seed=1)[:4],
+                                  [e["response"] for e in examples]).summary()
+    for name in names:
+        assert results["metrics"][name]["value"] == pytest.approx(expected[name])
+
+
+def test_constraints_ood_end_to_end(tiny_lm, tmp_path):
+    splits = ("in_distribution", "ood_more_constraints")
+    cfg = runner.load_eval_config("constraints_ood", splits=splits, limit=3, batch_size=4,
+                                  max_new_tokens=8, n_resamples=100)
+    results = runner.run_suite(tiny_lm, cfg, tmp_path, progress=False)
+    names = [f"{s}/{m}" for s in splits for m in ("instruction_level_strict", "prompt_level_strict")]
+    examples = _check_outputs(tmp_path, results, 6, names)
+    assert [e["split"] for e in examples] == ["in_distribution"] * 3 + ["ood_more_constraints"] * 3
+    assert all(results["metrics"][n]["n"] == 3 for n in names)
+    ood = [e for e in examples if e["split"] == "ood_more_constraints"]
+    assert results["metrics"]["ood_more_constraints/prompt_level_strict"]["value"] == pytest.approx(
+        np.mean([e["follow_all_strict"] for e in ood]))
+
+
+def test_unknown_suite_is_a_clear_error(tiny_lm, tmp_path):
+    with pytest.raises(ValueError, match=r"unknown eval suite 'mmlu'.*truthfulqa_mc"):
+        runner.load_eval_config("mmlu")
+    cfg = runner.load_eval_config("ifeval")
+    cfg.suite = "mmlu"
+    with pytest.raises(ValueError, match="unknown eval suite 'mmlu'"):
+        runner.run_suite(tiny_lm, cfg, tmp_path)
+    with pytest.raises(ValueError, match="unknown eval suite"):
+        runner.evaluate(cfg, tmp_path)  # before loading any model
+    assert set(SUITES) == {"truthfulqa_mc", "factual_qa", "ifeval", "constraints_ood"}
+
+
+def test_missing_and_malformed_data_name_the_file(tiny_lm, tmp_path):
+    cfg = runner.load_eval_config("truthfulqa_mc", data_path=str(tmp_path / "nope.csv"))
+    with pytest.raises(FileNotFoundError, match="nope.csv"):
+        runner.run_suite(tiny_lm, cfg, tmp_path)
+    bad = tmp_path / "bad.csv"
+    bad.write_text("Type,Category,Question,Best Answer,Incorrect Answers\nA,B,Q?,,x\n")
+    cfg.data_path = str(bad)
+    with pytest.raises(ValueError, match=r"bad.csv: row 1"):
+        runner.run_suite(tiny_lm, cfg, tmp_path)
