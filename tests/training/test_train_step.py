@@ -178,3 +178,24 @@ def test_lora_step_trains_adapters_only():
         state, m = step(state, batch)
     assert m["loss"] < 0.65, m
     assert all(np.array_equal(a, np.asarray(b)) for a, b in zip(base, jax.tree.leaves(state.frozen)))
+
+
+def test_reward_model_step_learns_to_rank_pairs():
+    from align_jax.training.tasks import init_reward_head, reward_model_loss
+
+    model = init_decoder(CFG, seed=3)
+    graphdef, params = nnx.split(model)
+    spec = S.StepSpec(
+        graphdef=graphdef,
+        task_loss=functools.partial(reward_model_loss, center_coef=0.01),
+        optimizer=make_optimizer(OptimizerConfig(learning_rate=1e-2, schedule="constant")),
+        uses_head=True,
+    )
+    state = S.init_state(spec, params, reward_head=init_reward_head(CFG.hidden_size))
+    step = jax.jit(functools.partial(S.train_step, spec))
+    batch = micro(pair_batch(8, seed=5), 1)
+    state, m0 = step(state, batch)
+    np.testing.assert_allclose(m0["loss"], np.log(2), atol=1e-6)  # zero head: equal rewards
+    for _ in range(20):
+        state, m = step(state, batch)
+    assert m["rm/accuracy"] == 1.0 and m["loss"] < 0.3, m
