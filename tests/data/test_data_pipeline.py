@@ -6,24 +6,12 @@ import json
 
 import numpy as np
 import pytest
-import tokenizers
-from tokenizers import models, pre_tokenizers
 
 from align_jax.data import pipeline
 from align_jax.data.records import PreferenceRecord, SFTRecord
 from align_jax.data.tokenization import Tokenize
-from align_jax.models.tokenizer import Tokenizer
 
-SPECIAL = ["<pad>", "<|im_start|>", "<|im_end|>"]
-WORDS = "user assistant system a b c d e f g h".split()
-VOCAB = {t: i for i, t in enumerate(SPECIAL + ["<unk>"] + WORDS)}
-
-
-def word_tokenizer() -> Tokenizer:
-    backend = tokenizers.Tokenizer(models.WordLevel(vocab=VOCAB, unk_token="<unk>"))
-    backend.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    backend.add_special_tokens(SPECIAL)
-    return Tokenizer(backend, bos_token=None, eos_token="<|im_end|>", pad_token="<pad>")
+from word_tokenizer import VOCAB, word_tokenizer  # noqa: E402
 
 
 def pairs(n: int) -> list[PreferenceRecord]:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import shutil
 
 import pytest
 
@@ -11,7 +9,7 @@ from align_jax.models import chat, gguf_file
 from align_jax.models.tokenizer import Tokenizer
 
 transformers = pytest.importorskip("transformers")
-from tokenizers import pre_tokenizers  # noqa: E402
+from test_tokenizer import _gguf, hf_reference, with_smollm2_upstream_pretokenizer  # noqa: E402
 
 # Gemma 3's chat template as published in google/gemma-3-*-it tokenizer_config.json (text-only
 # branches kept). The packaged Gemma GGUF is the base model and carries no template.
@@ -69,29 +67,11 @@ CONVERSATIONS = [
 
 
 def _hf_reference(kind: str):
-    """Same cache as tests/models/test_tokenizer.py: built by transformers from the GGUF once."""
-    from transformers import AutoTokenizer
-
-    try:
-        path = gguf_file.smollm2_gguf_path() if kind == "smollm2" else gguf_file.gemma3_gguf_path()
-    except FileNotFoundError as err:
-        pytest.skip(f"model package not installed: {err}")
-    root = gguf_file.default_cache_dir() / "hf_reference_tokenizers"
-    cache = root / f"{kind}-{transformers.__version__}-{path.stat().st_size}"
-    if not (cache / "tokenizer.json").is_file():
-        ref = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
-        tmp = root / f"{cache.name}.tmp{os.getpid()}"
-        ref.save_pretrained(str(tmp))
-        try:
-            os.replace(tmp, cache)
-        except OSError:
-            shutil.rmtree(tmp, ignore_errors=True)
-    ref = AutoTokenizer.from_pretrained(str(cache))
+    """(ours, transformers' tokenizer) for the packaged GGUF, via test_tokenizer.py's cache."""
+    ref = hf_reference(kind)
     if kind == "smollm2":  # SmolLM2's own pre-tokenizer (see test_tokenizer.py)
-        ref.backend_tokenizer.pre_tokenizer = pre_tokenizers.Sequence(
-            [pre_tokenizers.Digits(individual_digits=True), pre_tokenizers.ByteLevel(add_prefix_space=False)]
-        )
-    return Tokenizer.from_gguf(path), ref
+        with_smollm2_upstream_pretokenizer(ref)
+    return Tokenizer.from_gguf(_gguf(kind)), ref
 
 
 @pytest.fixture(scope="module")
