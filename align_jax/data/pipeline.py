@@ -3,15 +3,15 @@
 ``records`` (any random-access sequence: a list from :func:`sources.load_records` or an
 ``ArrayRecordDataSource`` / tfds data source mapped to records) go through
 
-    shard (per host) -> shuffle(seed) -> repeat(num_epochs) -> tokenize -> drop ``None``
-    -> [SFT: pad or pack] -> batch
+    shuffle(seed) -> repeat(num_epochs) -> tokenize -> drop ``None`` -> [SFT: pad or pack]
+    -> global batch -> this host's rows
 
-Sharding keeps the first ``n - n % shard_count`` records and gives host ``i`` every
-``shard_count``-th of them starting at ``i``: shards are disjoint and equally long, so hosts
-run the same number of steps (a host with one batch more would hang the others) unless
-``policy="drop"`` or packing makes the counts differ; train for a fixed number of steps (or
-``num_epochs=None``, repeating forever) in multi-host runs. The shuffle draws a new order
-each epoch from ``seed``.
+The batch sequence depends only on the records and the seed, never on the number of
+processes: every host builds the same global batches of ``batch_size`` rows and keeps its
+contiguous ``batch_size / shard_count`` rows (:func:`host_rows`), so the host slices
+concatenated in process order are exactly the single-process batches, and every host runs
+the same number of steps. The training engine uses the same rule
+(:func:`align_jax.training.data_setup.iterator`). The shuffle draws a new order each epoch.
 
 The returned :class:`grain.IterDataset` gives a :class:`grain.DatasetIterator` on ``iter()``;
 ``it.get_state()`` / ``it.set_state(state)`` (a small JSON-able dict) resume exactly: a fresh
@@ -37,14 +37,14 @@ def host_shard() -> tuple[int, int]:
     return jax.process_index(), jax.process_count()
 
 
-def shard(ds: grain.MapDataset, shard_index: int, shard_count: int) -> grain.MapDataset:
-    """Equal, disjoint, strided shards (the ``len(ds) % shard_count`` last records dropped)."""
+def host_rows(batch_size: int, shard_index: int, shard_count: int) -> slice:
+    """The rows of a global batch that host ``shard_index`` of ``shard_count`` keeps."""
     if not 0 <= shard_index < shard_count:
         raise ValueError(f"need 0 <= shard_index ({shard_index}) < shard_count ({shard_count})")
-    usable = len(ds) - len(ds) % shard_count
-    if usable == 0:
-        raise ValueError(f"{len(ds)} records cannot be split into {shard_count} non-empty shards")
-    return ds[:usable][shard_index::shard_count]
+    if batch_size % shard_count:
+        raise ValueError(f"global batch_size {batch_size} is not divisible by {shard_count} processes")
+    per_host = batch_size // shard_count
+    return slice(shard_index * per_host, (shard_index + 1) * per_host)
 
 
 def make_dataset(
@@ -61,9 +61,10 @@ def make_dataset(
     num_packing_bins: int = 8,
     drop_remainder: bool = True,
 ) -> grain.IterDataset:
-    """Batches of tokenized records (dicts of ``[batch_size, ...]`` numpy arrays).
+    """This host's rows of global batches of tokenized records (``[batch_size / shard_count, ...]``).
 
-    ``shard_index`` / ``shard_count`` default to this JAX process. ``pack=True`` (SFT only)
+    ``batch_size`` is the global batch; ``shard_index`` / ``shard_count`` default to this JAX
+    process. ``pack=True`` (SFT only)
     packs conversations padding-free into rows of ``tokenize.max_length``; otherwise SFT rows
     are padded. Other kinds come out of ``tokenize`` already padded.
     """
@@ -74,7 +75,10 @@ def make_dataset(
     sft = isinstance(records[0], SFTRecord)
     if pack and not sft:
         raise ValueError(f"packing is for SFT records, got {type(records[0]).__name__}")
-    ds = shard(grain.MapDataset.source(records), shard_index, shard_count)
+    rows = host_rows(batch_size, shard_index, shard_count)
+    if shard_count > 1 and not drop_remainder:
+        raise ValueError("several processes need drop_remainder=True: a short last batch would split unevenly")
+    ds = grain.MapDataset.source(records)
     if shuffle:
         ds = ds.shuffle(seed=seed)
     if num_epochs != 1:
@@ -86,4 +90,7 @@ def make_dataset(
     it = ds.to_iter_dataset()
     if pack:
         it = packing.pack(it, length, num_packing_bins=num_packing_bins, seed=seed)
-    return it.batch(batch_size, drop_remainder=drop_remainder)
+    batches = it.batch(batch_size, drop_remainder=drop_remainder)
+    if shard_count == 1:
+        return batches
+    return batches.map(lambda batch: {k: v[rows] for k, v in batch.items()})

@@ -51,14 +51,17 @@ def test_epochs_reshuffle_and_cover_all():
     assert sorted(first) == sorted(second) and first != second
 
 
-def test_host_shards_disjoint_and_equal():
-    recs = pairs(43)  # 43 % 3 == 1 record dropped so every host gets 14
-    seen = []
-    for i in range(3):
-        items = [x for b in make(recs, shard_index=i, shard_count=3, drop_remainder=False) for x in ident(b)]
-        assert len(items) == 14
-        seen += items
-    assert len(set(seen)) == 42
+def test_host_rows_concatenate_to_the_single_process_batches():
+    recs = pairs(43)
+    single = [ident(b) for b in make(recs, seed=5)]
+    hosts = [[ident(b) for b in make(recs, seed=5, shard_index=i, shard_count=2)] for i in range(2)]
+    assert len(single) == 10 and all(len(h) == len(single) for h in hosts)
+    for step, batch in enumerate(single):
+        assert hosts[0][step] + hosts[1][step] == batch  # host 0 holds rows 0-1, host 1 rows 2-3
+    with pytest.raises(ValueError, match="not divisible"):
+        make(recs, shard_index=0, shard_count=3)
+    with pytest.raises(ValueError, match="drop_remainder"):
+        make(recs, shard_index=0, shard_count=2, drop_remainder=False)
 
 
 @pytest.mark.parametrize("kind", ["preference", "sft_padded", "sft_packed"])
