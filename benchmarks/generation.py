@@ -1,6 +1,7 @@
 """Generation throughput: our jitted KV-cache sampler vs ``transformers.generate``, same weights.
 
     nice python -m benchmarks.generation [--batch_sizes=1,16,64] [--output_json=...]
+    python -m benchmarks.generation --nohf --new_tokens=32 --repeats=1   # ours only, quick
 
 Greedy, 64-token prompts, 128 new tokens, EOS ignored by both (ours: ``ignore_eos``; HF:
 ``min_new_tokens = max_new_tokens``). Runs alternate (ours, HF, ours, HF, ...) so that machine
@@ -24,6 +25,8 @@ flags.DEFINE_integer("prompt_len", 64, "prompt tokens")
 flags.DEFINE_integer("new_tokens", 128, "new tokens per sequence")
 flags.DEFINE_integer("repeats", 2, "timed runs per implementation and batch size")
 flags.DEFINE_string("model", "smollm2-135m-instruct", "registered model name")
+flags.DEFINE_bool("hf", True, "also run transformers.generate (--nohf: ours only)")
+flags.DEFINE_enum("hoist_weights", "auto", ["auto", "true", "false"], "sample(hoist_weights=...)")
 flags.DEFINE_string("output_json", "benchmarks/results/generation.json", "where to write the results")
 FLAGS = flags.FLAGS
 
@@ -32,8 +35,6 @@ def main(argv):
     del argv
     import jax
     import numpy as np
-    import torch
-    import transformers
 
     from align_jax.models.registry import load_model
     from align_jax.training.flops import measure_matmul_peak
@@ -42,13 +43,19 @@ def main(argv):
     loaded = load_model(FLAGS.model)
     model, cfg = loaded.model, loaded.model.cfg
     path = Path(loaded.source)
-    hf = transformers.AutoModelForCausalLM.from_pretrained(
-        path.parent, gguf_file=path.name, dtype=torch.float32
-    ).eval()
+    if FLAGS.hf:
+        import torch
+        import transformers
+
+        hf = transformers.AutoModelForCausalLM.from_pretrained(
+            path.parent, gguf_file=path.name, dtype=torch.float32
+        ).eval()
+    threads = torch.get_num_threads() if FLAGS.hf else None
+    hoist = {"auto": None, "true": True, "false": False}[FLAGS.hoist_weights]
     n_params = cfg.num_params()
     peak = measure_matmul_peak("float32", size=2048)
     print(f"params {n_params / 1e6:.1f}M; fp32 matmul peak {peak / 1e9:.1f} GFLOP/s; "
-          f"torch threads {torch.get_num_threads()}; jax devices {jax.devices()}")
+          f"torch threads {threads}; jax devices {jax.devices()}")
 
     rng = np.random.default_rng(0)
     params = SamplingParams(temperature=0.0, max_new_tokens=FLAGS.new_tokens, ignore_eos=True)
@@ -57,7 +64,7 @@ def main(argv):
         prompts = rng.integers(100, cfg.vocab_size, (batch, FLAGS.prompt_len)).tolist()
 
         def ours():
-            out = sample(model, prompts, params, pad_id=loaded.tokenizer.pad_id or 0)
+            out = sample(model, prompts, params, pad_id=loaded.tokenizer.pad_id or 0, hoist_weights=hoist)
             return jax.block_until_ready(out)
 
         def theirs():
@@ -71,12 +78,14 @@ def main(argv):
         ours()  # compile + first run
         first = time.perf_counter() - t
         times = {"ours": [], "hf": []}
+        impls = (("ours", ours), ("hf", theirs)) if FLAGS.hf else (("ours", ours),)
         for _ in range(FLAGS.repeats):
-            for name, fn in (("ours", ours), ("hf", theirs)):
+            for name, fn in impls:
                 t = time.perf_counter()
                 fn()
                 times[name].append(time.perf_counter() - t)
-        ours_s, hf_s = statistics.median(times["ours"]), statistics.median(times["hf"])
+        ours_s = statistics.median(times["ours"])
+        hf_s = statistics.median(times["hf"]) if FLAGS.hf else float("nan")
         new = batch * FLAGS.new_tokens
         row = dict(
             batch=batch, ours_tok_s=new / ours_s, hf_tok_s=new / hf_s, speedup=hf_s / ours_s,
@@ -97,7 +106,8 @@ def main(argv):
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(dict(
         model=FLAGS.model, params=n_params, matmul_peak_flops=peak, prompt_len=FLAGS.prompt_len,
-        new_tokens=FLAGS.new_tokens, cpu_count=os.cpu_count(), torch_threads=torch.get_num_threads(),
+        new_tokens=FLAGS.new_tokens, cpu_count=os.cpu_count(), torch_threads=threads,
+        hoist_weights=FLAGS.hoist_weights,
         rows=rows), indent=2))
     print(f"wrote {out}")
 

@@ -28,7 +28,7 @@ import numpy as np
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding
 
-from align_jax.models.decoder import Decoder, KVCache
+from align_jax.models.decoder import Decoder, KVCache, unstack_layers
 from align_jax.parallel.rules import DEFAULT_RULES, Rules, batch_sharding, logical_to_spec
 from align_jax.sampling.decoding import DecodeStructure, DecodeValues, SamplingParams, choose_tokens
 
@@ -97,7 +97,7 @@ def _constrain(x, sharding):
 @functools.partial(
     jax.jit,
     static_argnames=(
-        "graphdef", "structure", "n", "buffer_len", "cache_len", "pad_id", "shardings",
+        "graphdef", "structure", "n", "buffer_len", "cache_len", "pad_id", "shardings", "hoist_weights",
     ),
 )
 def _sample_program(
@@ -117,6 +117,7 @@ def _sample_program(
     cache_len: int,
     pad_id: int,
     shardings: tuple[NamedSharding, NamedSharding, NamedSharding] | None,
+    hoist_weights: bool,
 ):
     model: Decoder = nnx.merge(graphdef, state)
     cfg = model.cfg
@@ -182,15 +183,20 @@ def _sample_program(
     )
     loop = record(loop, last_logits)
 
+    # Loop invariants computed once: per-layer weights and the [D, V] unembedding (see ``sample``).
+    layer_states = unstack_layers(model) if hoist_weights else None
+    unembedding = model.unembedding() if hoist_weights else None
+
     def cond(loop: _Loop):
         return (loop.step < max_new_tokens) & ~loop.done.all()
 
     def body(loop: _Loop) -> _Loop:
         pos = loop.pos + 1
         ones = jnp.ones((rows, 1), jnp.int32)
-        out = model(loop.last[:, None], pos[:, None], ones, cache=loop.cache)
+        out = model.forward(loop.last[:, None], pos[:, None], ones, loop.cache, return_logits=False,
+                            return_hidden_states=False, layer_states=layer_states)
         loop = loop._replace(cache=out.cache, pos=pos)
-        return record(loop, out.logits[:, 0])
+        return record(loop, model.logits_from_hidden(out.final_hidden[:, 0], unembedding))
 
     loop = jax.lax.while_loop(cond, body, loop)
     tokens = loop.tokens[:, lead:]
@@ -222,6 +228,11 @@ def _stop_array(seqs: Sequence[Sequence[int]]) -> jax.Array:  # [S, L] right-ali
     return jnp.asarray(arr)
 
 
+def _hoist_default(model: Decoder) -> bool:
+    leaves = jax.tree.leaves(nnx.state(model))
+    return all(d.platform == "cpu" for leaf in leaves[:1] for d in leaf.devices())
+
+
 def sample(
     model: Decoder,
     prompts: Sequence[Sequence[int]],
@@ -234,12 +245,19 @@ def sample(
     prompt_bucket: int = 32,
     new_tokens_bucket: int = 64,
     max_len: int | None = None,
+    hoist_weights: bool | None = None,
 ) -> SampleOutput:
     """Samples ``params.n`` completions for each prompt (lists of token ids).
 
     ``eos_ids`` end a completion (ignored with ``params.ignore_eos``); ``max_len`` bounds
     prompt + completion (default: the model's ``max_position_embeddings``). Returned arrays have
     exactly ``len(prompts) * n`` rows and ``max_new_tokens`` columns.
+
+    ``hoist_weights`` (default: on when the parameters live on CPU) slices every layer's weights
+    out of the stacked arrays, and transposes the unembedding, once before the decode loop instead
+    of at every step; it costs a second copy of the weights while sampling. XLA:CPU feeds a matmul
+    a slice of a stacked weight only by copying it, which made those copies a large part of each
+    decode step; the results are the same either way.
     """
     cfg = model.cfg
     max_len = cfg.max_position_embeddings if max_len is None else max_len
@@ -286,6 +304,7 @@ def sample(
         cache_len=cache_len,
         pad_id=int(pad_id),
         shardings=shardings,
+        hoist_weights=_hoist_default(model) if hoist_weights is None else bool(hoist_weights),
     )
     rows, m = num_prompts * params.n, params.max_new_tokens
     if out.tokens.shape == (rows, m):

@@ -98,6 +98,21 @@ def test_greedy_batched_with_left_padding_equals_one_at_a_time(model):
     np.testing.assert_array_equal(np.asarray(batched.prompt_mask).sum(1), [len(p) for p in PROMPTS])
 
 
+@pytest.mark.parametrize("gemma_like", [False, True], ids=["llama", "tied+sliding"])
+def test_hoisted_weights_equal_stacked_decode(model, gemma_like):
+    """Decoding with per-layer weights hoisted out of the loop equals slicing the stacked ones."""
+    if gemma_like:  # tied unembedding, softcap, and a sliding layer whose window the decode crosses
+        cfg = CFG.replace(tie_embeddings=True, layer_types=("sliding", "full"), sliding_window=4,
+                          final_logit_softcap=30.0)
+        model = init_decoder(cfg, seed=4)
+        model.embed[...] = model.embed[...] * 25.0
+    params = SamplingParams(temperature=0.9, top_k=10, n=2, max_new_tokens=9, seed=2)
+    ref, new = (sample(model, PROMPTS, params, hoist_weights=h) for h in (False, True))
+    np.testing.assert_array_equal(np.asarray(new.tokens), np.asarray(ref.tokens))
+    np.testing.assert_allclose(np.asarray(new.model_logprobs), np.asarray(ref.model_logprobs), atol=1e-5)
+    np.testing.assert_allclose(np.asarray(new.sampling_logprobs), np.asarray(ref.sampling_logprobs), atol=1e-5)
+
+
 def test_stops_on_eos_and_stop_sequences(model):
     base = sample(model, PROMPTS, SamplingParams(temperature=0, max_new_tokens=10))
     free = np.asarray(base.tokens)
