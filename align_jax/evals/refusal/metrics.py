@@ -106,5 +106,22 @@ def generation_rates(
     return out
 
 
-def ci_dict(ci: BootstrapCI) -> Mapping[str, float]:
-    return {"point": ci.point, "low": ci.low, "high": ci.high}
+def wilson_interval(k: int, n: int, z: float = 1.959964) -> tuple[float, float]:
+    """95% Wilson score interval of a proportion k / n; unlike the bootstrap it is not [0, 0]
+    at k = 0 (0 / 99 -> [0, 3.7%]), which matters for an FPR target of 3%."""
+    if n <= 0 or not 0 <= k <= n:
+        raise ValueError(f"need 0 <= k <= n and n > 0, got k={k}, n={n}")
+    p = k / n
+    denom = 1 + z * z / n
+    centre = (p + z * z / (2 * n)) / denom
+    half = z * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def ci_dict(ci: BootstrapCI, flags: np.ndarray | None = None) -> Mapping[str, float]:
+    """point / low / high (bootstrap); with the 0/1 ``flags`` also wilson_low / wilson_high."""
+    out = {"point": ci.point, "low": ci.low, "high": ci.high}
+    if flags is not None:
+        f = np.asarray(flags, bool)
+        out["wilson_low"], out["wilson_high"] = wilson_interval(int(f.sum()), int(f.size))
+    return out
