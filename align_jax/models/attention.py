@@ -2,7 +2,8 @@
 
 Masks are built from positions and segment ids, so one code path serves padded batches
 (segment 0 = padding), packed sequences (one segment id per example), and KV-cache decoding
-(cache slots carry their own positions and segment ids).
+(cache slots carry their own positions and segment ids). Optional branch ids turn a segment into
+a prefix tree (a shared prompt followed by several completions, see ``attention_mask``).
 """
 
 from __future__ import annotations
@@ -24,13 +25,27 @@ def attention_mask(
     k_positions: jax.Array,  # [B, S] int
     k_segments: jax.Array,  # [B, S] int, 0 = empty / padding
     sliding_window: int | None,
+    q_branches: jax.Array | None = None,  # [B, T] int: 0 = shared prefix, b > 0 = branch b
+    k_branches: jax.Array | None = None,  # [B, S] int
 ) -> jax.Array:  # [B, T, S] bool
-    """Causal, same-segment (and optionally windowed) attention mask."""
+    """Causal, same-segment (and optionally windowed) attention mask.
+
+    Causality and the window are by *position*, not array index: key j is visible to query i
+    iff both are in the same non-zero segment and ``0 <= pos_i - pos_j (< window)``. With
+    branch ids (a prefix tree, e.g. [prompt | chosen | rejected] where the rejected positions
+    restart after the prompt), key j must also be on the shared prefix (branch 0) or on the
+    query's own branch, so every branch sees exactly what it would see in a row of its own.
+    """
     delta = q_positions[:, :, None] - k_positions[:, None, :]
     mask = (delta >= 0) & (q_segments[:, :, None] == k_segments[:, None, :])
     mask &= k_segments[:, None, :] != 0
     if sliding_window is not None:
         mask &= delta < sliding_window
+    if (q_branches is None) != (k_branches is None):
+        raise ValueError("give branch ids for both queries and keys, or for neither")
+    if q_branches is not None:
+        kb = k_branches[:, None, :]
+        mask &= (kb == 0) | (kb == q_branches[:, :, None])
     return mask
 
 

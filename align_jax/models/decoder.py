@@ -135,8 +135,10 @@ class Decoder(nnx.Module):
             return self.embed[...].T
         return self.lm_head[...]
 
-    def logits_from_hidden(self, h: jax.Array) -> jax.Array:  # [..., D] -> [..., V]
-        logits = h @ self.unembedding().astype(h.dtype)
+    def logits_from_hidden(self, h: jax.Array, unembedding: jax.Array | None = None) -> jax.Array:
+        """[..., D] -> [..., V]; ``unembedding`` [D, V], if given, is ``self.unembedding()`` precomputed."""
+        unembedding = self.unembedding() if unembedding is None else unembedding
+        logits = h @ unembedding.astype(h.dtype)
         cap = self.cfg.final_logit_softcap
         if cap is not None:
             logits = cap * jnp.tanh(logits / cap)
@@ -152,8 +154,13 @@ class Decoder(nnx.Module):
         cache: KVCache | None = None,
         return_logits: bool = True,
         return_hidden_states: bool = False,
+        branch_ids: jax.Array | None = None,  # [B, T] int; prefix-tree branches (no cache)
     ) -> DecoderOutput:
         """Runs the decoder. With ``cache``, the T new tokens are written at ``cache.index``.
+
+        ``branch_ids`` (0 = shared prefix, b > 0 = branch b; see ``attention_mask``) lets several
+        completions share one prompt in a row: give each completion the positions it would have
+        in a row of its own. Not supported together with ``cache``.
 
         The forward is one compiled program, cached by structure and shapes, so eager calls (in a
         notebook) cost one compile per shape; inside an outer ``jit`` it is simply inlined.
@@ -161,13 +168,24 @@ class Decoder(nnx.Module):
         graphdef, state = nnx.split(self)
         return _compiled_forward(
             graphdef, state, tokens, positions, segment_ids, cache,
-            return_logits=return_logits, return_hidden_states=return_hidden_states,
+            return_logits=return_logits, return_hidden_states=return_hidden_states, branch_ids=branch_ids,
         )
 
-    def forward(self, tokens, positions, segment_ids, cache, return_logits, return_hidden_states) -> DecoderOutput:
-        """The uncompiled forward (see ``__call__``)."""
+    def forward(
+        self, tokens, positions, segment_ids, cache, return_logits, return_hidden_states, branch_ids=None,
+        layer_states=None,
+    ) -> DecoderOutput:
+        """The uncompiled forward (see ``__call__``).
+
+        ``layer_states`` (from ``unstack_layers``): each layer's block parameters as separate arrays;
+        the layers then run unrolled over them instead of slicing the stacked parameters. A decode
+        loop computes them once, before the loop: XLA:CPU otherwise copies every layer's weights
+        out of the stacked arrays at every step.
+        """
         cfg = self.cfg
         b, t = tokens.shape
+        if branch_ids is not None and cache is not None:
+            raise ValueError("branch_ids (prefix-tree attention) is not supported with a KV cache")
         if positions is None:
             positions = jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32), (b, t))
         if segment_ids is None:
@@ -179,11 +197,13 @@ class Decoder(nnx.Module):
         else:
             k_positions, k_segments = positions, segment_ids
 
-        full_mask = attention_mask(positions, segment_ids, k_positions, k_segments, None)
+        full_mask = attention_mask(positions, segment_ids, k_positions, k_segments, None, branch_ids, branch_ids)
         sliding = np.asarray(cfg.layer_is_sliding)
         global_inv = jnp.asarray(inverse_frequencies(cfg.head_dim, cfg.rope_theta, cfg.rope_scaling))
         if sliding.any():
-            local_mask = attention_mask(positions, segment_ids, k_positions, k_segments, cfg.sliding_window)
+            local_mask = attention_mask(
+                positions, segment_ids, k_positions, k_segments, cfg.sliding_window, branch_ids, branch_ids
+            )
             local_inv = jnp.asarray(
                 inverse_frequencies(
                     cfg.head_dim, cfg.local_rope_theta or cfg.rope_theta, cfg.local_rope_scaling
@@ -218,12 +238,15 @@ class Decoder(nnx.Module):
             layer = jax.checkpoint(layer, policy=_REMAT_POLICIES[cfg.remat], prevent_cse=not cfg.scan_layers)
         carry = (x, (cache.k, cache.v) if cache is not None else None)
         xs = (block_state, jnp.asarray(sliding), jnp.arange(cfg.num_layers))
-        if cfg.scan_layers:
+        if cfg.scan_layers and layer_states is None:
             (x, kv), hidden = jax.lax.scan(layer, carry, xs)
         else:
             outs = []
             for i in range(cfg.num_layers):
-                carry, out = layer(carry, jax.tree.map(lambda a: a[i], xs))
+                per_layer = jax.tree.map(lambda a: a[i], xs)
+                if layer_states is not None:
+                    per_layer = (layer_states[i],) + per_layer[1:]
+                carry, out = layer(carry, per_layer)
                 outs.append(out)
             (x, kv), hidden = carry, (jnp.stack(outs) if return_hidden_states else None)
 
@@ -239,9 +262,17 @@ class Decoder(nnx.Module):
 
 
 @functools.partial(jax.jit, static_argnames=("graphdef", "return_logits", "return_hidden_states"))
-def _compiled_forward(graphdef, state, tokens, positions, segment_ids, cache, *, return_logits, return_hidden_states):
+def _compiled_forward(
+    graphdef, state, tokens, positions, segment_ids, cache, *, return_logits, return_hidden_states, branch_ids=None
+):
     model = nnx.merge(graphdef, state)
-    return model.forward(tokens, positions, segment_ids, cache, return_logits, return_hidden_states)
+    return model.forward(tokens, positions, segment_ids, cache, return_logits, return_hidden_states, branch_ids)
+
+
+def unstack_layers(model: Decoder) -> tuple[nnx.State, ...]:
+    """Each layer's block parameters sliced out of the stacked arrays (``forward(layer_states=...)``)."""
+    block_state = nnx.state(model.blocks)
+    return tuple(jax.tree.map(lambda a, i=i: a[i], block_state) for i in range(model.cfg.num_layers))
 
 
 def init_decoder(cfg: ModelConfig, seed: int = 0) -> Decoder:

@@ -15,8 +15,11 @@ from typing import Any, Mapping
 from align_jax.models import DEFAULT_MODEL
 from align_jax.training.optimizer import OptimizerConfig
 
-TASKS = ("sft", "preference", "unpaired", "reward_model")
+TASKS = ("sft", "preference", "unpaired", "reward_model", "calibration")
 SOURCES = ("preference", "sft", "unpaired", "hh_rlhf", "checkable_pairs")
+# Preference-pair batch layouts: two padded rows per pair, or [prompt | chosen | rejected] once per
+# pair (align_jax.data.pair_packing), one pair per row ("shared_prefix") or first-fit packed.
+PAIR_LAYOUTS = ("separate", "shared_prefix", "packed")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -48,6 +51,7 @@ class DataSection:
     max_length: int = 256
     max_prompt_length: int = 0  # 0: half of max_length
     truncation: str = "truncate"  # or "drop"
+    pair_layout: str = "separate"  # one of PAIR_LAYOUTS (train.task="preference" only)
     batch_size: int = 8  # global examples per optimizer step
     micro_batches: int = 1  # gradient accumulation: batch_size / micro_batches per forward
     max_train_examples: int = 0  # 0: all
@@ -101,11 +105,15 @@ class RunConfig:
             raise ValueError(f"unknown train.task {self.train.task!r}; valid: {TASKS}")
         if self.data.source not in SOURCES:
             raise ValueError(f"unknown data.source {self.data.source!r}; valid: {SOURCES}")
+        if self.data.pair_layout not in PAIR_LAYOUTS:
+            raise ValueError(f"unknown data.pair_layout {self.data.pair_layout!r}; valid: {PAIR_LAYOUTS}")
+        if self.data.pair_layout != "separate" and self.train.task != "preference":
+            raise ValueError(f"data.pair_layout={self.data.pair_layout!r} needs train.task='preference'")
         if self.data.batch_size % self.data.micro_batches:
             raise ValueError("data.batch_size must be a multiple of data.micro_batches")
         if self.data.source != "checkable_pairs" and not self.data.train_path:
             raise ValueError(f"data.source={self.data.source!r} needs data.train_path")
-        if self.train.task in ("sft", "reward_model") and self.reference.mode != "none":
+        if self.train.task in ("sft", "reward_model", "calibration") and self.reference.mode != "none":
             raise ValueError(f"train.task={self.train.task!r} uses no reference: set reference.mode='none'")
 
 

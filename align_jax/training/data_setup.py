@@ -10,12 +10,14 @@ import grain
 import jax
 import numpy as np
 
+from align_jax.data.pair_packing import pack_example_batch
 from align_jax.data.records import PreferenceRecord, SFTRecord, UnpairedRecord
 from align_jax.data.sources import load_records
 from align_jax.data.tokenization import Tokenize
 from align_jax.training.config import DataSection
 
-KIND_OF_TASK = {"preference": "preference", "reward_model": "preference", "unpaired": "unpaired", "sft": "sft"}
+KIND_OF_TASK = {"preference": "preference", "reward_model": "preference", "unpaired": "unpaired", "sft": "sft",
+                "calibration": "unpaired"}
 
 
 @dataclasses.dataclass
@@ -52,6 +54,10 @@ def load_splits(data: DataSection, task: str) -> Splits:
         train, evals = _unpaired(train), _unpaired(evals)
     elif task == "sft":
         train, evals = _sft(train), _sft(evals)
+    elif task == "calibration":
+        from align_jax.data.verbalized_confidence import calibration_records
+
+        train, evals = calibration_records(train), calibration_records(evals)
     if data.max_train_examples:
         train = train[: data.max_train_examples]
     if data.max_eval_examples:
@@ -90,13 +96,14 @@ def attach(examples: list[dict], columns: dict[str, np.ndarray]) -> list[dict]:
     return [{**ex, **{k: np.float32(v[i]) for k, v in columns.items()}} for i, ex in enumerate(examples)]
 
 
-def iterator(examples: Sequence[dict], data: DataSection, *, train: bool):
+def iterator(examples: Sequence[dict], data: DataSection, *, train: bool, transform=None):
     """A grain iterator of this host's slices of the global batches.
 
     The global batch sequence depends only on the seed (shuffle, then batch), and host ``h`` of
     ``H`` takes every H-th host-sized batch starting at ``h``: concatenated over hosts, they are
     exactly the single-process batches, so losses do not depend on the number of processes.
     Train: reshuffled every epoch, forever. Eval: one pass in order, the remainder dropped.
+    ``transform`` (e.g. a :class:`PairPacker`) maps each host batch, after batching.
     """
     hosts = jax.process_count()
     per_host = data.batch_size // hosts
@@ -104,7 +111,59 @@ def iterator(examples: Sequence[dict], data: DataSection, *, train: bool):
     if train:
         ds = ds.repeat(None).shuffle(seed=data.seed)
     ds = ds.batch(per_host, drop_remainder=True)[jax.process_index() :: hosts]
+    if transform is not None:
+        ds = ds.map(transform)
     return iter(ds.to_iter_dataset())
+
+
+@dataclasses.dataclass(frozen=True)
+class PairPacker:
+    """Host batches of tokenized pairs -> the prefix-shared layout (a picklable grain map function)."""
+
+    micro_batches: int
+    row_length: int
+    rows_per_micro: int
+    pack: bool
+    pad_id: int
+    pair_offset: int  # this host's first pair index within a global micro-batch
+
+    def __call__(self, batch: dict) -> dict:
+        return pack_example_batch(
+            batch,
+            micro_batches=self.micro_batches,
+            row_length=self.row_length,
+            rows_per_micro=self.rows_per_micro,
+            pack=self.pack,
+            pad_id=self.pad_id,
+            pair_offset=self.pair_offset,
+        )
+
+
+def pair_packer(data: DataSection, examples: Sequence[dict], pad_id: int) -> PairPacker | None:
+    """The batch transform of ``data.pair_layout`` (None for "separate"), sized from ``examples``
+    (every train and eval example, so that any batch fits the same static shapes).
+
+    Every step still takes ``batch_size`` pairs (the same pairs as the separate layout). Rows are
+    as long as the longest pair (``p + c + r``, rounded up to 8). "shared_prefix": one pair per
+    row. "packed": ``min(m, ceil(2 S / row_length))`` rows per micro-batch of ``m`` pairs, where
+    ``S`` sums the ``m`` longest pairs of the data: first fit fills any two rows past
+    ``row_length`` together, so it never needs more, whatever pairs a batch draws. On data with
+    a long tail of lengths this bound leaves little to gain over "shared_prefix".
+    """
+    if data.pair_layout == "separate":
+        return None
+    lengths = sorted(int(e["prompt_length"]) + int(e["chosen_length"]) + int(e["rejected_length"]) for e in examples)
+    row_length = -(-lengths[-1] // 8) * 8
+    hosts = jax.process_count()
+    m = data.batch_size // hosts // data.micro_batches  # pairs per micro-batch on this host
+    rows = m
+    if data.pair_layout == "packed":
+        rows = min(m, -(-2 * sum(lengths[-m:]) // row_length))
+    packer = PairPacker(data.micro_batches, row_length, rows, data.pair_layout == "packed", pad_id,
+                        pair_offset=jax.process_index() * m)
+    logging.info("pair layout %s: %d rows of %d tokens per micro-batch of %d pairs",
+                 data.pair_layout, rows, row_length, m)
+    return packer
 
 
 def to_global(batch: dict, data: DataSection, shardings) -> dict:

@@ -35,7 +35,9 @@ from align_jax.training.metrics_logging import MetricsWriter, ProgressBar, Throu
 from align_jax.training.optimizer import make_optimizer
 from align_jax.training.reference_cache import cached_reference_logps
 from align_jax.training.tasks import (
+    calibration_loss,
     init_reward_head,
+    packed_preference_loss,
     preference_loss,
     reference_logps,
     reward_model_loss,
@@ -46,13 +48,29 @@ from align_jax.training.tasks import (
 _LOSS_REGISTRY = {"preference": "preference", "unpaired": "unpaired"}
 
 
-def build_task_loss(cfg: RunConfig):
-    """(task loss function, whether it takes a reward head) for the configured task and loss."""
+def build_task_loss(cfg: RunConfig, tokenizer=None):
+    """(task loss function, whether it takes a reward head) for the configured task and loss.
+
+    ``tokenizer`` is needed by the calibration task (the ids of its confidence digits)."""
     options = dict(cfg.loss_options)
     task = cfg.train.task
     if task == "sft":
-        _require(cfg.loss_name == "sft" and not options, "train.task='sft' takes loss.name='sft' and no options")
-        return sft_loss, False
+        _require(cfg.loss_name == "sft" and set(options) <= {"label_smoothing"},
+                 "train.task='sft' takes loss.name='sft' and the one option label_smoothing")
+        return functools.partial(sft_loss, label_smoothing=float(options.get("label_smoothing", 0.0))), False
+    if task == "calibration":
+        from align_jax.data.verbalized_confidence import CONFIDENCE_PREFIX, confidence_token_ids, confidence_values
+
+        _require(cfg.loss_name == "confidence_brier" and set(options) <= {"answer_nll_coef"},
+                 "train.task='calibration' takes loss.name='confidence_brier' and the option answer_nll_coef")
+        _require(tokenizer is not None, "train.task='calibration' needs the tokenizer (confidence digit ids)")
+        return functools.partial(
+            calibration_loss,
+            conf_token_ids=confidence_token_ids(tokenizer),
+            conf_values=confidence_values(),
+            answer_nll_coef=float(options.get("answer_nll_coef", 0.0)),
+            confidence_prefix_len=len(tokenizer.encode(CONFIDENCE_PREFIX)),
+        ), False
     if task == "reward_model":
         _require(cfg.loss_name == "bradley_terry", "train.task='reward_model' takes loss.name='bradley_terry'")
         unknown = set(options) - {"center_coef"}
@@ -60,6 +78,8 @@ def build_task_loss(cfg: RunConfig):
         return functools.partial(reward_model_loss, center_coef=float(options.get("center_coef", 0.0))), True
     loss_fn = REGISTRIES[_LOSS_REGISTRY[task]].build(cfg.loss_name, **options)
     task_fn = preference_loss if task == "preference" else unpaired_loss
+    if task == "preference" and cfg.data.pair_layout != "separate":
+        task_fn = packed_preference_loss
     return functools.partial(task_fn, loss_fn=loss_fn), False
 
 
@@ -87,7 +107,7 @@ def run(cfg: RunConfig, workdir: str | Path) -> dict[str, Any]:
         scan_layers=m.scan_layers,
         mesh=mesh,
     )
-    task_loss, uses_head = build_task_loss(cfg)
+    task_loss, uses_head = build_task_loss(cfg, lm.tokenizer)
 
     # -- data ---------------------------------------------------------------------------
     splits = D.load_splits(cfg.data, cfg.train.task)
@@ -142,17 +162,18 @@ def run(cfg: RunConfig, workdir: str | Path) -> dict[str, Any]:
     state_sh = S.train_state_shardings(state, mesh)
     state = S.shard_state(state, state_sh)
 
-    train_it = D.iterator(train_ex, cfg.data, train=True)
-    sample = {k: np.asarray(v) for k, v in next(D.iterator(train_ex, cfg.data, train=False)).items()}
-    a = cfg.data.micro_batches
-    shaped = {k: np.zeros((a, cfg.data.batch_size // a) + v.shape[1:], v.dtype) for k, v in sample.items()}
+    packer = D.pair_packer(cfg.data, train_ex + eval_ex, tokenize.pad_id)  # None: separate layout
+    train_it = D.iterator(train_ex, cfg.data, train=True, transform=packer)
+    sample = {k: np.asarray(v) for k, v in next(D.iterator(train_ex, cfg.data, train=False, transform=packer)).items()}
+    a, hosts = cfg.data.micro_batches, jax.process_count()
+    shaped = {k: np.zeros((a, v.shape[0] * hosts // a) + v.shape[1:], v.dtype) for k, v in sample.items()}
     batch_sh = S.batch_shardings(shaped, mesh)
     train_step = S.compile_train_step(spec, state_sh, batch_sh, mesh)
     eval_step = S.compile_eval_step(spec, state_sh, batch_sh, mesh)
 
     def evaluate(state) -> dict[str, float]:
         sums, total = {}, 0.0
-        for batch in D.iterator(eval_ex, cfg.data, train=False):
+        for batch in D.iterator(eval_ex, cfg.data, train=False, transform=packer):
             metrics = jax.device_get(eval_step(state, D.to_global(batch, cfg.data, batch_sh)))
             w = float(metrics.pop("weight"))
             for k, v in metrics.items():

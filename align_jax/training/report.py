@@ -16,7 +16,8 @@ from align_jax.training.config import RunConfig  # noqa: E402
 from align_jax.training.metrics_logging import read_metrics  # noqa: E402
 
 COMPLIANCE_PROMPTS = 32  # per split; greedy generation dominates the report's time on CPU
-CURVES = ("loss", "rewards/margins", "rewards/accuracies", "rewards/chosen", "rewards/rejected", "sft/nll", "rm/accuracy")
+CURVES = ("loss", "rewards/margins", "rewards/accuracies", "rewards/chosen", "rewards/rejected", "sft/nll", "rm/accuracy",
+          "conf/brier", "conf/expected_confidence")
 
 
 def plot_curves(workdir: Path) -> Path | None:

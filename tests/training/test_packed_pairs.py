@@ -1,0 +1,293 @@
+"""Prefix-shared, packed preference batches (issue #7): the tree-masked forward, per-pair log-probs,
+DPO losses and gradients, and both reference modes equal the separate two-row layout; the packing
+function's layout and error policy."""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from align_jax.data.pair_packing import (
+    count_real_tokens,
+    pack_example_batch,
+    pack_preference_pairs,
+    rows_needed,
+)
+from align_jax.models import ModelConfig, init_decoder
+from align_jax.objectives.preference import PREFERENCE_LOSSES
+from align_jax.training import step as S
+from align_jax.training.optimizer import OptimizerConfig, make_optimizer
+from align_jax.training.packed_pairs import packed_sides_logps
+from align_jax.training.tasks import packed_preference_loss, preference_loss, reference_logps, sides_logps
+from test_engine import pairs_file, tiny_model_dir  # noqa: F401  (module-scoped fixtures: tiny model, pairs)
+
+V = 61
+LLAMA = ModelConfig(family="llama", vocab_size=V, hidden_size=32, intermediate_size=64, num_layers=2,
+                    num_heads=4, num_kv_heads=2, head_dim=8, tie_embeddings=False)
+# Gemma 3 with a window (3) shorter than the prompts, so windowing by position is exercised.
+GEMMA = ModelConfig(family="gemma3", vocab_size=V, hidden_size=32, intermediate_size=64, num_layers=3,
+                    num_heads=4, num_kv_heads=2, head_dim=8, activation="gelu_tanh", norm_plus_one=True,
+                    embed_scale=True, qk_norm=True, sandwich_norm=True, query_pre_attn_scalar=16,
+                    layer_types=("sliding", "full", "sliding"), sliding_window=3, rope_theta=1e6,
+                    local_rope_theta=1e4, final_logit_softcap=30.0)
+MODELS = {"llama": LLAMA, "gemma3": GEMMA}
+DPO = PREFERENCE_LOSSES.build("dpo", beta=0.1)
+
+
+def make_pairs(n, seed=0):
+    """Prompts of 3-6 tokens, completions of 1-5 tokens (different lengths per side)."""
+    rng = np.random.RandomState(seed)
+    return [
+        (rng.randint(1, V, 3 + i % 4), rng.randint(1, V, 1 + (i * 2) % 5), rng.randint(1, V, 1 + (i + 3) % 5))
+        for i in range(n)
+    ]
+
+
+def separate_batch(pairs, max_pairs=None):
+    """The tokenization.py layout: two right-padded rows (prompt + side) per pair."""
+    n = max_pairs or len(pairs)
+    length = max(len(p) + max(len(c), len(r)) for p, c, r in pairs) + 1
+    out = {}
+    for s, side in enumerate(("chosen", "rejected")):
+        f = {k: np.zeros((n, length), np.int32) for k in ("tokens", "loss_mask", "positions", "segment_ids")}
+        for i, pair in enumerate(pairs):
+            p, c = pair[0], pair[1 + s]
+            m = len(p) + len(c)
+            f["tokens"][i, :m] = np.concatenate([p, c])
+            f["loss_mask"][i, len(p) : m] = 1
+            f["positions"][i, :m] = np.arange(m)
+            f["segment_ids"][i, :m] = 1
+        out.update({f"{side}_{k}": jnp.asarray(v) for k, v in f.items()})
+    out["example_weight"] = jnp.asarray(np.arange(n) < len(pairs), jnp.float32)
+    return out
+
+
+def packed_batch(pairs, pack=True, row_length=24, max_pairs=None):
+    lengths = [len(p) + len(c) + len(r) for p, c, r in pairs]
+    rows = rows_needed(lengths, row_length, pack=pack)
+    out = pack_preference_pairs(pairs, row_length=row_length, num_rows=rows + 1, max_pairs=max_pairs or len(pairs),
+                                pack=pack)
+    return {k: jnp.asarray(v) for k, v in out.items()}
+
+
+# -- the tree-masked forward ------------------------------------------------------------------
+@pytest.mark.parametrize("family", ["llama", "gemma3"])
+def test_branch_mask_forward_equals_separate_rows(family):
+    model = init_decoder(MODELS[family], seed=1)
+    pairs = make_pairs(5, seed=2)
+    packed = packed_batch(pairs)
+    assert packed["packed_segment_ids"].max() >= 2  # several pairs share a row
+    args = (packed["packed_tokens"], packed["packed_positions"], packed["packed_segment_ids"])
+    tree = model(*args, branch_ids=packed["packed_branch_ids"]).logits
+    flat = model(*args).logits  # no branch mask: the rejected tokens see the chosen ones
+    sep = separate_batch(pairs)
+    idx, pidx = np.asarray(packed["packed_pair_index"]), np.asarray(packed["packed_branch_ids"])
+    leaked = 0.0
+    for s, side in enumerate(("chosen", "rejected")):
+        ref = model(sep[f"{side}_tokens"], sep[f"{side}_positions"], sep[f"{side}_segment_ids"]).logits
+        for i, (p, c, r) in enumerate(pairs):
+            n = len((c, r)[s])
+            (rows, cols) = np.nonzero((idx == i) & ((pidx == 0) | (pidx == 1 + s)))  # prompt, then this side
+            assert len(cols) == len(p) + n
+            np.testing.assert_allclose(tree[rows, cols], ref[i, : len(p) + n], atol=1e-5, rtol=1e-5)
+            leaked = max(leaked, float(np.abs(flat[rows, cols] - ref[i, : len(p) + n]).max()))
+    assert leaked > 1e-3  # the comparison can fail: without branch ids the logits differ
+
+
+def test_branch_ids_none_keeps_the_plain_mask():
+    from align_jax.models.attention import attention_mask
+
+    pos = jnp.asarray([[0, 1, 2, 2, 3, 2, 0]])
+    seg = jnp.asarray([[1, 1, 1, 1, 1, 1, 0]])
+    br = jnp.asarray([[0, 0, 1, 1, 1, 2, 0]])
+    plain = attention_mask(pos, seg, pos, seg, None)
+    tree = np.asarray(attention_mask(pos, seg, pos, seg, None, br, br))[0]
+    assert np.array_equal(np.asarray(plain), np.asarray(attention_mask(pos, seg, pos, seg, None, None, None)))
+    assert tree[5].tolist() == [True, True, False, False, False, True, False]  # rejected: prompt + itself
+    assert tree[4].tolist() == [True, True, True, True, True, False, False]  # chosen: prompt + chosen
+    windowed = np.asarray(attention_mask(pos, seg, pos, seg, 2, br, br))[0]
+    assert windowed[5].tolist() == [False, True, False, False, False, True, False]  # window by position
+    with pytest.raises(ValueError, match="both queries and keys"):
+        attention_mask(pos, seg, pos, seg, None, br, None)
+
+
+# -- per-pair log-probs, losses, gradients ----------------------------------------------------
+def _compare_logps(model, pairs, pack, max_pairs):
+    sep = separate_batch(pairs, max_pairs)
+    packed = packed_batch(pairs, pack=pack, max_pairs=max_pairs)
+    a = sides_logps(model, sep, ("chosen", "rejected"))
+    b = packed_sides_logps(model, packed)
+    for s, side in enumerate(("chosen", "rejected")):
+        np.testing.assert_allclose(b[side].sum, a[side].sum, atol=1e-5, rtol=1e-5)
+        np.testing.assert_array_equal(b[side].length, a[side].length)
+        assert b[side].token_logps.shape == (max_pairs, packed["packed_tokens"].shape[1])
+        for i, pair in enumerate(pairs):
+            p, n = len(pair[0]), len(pair[1 + s])
+            np.testing.assert_allclose(b[side].token_logps[i, :n], a[side].token_logps[i, p - 1 : p - 1 + n], atol=1e-5)
+            assert float(np.abs(b[side].token_logps[i, n:]).sum()) == 0.0
+        assert float(np.abs(b[side].token_logps[len(pairs):]).sum()) == 0.0  # padding pairs
+
+
+@pytest.mark.parametrize("family", ["llama", "gemma3"])
+@pytest.mark.parametrize("pack", [True, False])
+def test_packed_logps_equal_separate(family, pack):
+    model = init_decoder(MODELS[family], seed=0)
+    _compare_logps(model, make_pairs(5, seed=3), pack, max_pairs=7)
+
+
+def _loss_and_grads(model, batch, task):
+    graphdef, state = nnx.split(model)
+
+    def f(state):
+        loss, metrics, weight = task(nnx.merge(graphdef, state), batch, loss_fn=DPO)
+        return loss, (metrics, weight)
+
+    return jax.value_and_grad(f, has_aux=True)(state)
+
+
+@pytest.mark.parametrize("family,pack", [("llama", True), ("llama", False), ("gemma3", True)])
+def test_dpo_loss_and_gradients_equal_separate(family, pack):
+    model = init_decoder(MODELS[family], seed=0)
+    ref_model = init_decoder(MODELS[family], seed=7)  # a reference that differs from the policy
+    pairs = make_pairs(5, seed=4)
+    sep, packed = separate_batch(pairs, 6), packed_batch(pairs, pack=pack, max_pairs=6)
+    ref_sep = reference_logps(ref_model, sep, "preference")
+    ref_packed = reference_logps(ref_model, packed, "preference")
+    for k in ref_sep:
+        np.testing.assert_allclose(ref_packed[k], ref_sep[k], atol=1e-5, rtol=1e-5)
+    (la, (ma, wa)), ga = _loss_and_grads(model, {**sep, **ref_sep}, preference_loss)
+    (lb, (mb, wb)), gb = _loss_and_grads(model, {**packed, **ref_packed}, packed_preference_loss)
+    assert abs(float(la) - np.log(2)) > 1e-4  # not the trivial policy == reference point
+    np.testing.assert_allclose(lb, la, atol=1e-6)
+    assert float(wa) == float(wb) == len(pairs)
+    for k in ("rewards/chosen", "rewards/margins", "logps/chosen"):
+        np.testing.assert_allclose(mb[k], ma[k], atol=1e-5, rtol=1e-5)
+    for x, y in zip(jax.tree.leaves(ga), jax.tree.leaves(gb)):
+        np.testing.assert_allclose(y, x, atol=1e-6, rtol=1e-4)
+
+
+def _spec(mode, task):
+    graphdef, params = nnx.split(init_decoder(LLAMA, seed=0))
+    spec = S.StepSpec(
+        graphdef=graphdef,
+        task_loss=functools.partial(task, loss_fn=DPO),
+        optimizer=make_optimizer(OptimizerConfig(learning_rate=1e-2, schedule="constant", total_steps=10)),
+        reference_mode=mode,
+        reference_fn=functools.partial(reference_logps, kind="preference") if mode == "frozen" else None,
+    )
+    return spec, S.init_state(spec, params)
+
+
+@pytest.mark.parametrize("mode", ["frozen", "precomputed"])
+def test_reference_modes_train_like_separate(mode):
+    pairs = make_pairs(4, seed=5)
+    sep, packed = separate_batch(pairs), packed_batch(pairs)
+    if mode == "precomputed":
+        ref_model = init_decoder(LLAMA, seed=9)
+        sep = {**sep, **reference_logps(ref_model, sep, "preference")}
+        packed = {**packed, **reference_logps(ref_model, packed, "preference")}
+    micro = lambda b: jax.tree.map(lambda x: x[None], b)  # noqa: E731
+    (spec_a, a), (spec_b, b) = _spec(mode, preference_loss), _spec(mode, packed_preference_loss)
+    step_a, step_b = jax.jit(functools.partial(S.train_step, spec_a)), jax.jit(functools.partial(S.train_step, spec_b))
+    for _ in range(3):
+        a, ma = step_a(a, micro(sep))
+        b, mb = step_b(b, micro(packed))
+        for k in ("loss", "rewards/margins", "weight"):
+            np.testing.assert_allclose(mb[k], ma[k], atol=1e-5, rtol=1e-5)
+    assert float(ma["loss"]) < np.log(2) - 1e-3  # it moved: the steps compared were not trivial
+    for x, y in zip(jax.tree.leaves(a.params), jax.tree.leaves(b.params)):
+        np.testing.assert_allclose(y, x, atol=1e-5)
+
+
+# -- the packing function -----------------------------------------------------------------------
+def test_pack_layout_parents_and_offsets():
+    pairs = [([5, 6, 7], [8, 9], [10, 11, 12]), ([1, 2], [3], [4]), ([13] * 9, [14], [15] * 2)]
+    out = pack_preference_pairs(pairs, row_length=12, num_rows=3, max_pairs=4, pad_id=-7)
+    for k, v in out.items():
+        assert v.shape == ((4,) if k == "pair_mask" else (3, 12)), k
+    # first fit: pairs 0 (8 tokens) and 1 (4 tokens) fill row 0; pair 2 (12 tokens) takes row 1
+    assert out["packed_tokens"][0].tolist() == [5, 6, 7, 8, 9, 10, 11, 12, 1, 2, 3, 4]
+    assert out["packed_positions"][0].tolist() == [0, 1, 2, 3, 4, 3, 4, 5, 0, 1, 2, 2]
+    assert out["packed_segment_ids"][0].tolist() == [1] * 8 + [2] * 4
+    assert out["packed_branch_ids"][0].tolist() == [0, 0, 0, 1, 1, 2, 2, 2, 0, 0, 1, 2]
+    assert out["packed_target_side"][0].tolist() == [0, 0, 0, 1, 1, 2, 2, 2, 0, 0, 1, 2]
+    side = out["packed_target_side"][0] > 0
+    assert out["packed_parent"][0][side].tolist() == [2, 3, 2, 5, 6, 9, 9]
+    assert out["packed_pair_index"][0].tolist() == [0] * 8 + [1] * 4
+    assert out["packed_completion_offset"][0].tolist() == [-1, -1, -1, 0, 1, 0, 1, 2, -1, -1, 0, 0]
+    assert out["packed_pair_index"][1].tolist() == [2] * 12
+    assert (out["packed_tokens"][2] == -7).all() and (out["packed_segment_ids"][2] == 0).all()
+    assert (out["packed_pair_index"][2] == -1).all()
+    assert out["pair_mask"].tolist() == [1, 1, 1, 0]
+    assert count_real_tokens(out) == 24
+    # without packing: one pair per row, same per-pair content
+    one = pack_preference_pairs(pairs, row_length=12, num_rows=3, max_pairs=3, pack=False)
+    assert one["packed_tokens"][1, :4].tolist() == [1, 2, 3, 4] and (one["packed_segment_ids"][1, 4:] == 0).all()
+    assert rows_needed([8, 4, 12], 12) == 2 and rows_needed([8, 4, 12], 12, pack=False) == 3
+
+
+def test_pack_error_policy():
+    pairs = [([1, 2], [3], [4]), ([1] * 6, [2] * 4, [3] * 3)]
+    with pytest.raises(ValueError, match=r"pair 1 does not fit a row: prompt 6 \+ chosen 4 \+ rejected 3 = 13"):
+        pack_preference_pairs(pairs, row_length=12, num_rows=2, max_pairs=2)
+    with pytest.raises(ValueError, match="pair 0 has an empty prompt"):
+        pack_preference_pairs([([], [1], [2])], row_length=12, num_rows=1, max_pairs=1)
+    with pytest.raises(ValueError, match="3 pairs > max_pairs 2"):
+        pack_preference_pairs(pairs[:1] * 3, row_length=12, num_rows=2, max_pairs=2)
+    with pytest.raises(ValueError, match=r"pairs need 2 rows .* num_rows is 1 \(pair 1 is the first"):
+        pack_preference_pairs([pairs[0], ([1] * 6, [2], [3])], row_length=8, num_rows=1, max_pairs=2)
+
+
+def test_pack_example_batch_splits_micro_batches():
+    pairs = make_pairs(4, seed=6)
+    L = 16
+    ex = {"prompt_ids": np.zeros((4, L), np.int32), "prompt_length": np.zeros(4, np.int32),
+          "reference_chosen_logps": np.arange(4, dtype=np.float32), "chosen_tokens": np.zeros((4, L), np.int32)}
+    for s, name in enumerate(("prompt", "chosen", "rejected")):
+        ex[f"{name}_ids"] = np.zeros((4, L), np.int32)
+        for i, pair in enumerate(pairs):
+            ex[f"{name}_ids"][i, : len(pair[s])] = pair[s]
+        ex[f"{name}_length"] = np.asarray([len(p[s]) for p in pairs], np.int32)
+    out = pack_example_batch(ex, micro_batches=2, row_length=24, rows_per_micro=2, pack=True, pair_offset=10)
+    assert out["packed_tokens"].shape == (4, 24) and out["pair_mask"].shape == (4,)
+    assert "chosen_tokens" not in out and out["reference_chosen_logps"].tolist() == [0, 1, 2, 3]
+    second = pack_preference_pairs(pairs[2:], row_length=24, num_rows=2, max_pairs=2, pair_offset=10)
+    for k, v in second.items():
+        np.testing.assert_array_equal(out[k][2:], v)
+
+
+# -- the engine ------------------------------------------------------------------------------------
+def test_config_rejects_unknown_pair_layout(tmp_path):
+    from engine_config import make_config
+
+    from align_jax.training.config import parse_config
+
+    valid = r"\('separate', 'shared_prefix', 'packed'\)"
+    with pytest.raises(ValueError, match=r"unknown data.pair_layout 'tree'; valid: " + valid):
+        parse_config(make_config(tmp_path, tmp_path / "x.jsonl", data__pair_layout="tree"))
+    with pytest.raises(ValueError, match="pair_layout='packed' needs train.task='preference'"):
+        parse_config(make_config(tmp_path, tmp_path / "x.jsonl", data__pair_layout="packed", train__task="unpaired"))
+
+
+def test_engine_packed_dpo_matches_separate(tiny_model_dir, pairs_file, tmp_path):
+    """A few DPO steps (2 micro-batches, precomputed reference) give the same train and eval losses."""
+    from engine_config import make_config
+    from test_engine import train_losses
+
+    from align_jax.training.config import parse_config
+    from align_jax.training.loop import run
+
+    results = {}
+    for layout in ("separate", "packed"):
+        cfg = parse_config(make_config(tiny_model_dir, pairs_file, data__pair_layout=layout, data__micro_batches=2,
+                                       train__steps=3, train__eval_every=3, train__checkpoint_every=3,
+                                       optimizer__total_steps=3))
+        results[layout] = run(cfg, tmp_path / layout)
+        results[layout]["train"] = train_losses(tmp_path / layout)
+    a, b = results["separate"], results["packed"]
+    np.testing.assert_allclose(b["train"], a["train"], rtol=1e-5)
+    np.testing.assert_allclose(b["final"]["eval/loss"], a["final"]["eval/loss"], rtol=1e-5)
+    assert len(a["train"]) == 3 and a["train"][-1] != a["train"][0]
