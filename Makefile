@@ -1,13 +1,13 @@
 # Two entry points do all set-up on a fresh machine:
 #   make demo   # the main job: DPO on the embedded default model (SmolLM2-135M-Instruct), with a report
 #   make test   # the test suite (what .ci/run calls)
-# Also: make chat (batched generation demo).
+# Also: make chat (batched generation demo), make bench-dpo (DPO step vs TRL; installs requirements-bench.txt).
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo chat test setup clean
+.PHONY: demo chat test setup clean bench-dpo
 
 $(STAMP): requirements.txt requirements-test.txt requirements-models.txt
 	$(PYTHON) -m venv $(VENV)
@@ -24,6 +24,10 @@ demo: $(STAMP)
 
 chat: $(STAMP)
 	$(PY) -m align_jax.chat_demo
+
+bench-dpo: $(STAMP)
+	$(PY) -m pip install -q -r requirements-bench.txt
+	$(PY) -m benchmarks.dpo_step
 
 test: $(STAMP)
 	$(PY) -m pytest -q -n 2 --dist loadfile tests
