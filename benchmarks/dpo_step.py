@@ -35,7 +35,9 @@ Rows (``--variants``; each optimisation can be seen on and off):
   ``padded_precomputed_unchunked`` (b without the vocabulary-chunked log-softmax: one full
   ``log_softmax``), ``shared_prefix`` (c: + one row per pair, the prompt computed once and both
   completions attending to it), ``packed`` (d: + several pairs per row, no padding between
-  them), ``packed_remat_full`` / ``packed_remat_dots`` (d with the decoder's ``remat`` policy).
+  them), ``packed_remat_full`` / ``packed_remat_dots`` (d with the decoder's ``remat`` policy),
+  ``shared_prefix_remat_attention`` / ``shared_prefix_remat_dots`` (c with the attention scores
+  recomputed in the backward pass, alone or with only matmul outputs saved).
   Padded rows are padded to a multiple of ``--pad_multiple`` (one compile per shape; all shapes
   are compiled during warm-up).
 
@@ -85,6 +87,8 @@ JAX_VARIANTS = (
     "padded_precomputed",
     "padded_precomputed_unchunked",
     "shared_prefix",
+    "shared_prefix_remat_attention",
+    "shared_prefix_remat_dots",
     "packed",
     "packed_remat_full",
     "packed_remat_dots",
@@ -217,6 +221,8 @@ VARIANTS = {
         JaxVariant("padded_precomputed", "padded", "precomputed"),
         JaxVariant("padded_precomputed_unchunked", "padded", "precomputed", vocab_chunked=False),
         JaxVariant("shared_prefix", "shared_prefix", "precomputed"),
+        JaxVariant("shared_prefix_remat_attention", "shared_prefix", "precomputed", remat="attention"),
+        JaxVariant("shared_prefix_remat_dots", "shared_prefix", "precomputed", remat="dots"),
         JaxVariant("packed", "packed", "precomputed"),
         JaxVariant("packed_remat_full", "packed", "precomputed", remat="full"),
         JaxVariant("packed_remat_dots", "packed", "precomputed", remat="dots"),

@@ -14,7 +14,7 @@ import jax.numpy as jnp
 
 FAMILIES = ("llama", "qwen2", "gemma3")
 LayerType = Literal["full", "sliding"]
-REMAT_POLICIES = ("none", "full", "dots")
+REMAT_POLICIES = ("none", "attention", "dots", "full")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -63,7 +63,10 @@ class ModelConfig:
     # Runtime.
     param_dtype: str = "float32"
     dtype: str = "float32"  # compute dtype of activations and matmuls
-    remat: str = "none"  # "none" | "full" | "dots" (save matmul outputs only)
+    # What the backward pass recomputes instead of storing: "none"; "attention" (the attention
+    # scores and probabilities, never stored as [B, N, T, S]); "dots" ("attention", and in each
+    # layer only matmul outputs are saved); "full" (only each layer's input is saved).
+    remat: str = "none"
     scan_layers: bool = True
 
     def __post_init__(self):

@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from align_jax.models.attention import Attention, attention_mask, dot_product_attention
+from align_jax.models.attention import Attention, attention_mask, dot_product_attention, recomputed_attention
 from align_jax.models.config import ModelConfig
 from align_jax.models.layers import GatedMLP, RMSNorm, param
 from align_jax.models.rope import inverse_frequencies
@@ -79,7 +79,8 @@ class Block(nnx.Module):
 
     def finish(self, x, q, keys, values, mask):
         """Attention of q over keys/values [B, S, K, H], then the MLP; returns the new x."""
-        attended = dot_product_attention(
+        attend = dot_product_attention if self.cfg.remat == "none" else recomputed_attention
+        attended = attend(
             q, keys.astype(q.dtype), values.astype(q.dtype), mask, self.attn.scale, self.cfg.attn_logit_softcap
         )
         h = self.attn.output(attended)
@@ -234,7 +235,7 @@ class Decoder(nnx.Module):
             x = block.finish(x, q, keys, values, mask)
             return (x, kv), (x if return_hidden_states else None)
 
-        if cfg.remat != "none":
+        if cfg.remat in _REMAT_POLICIES:
             layer = jax.checkpoint(layer, policy=_REMAT_POLICIES[cfg.remat], prevent_cse=not cfg.scan_layers)
         carry = (x, (cache.k, cache.v) if cache is not None else None)
         xs = (block_state, jnp.asarray(sliding), jnp.arange(cfg.num_layers))
