@@ -113,6 +113,25 @@ def test_hoisted_weights_equal_stacked_decode(model, gemma_like):
     np.testing.assert_allclose(np.asarray(new.sampling_logprobs), np.asarray(ref.sampling_logprobs), atol=1e-5)
 
 
+def test_sliding_window_logprobs_equal_teacher_forced():
+    """Gemma-style sliding layers: decoding far past the window (4) through the KV cache gives the
+    log-probs of a cache-free forward, whose sliding mask is checked against transformers."""
+    cfg = CFG.replace(tie_embeddings=True, layer_types=("sliding", "full"), sliding_window=4,
+                      final_logit_softcap=30.0, sandwich_norm=True, qk_norm=True)
+    model = init_decoder(cfg, seed=5)
+    model.embed[...] = model.embed[...] * 25.0
+    out = sample(model, PROMPTS, SamplingParams(temperature=1.0, n=2, max_new_tokens=14, seed=3))
+    logits = teacher_forced(model, out)
+    mask = np.asarray(out.completion_mask).astype(bool)
+    assert mask.sum(1).max() > cfg.sliding_window + 5  # the decode really crosses the window
+    ref = np.take_along_axis(jax.nn.log_softmax(logits, -1), np.asarray(out.tokens)[..., None], -1)[..., 0]
+    np.testing.assert_allclose(np.asarray(out.model_logprobs)[mask], ref[mask], atol=1e-4)
+    # The window matters: a model without it would give other log-probs.
+    full = init_decoder(cfg.replace(layer_types=None, sliding_window=None), seed=0)
+    nnx.update(full, nnx.state(model))  # same weights, every layer global
+    assert np.abs(teacher_forced(full, out) - logits)[mask].max() > 1e-3
+
+
 def test_stops_on_eos_and_stop_sequences(model):
     base = sample(model, PROMPTS, SamplingParams(temperature=0, max_new_tokens=10))
     free = np.asarray(base.tokens)
