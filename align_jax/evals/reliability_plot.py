@@ -53,7 +53,7 @@ def save_reliability_diagram(
     over = filled & (mean_conf > acc)
     under = filled & (mean_conf < acc)
     for mask, color, label in ((over, "#d62728", "gap (overconfident)"),
-                               (under, "#1f77b4", "gap (underconfident)")):
+                               (under, "#ff7f0e", "gap (underconfident)")):
         if np.any(mask):
             top.bar(centers[mask], gap_height[mask], bottom=gap_bottom[mask], width=width[mask],
                     color=color, alpha=0.35, edgecolor=color, hatch="//", label=label)

@@ -372,7 +372,7 @@ def write_outputs(results: dict[str, Any], examples: list[dict[str, Any]],
     for source, (conf, correct) in calibration.items():
         name = f"reliability_{source}.png"
         save_reliability_diagram(conf, correct, os.path.join(workdir, name), n_bins=n_bins,
-                                 title=f"{results['suite']} ({source}) — {results['model']}")
+                                 title=f"{results['suite']} ({source}) — {os.path.basename(str(results['model']))}")
         files.append(name)
     results["files"] = files
     with open(os.path.join(workdir, "summary.md"), "w", encoding="utf-8") as f:
