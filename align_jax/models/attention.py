@@ -70,14 +70,10 @@ def dot_product_attention(
     return out.reshape(b, t, n, h)
 
 
-def recomputed_attention(q, k, v, mask, scale: float, softcap: float | None = None):
-    """``dot_product_attention`` whose scores and probabilities are recomputed in the backward
-    pass instead of stored: no ``[B, N, T, S]`` residual per layer (the flash-attention trade,
-    without a kernel). Used by every remat policy but "none"."""
-    return _recomputed_attention(q, k, v, mask, scale, softcap)
-
-
-_recomputed_attention = jax.checkpoint(
+# ``dot_product_attention`` whose scores and probabilities are recomputed in the backward pass
+# instead of stored: no ``[B, N, T, S]`` residual per layer (the flash-attention trade, without a
+# kernel). The decoder uses it under every remat policy but "none".
+recomputed_attention = jax.checkpoint(
     dot_product_attention, static_argnums=(4, 5), policy=jax.checkpoint_policies.nothing_saveable
 )
 

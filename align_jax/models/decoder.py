@@ -108,7 +108,7 @@ def _stacked_blocks(cfg: ModelConfig, rngs: nnx.Rngs) -> Block:
     return nnx.merge(graphdef, state)
 
 
-_REMAT_POLICIES = {
+_REMAT_POLICIES = {  # layer-level checkpoint policies; "attention" only recomputes the attention core
     "full": None,
     "dots": jax.checkpoint_policies.checkpoint_dots,
 }
