@@ -31,6 +31,7 @@ flags.DEFINE_list("test_benchmarks", list(RefusalConfig.test_benchmarks), "bench
 flags.DEFINE_float("target_fpr", 0.03, "the goal: test FPR below this on each benign set")
 flags.DEFINE_float("threshold_fpr", RefusalConfig.threshold_fpr, "benign val FPR the threshold is set for")
 flags.DEFINE_integer("hidden", 0, "hidden units of the head (0 = logistic regression)")
+flags.DEFINE_integer("style_copies", RefusalConfig.style_copies, "wrapped copies of each train prompt (both classes)")
 flags.DEFINE_integer("seed", 0, "seed for splits, sampling and heads")
 
 
@@ -48,6 +49,7 @@ def main(argv):
         target_fpr=F.target_fpr,
         threshold_fpr=F.threshold_fpr,
         hidden=F.hidden,
+        style_copies=F.style_copies,
         seed=F.seed,
     )
     lm = load_model(F.model)

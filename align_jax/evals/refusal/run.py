@@ -30,6 +30,7 @@ from align_jax.evals.refusal.benign_sensitive import benign_sensitive_prompts
 from align_jax.evals.refusal.classifiers import PromptClassifier, ResponseClassifier, featurize
 from align_jax.evals.refusal.datasets import SPLITS, Prompt, drop_overlap, hash_fold, load_harmful, load_plain_benign
 from align_jax.evals.refusal.features import cached_features, parse_feature_spec, select_features
+from align_jax.evals.refusal.style_augment import style_augment
 from align_jax.evals.refusal.sources import packaged_harmful, refusal_direction_harmful, source_split
 from align_jax.evals.refusal.probe import group_weights, positive_score, predict_logits, threshold_for_groups, train_head
 from align_jax.evals.refusal.responses import RESPONSE_CLASSES, build_response_examples
@@ -55,6 +56,7 @@ class RefusalConfig:
     l2: float = 1e-3
     # share of the binary loss weight: harmful, benign-sensitive, plain benign
     shares: tuple[float, float, float] = (0.5, 0.25, 0.25)
+    style_copies: int = 0  # wrapped copies of each train prompt, both classes (see style_augment)
     n_resamples: int = 1000
     seed: int = 0
 
@@ -88,6 +90,9 @@ def build_source_sets(cfg: RefusalConfig) -> tuple[dict[str, list[Prompt]], dict
         benign = list({p.text: p for p in drop_overlap(benign, seen)}.values())
         seen |= {p.text for p in benign}
         sets[split] = by_split[split] + benign
+    extra = [p for p in style_augment(sets["train"], cfg.style_copies, cfg.seed) if p.text not in seen]
+    sets["train"] = sets["train"] + extra
+    summary["n_style_augmented"] = {k: sum(p.kind == k for p in extra) for k in ("harmful", "benign_sensitive", "plain_benign")}
     summary["n_benign"] = {s: {k: sum(p.kind == k for p in v) for k in ("benign_sensitive", "plain_benign")}
                            for s, v in sets.items()}
     return sets, summary
