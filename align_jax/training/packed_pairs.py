@@ -23,6 +23,7 @@ from align_jax.objectives.types import SequenceLogps
 
 Batch = Mapping[str, jax.Array]
 SIDE_CODES = {"chosen": 1, "rejected": 2}  # packed_target_side values
+SCORED_TOKEN_CHUNK = 256  # positions per unembedding chunk in scored_token_logps
 
 
 def is_packed(batch: Batch) -> bool:
@@ -30,8 +31,15 @@ def is_packed(batch: Batch) -> bool:
     return "packed_tokens" in batch
 
 
-def packed_token_logps(model: Decoder, batch: Batch) -> SequenceLogps:  # [R, L], aligned with the rows
-    """``log p(token_i | its prefix in the tree)`` for every scored token of the rows, 0 elsewhere."""
+def packed_token_logps(
+    model: Decoder, batch: Batch, *, token_chunk_size: int | None = SCORED_TOKEN_CHUNK
+) -> SequenceLogps:  # [R, L], aligned with the rows
+    """``log p(token_i | its prefix in the tree)`` for every scored token of the rows, 0 elsewhere.
+
+    With ``token_chunk_size`` (default), only the scored positions are unembedded: see
+    :func:`scored_token_logps`. ``None`` unembeds every position of ``[R, L]`` (the plain
+    computation, kept as the reference the tests compare against).
+    """
     tokens = batch["packed_tokens"]
     hidden = model(
         tokens,
@@ -41,20 +49,70 @@ def packed_token_logps(model: Decoder, batch: Batch) -> SequenceLogps:  # [R, L]
         return_logits=False,
     ).final_hidden  # [R, L, D]
     parent = jnp.clip(batch["packed_parent"], 0, tokens.shape[-1] - 1)
+    scored = batch["packed_target_side"] > 0
+    if token_chunk_size is not None:
+        values = scored_token_logps(model, hidden, parent, tokens, scored, token_chunk_size)
+        return SequenceLogps(values, scored.astype(jnp.float32))
     parent_hidden = jnp.take_along_axis(hidden, parent[..., None], axis=1)
     logits = model.logits_from_hidden(parent_hidden)  # [R, L, V]: row i predicts token i
-    return sequence_logps(logits, tokens, batch["packed_target_side"] > 0)
+    return sequence_logps(logits, tokens, scored)
+
+
+def scored_token_logps(
+    model: Decoder,
+    hidden: jax.Array,  # [R, L, D] final hidden states
+    parent: jax.Array,  # [R, L] int: the position in the row whose state predicts each token
+    tokens: jax.Array,  # [R, L] int
+    scored: jax.Array,  # [R, L] bool
+    token_chunk_size: int = SCORED_TOKEN_CHUNK,
+) -> jax.Array:  # [R, L] float32, 0 where not scored
+    """Log-probs of the scored tokens without unembedding the others (prompts, padding).
+
+    The ``R * L`` positions are ordered scored-first (a stable sort), their parents' hidden
+    states gathered, and cut into chunks of ``token_chunk_size``; each chunk runs the
+    unembedding and the vocabulary-chunked log-softmax under ``lax.cond`` (a chunk with no
+    scored token is skipped, in the forward and in the backward) inside a rematerialised
+    ``lax.map``, so at most one ``[chunk, V]`` slice of logits exists at a time. The cost of the
+    output layer is then proportional to the scored tokens, rounded up to one chunk.
+    """
+    if token_chunk_size < 1:
+        raise ValueError(f"token_chunk_size must be >= 1, got {token_chunk_size}")
+    r, length, d = hidden.shape
+    n = r * length
+    chunk = min(token_chunk_size, n)
+    num_chunks = -(-n // chunk)
+    flat_scored = scored.reshape(n)
+    order = jnp.argsort(jnp.logical_not(flat_scored), stable=True)  # scored positions first
+    source = (jnp.arange(r)[:, None] * length + parent).reshape(n)[order]
+    pad = num_chunks * chunk - n
+    h = jnp.pad(hidden.reshape(n, d)[source], ((0, pad), (0, 0))).reshape(num_chunks, chunk, d)
+    labels = jnp.pad(tokens.reshape(n)[order], (0, pad)).reshape(num_chunks, chunk)
+    mask = jnp.pad(flat_scored[order], (0, pad)).reshape(num_chunks, chunk)
+    unembedding = model.unembedding()
+
+    def one_chunk(args):
+        h_c, labels_c, mask_c = args
+
+        def compute():
+            logits = model.logits_from_hidden(h_c[None], unembedding)  # [1, chunk, V]
+            return sequence_logps(logits, labels_c[None], mask_c[None]).token_logps[0]
+
+        return jax.lax.cond(mask_c.any(), compute, lambda: jnp.zeros((chunk,), jnp.float32))
+
+    values = jax.lax.map(jax.checkpoint(one_chunk, prevent_cse=False), (h, labels, mask))  # [K, chunk]
+    return jnp.zeros((n,), jnp.float32).at[order].set(values.reshape(-1)[:n]).reshape(r, length)
 
 
 def packed_sides_logps(
-    model: Decoder, batch: Batch, max_completion_len: int | None = None
+    model: Decoder, batch: Batch, max_completion_len: int | None = None,
+    *, token_chunk_size: int | None = SCORED_TOKEN_CHUNK,
 ) -> dict[str, SequenceLogps]:
     """``{"chosen", "rejected"}`` -> SequenceLogps ``[P, max_completion_len]`` (default: row length).
 
     ``P = pair_mask.shape[-1]``; padding pairs get all-zero rows. Completion tokens at offsets
     ``>= max_completion_len`` would be dropped: keep it at least the longest completion.
     """
-    logps = packed_token_logps(model, batch)
+    logps = packed_token_logps(model, batch, token_chunk_size=token_chunk_size)
     num_pairs = batch["pair_mask"].shape[-1]
     width = max_completion_len or batch["packed_tokens"].shape[-1]
     side = batch["packed_target_side"]

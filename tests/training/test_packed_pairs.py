@@ -20,7 +20,7 @@ from align_jax.models import ModelConfig, init_decoder
 from align_jax.objectives.preference import PREFERENCE_LOSSES
 from align_jax.training import step as S
 from align_jax.training.optimizer import OptimizerConfig, make_optimizer
-from align_jax.training.packed_pairs import packed_sides_logps
+from align_jax.training.packed_pairs import packed_sides_logps, packed_token_logps
 from align_jax.training.tasks import packed_preference_loss, preference_loss, reference_logps, sides_logps
 from test_engine import pairs_file, tiny_model_dir  # noqa: F401  (module-scoped fixtures: tiny model, pairs)
 
@@ -129,6 +129,30 @@ def _compare_logps(model, pairs, pack, max_pairs):
             np.testing.assert_allclose(b[side].token_logps[i, :n], a[side].token_logps[i, p - 1 : p - 1 + n], atol=1e-5)
             assert float(np.abs(b[side].token_logps[i, n:]).sum()) == 0.0
         assert float(np.abs(b[side].token_logps[len(pairs):]).sum()) == 0.0  # padding pairs
+
+
+@pytest.mark.parametrize("family", ["llama", "gemma3"])
+@pytest.mark.parametrize("chunk", [1, 4, 7, 1000])
+def test_scored_positions_only_equal_the_full_unembedding(family, chunk):
+    """Unembedding only the scored positions (in chunks; empty chunks skipped, the last one padded)
+    gives the values and the parameter gradients of unembedding every position of the rows."""
+    model = init_decoder(MODELS[family], seed=4)
+    batch = packed_batch(make_pairs(5, seed=6), pack=True, max_pairs=6)  # one all-padding row: skipped chunks
+    graphdef, state = nnx.split(model)
+
+    def total(state, token_chunk_size):
+        out = packed_token_logps(nnx.merge(graphdef, state), batch, token_chunk_size=token_chunk_size)
+        weights = jnp.arange(out.token_logps.size, dtype=jnp.float32).reshape(out.token_logps.shape) % 5 + 1
+        return (out.token_logps * weights).sum(), out
+
+    (la, a), ga = jax.value_and_grad(total, has_aux=True)(state, None)
+    (lb, b), gb = jax.jit(jax.value_and_grad(total, has_aux=True), static_argnums=1)(state, chunk)
+    np.testing.assert_allclose(b.token_logps, a.token_logps, atol=1e-5, rtol=1e-5)
+    np.testing.assert_array_equal(b.length, a.length)
+    assert float(np.abs(np.asarray(b.token_logps)[np.asarray(batch["packed_target_side"]) == 0]).max()) == 0.0
+    assert float(np.abs(np.asarray(a.token_logps)).min()) == 0.0 and float(la) != 0.0
+    for x, y in zip(jax.tree.leaves(gb), jax.tree.leaves(ga)):
+        np.testing.assert_allclose(x, y, atol=2e-5, rtol=1e-4)
 
 
 @pytest.mark.parametrize("family", ["llama", "gemma3"])
