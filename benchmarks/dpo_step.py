@@ -34,9 +34,8 @@ Rows (``--variants``; each optimisation can be seen on and off):
   the step, like TRL), ``padded_precomputed`` (b: + precomputed reference),
   ``padded_precomputed_unchunked`` (b without the vocabulary-chunked log-softmax: one full
   ``log_softmax``), ``shared_prefix`` (c: + one row per pair, the prompt computed once and both
-  completions attending to it; only the completion positions are unembedded),
-  ``shared_prefix_all_positions`` (c with the unembedding and log-softmax on every position of
-  the rows, prompt included, as before 2026-12-02), ``packed`` (d: + several pairs per row, no padding between
+  completions attending to it), ``shared_prefix_scored_only`` (c with the unembedding and
+  log-softmax only on the completion positions: ``packed_pairs.scored_token_logps``), ``packed`` (d: + several pairs per row, no padding between
   them), ``packed_remat_full`` / ``packed_remat_dots`` (d with the decoder's ``remat`` policy),
   ``shared_prefix_remat_attention`` / ``shared_prefix_remat_dots`` (c with the attention scores
   recomputed in the backward pass, alone or with only matmul outputs saved).
@@ -89,7 +88,7 @@ JAX_VARIANTS = (
     "padded_precomputed",
     "padded_precomputed_unchunked",
     "shared_prefix",
-    "shared_prefix_all_positions",
+    "shared_prefix_scored_only",
     "shared_prefix_remat_attention",
     "shared_prefix_remat_dots",
     "packed",
@@ -215,7 +214,7 @@ class JaxVariant:
     reference: str  # "frozen" | "precomputed"
     remat: str = "none"
     vocab_chunked: bool = True
-    scored_only: bool = True  # shared_prefix / packed: unembed only the scored positions
+    scored_only: bool = False  # shared_prefix / packed: unembed only the scored positions
 
 
 VARIANTS = {
@@ -225,7 +224,7 @@ VARIANTS = {
         JaxVariant("padded_precomputed", "padded", "precomputed"),
         JaxVariant("padded_precomputed_unchunked", "padded", "precomputed", vocab_chunked=False),
         JaxVariant("shared_prefix", "shared_prefix", "precomputed"),
-        JaxVariant("shared_prefix_all_positions", "shared_prefix", "precomputed", scored_only=False),
+        JaxVariant("shared_prefix_scored_only", "shared_prefix", "precomputed", scored_only=True),
         JaxVariant("shared_prefix_remat_attention", "shared_prefix", "precomputed", remat="attention"),
         JaxVariant("shared_prefix_remat_dots", "shared_prefix", "precomputed", remat="dots"),
         JaxVariant("packed", "packed", "precomputed"),
@@ -332,8 +331,10 @@ class JaxRunner:
             if api is None:
                 raise RuntimeError("needs align_jax.data.pair_packing and tasks.packed_preference_loss")
             self.pack_pairs, task = api
-            if not variant.scored_only:
-                task = functools.partial(task, token_chunk_size=None)
+            if variant.scored_only:
+                from align_jax.training.packed_pairs import SCORED_TOKEN_CHUNK
+
+                task = functools.partial(task, token_chunk_size=SCORED_TOKEN_CHUNK)
         spec = S.StepSpec(
             graphdef=graphdef,
             task_loss=functools.partial(task, loss_fn=loss_fn),

@@ -23,7 +23,7 @@ from align_jax.objectives.types import SequenceLogps
 
 Batch = Mapping[str, jax.Array]
 SIDE_CODES = {"chosen": 1, "rejected": 2}  # packed_target_side values
-SCORED_TOKEN_CHUNK = 256  # positions per unembedding chunk in scored_token_logps
+SCORED_TOKEN_CHUNK = 256  # default positions per unembedding chunk of scored_token_logps (opt-in)
 
 
 def is_packed(batch: Batch) -> bool:
@@ -32,13 +32,14 @@ def is_packed(batch: Batch) -> bool:
 
 
 def packed_token_logps(
-    model: Decoder, batch: Batch, *, token_chunk_size: int | None = SCORED_TOKEN_CHUNK
+    model: Decoder, batch: Batch, *, token_chunk_size: int | None = None
 ) -> SequenceLogps:  # [R, L], aligned with the rows
     """``log p(token_i | its prefix in the tree)`` for every scored token of the rows, 0 elsewhere.
 
-    With ``token_chunk_size`` (default), only the scored positions are unembedded: see
-    :func:`scored_token_logps`. ``None`` unembeds every position of ``[R, L]`` (the plain
-    computation, kept as the reference the tests compare against).
+    ``None`` (default) unembeds every position of ``[R, L]``; with ``token_chunk_size`` only the
+    scored positions are, see :func:`scored_token_logps`. Measured on XLA:CPU (benchmarks/README.md,
+    2026-12-02) the scored-only path is no faster on the fixed workload and 30% slower on the
+    realistic one, so it is opt-in.
     """
     tokens = batch["packed_tokens"]
     hidden = model(
@@ -105,7 +106,7 @@ def scored_token_logps(
 
 def packed_sides_logps(
     model: Decoder, batch: Batch, max_completion_len: int | None = None,
-    *, token_chunk_size: int | None = SCORED_TOKEN_CHUNK,
+    *, token_chunk_size: int | None = None,
 ) -> dict[str, SequenceLogps]:
     """``{"chosen", "rejected"}`` -> SequenceLogps ``[P, max_completion_len]`` (default: row length).
 

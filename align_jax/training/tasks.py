@@ -24,7 +24,7 @@ from align_jax.objectives.calibration import confidence_brier_loss, label_smooth
 from align_jax.objectives.logprobs import sequence_logps
 from align_jax.objectives.reward import bradley_terry_loss
 from align_jax.objectives.types import PreferenceInputs, SequenceLogps, UnpairedInputs
-from align_jax.training.packed_pairs import SCORED_TOKEN_CHUNK, is_packed, packed_example_weight, packed_sides_logps
+from align_jax.training.packed_pairs import is_packed, packed_example_weight, packed_sides_logps
 
 Batch = Mapping[str, jax.Array]
 TASK_KINDS = ("sft", "preference", "unpaired", "reward_model", "calibration")
@@ -99,11 +99,11 @@ def preference_loss(model: Decoder, batch: Batch, loss_fn: Callable) -> tuple[ja
 
 
 def packed_preference_loss(
-    model: Decoder, batch: Batch, loss_fn: Callable, *, token_chunk_size: int | None = SCORED_TOKEN_CHUNK
+    model: Decoder, batch: Batch, loss_fn: Callable, *, token_chunk_size: int | None = None
 ) -> tuple[jax.Array, dict, jax.Array]:
     """``preference_loss`` on a prefix-shared/packed batch (:mod:`align_jax.data.pair_packing`):
     per-pair inputs ``[P]`` (``reference_*_logps``, ``example_weight``), weighted by ``pair_mask``.
-    Only scored positions are unembedded unless ``token_chunk_size=None`` (see packed_pairs)."""
+    With ``token_chunk_size``, only scored positions are unembedded (opt-in; see packed_pairs)."""
     logps = packed_sides_logps(model, batch, token_chunk_size=token_chunk_size)
     inputs = PreferenceInputs(
         policy_chosen=logps["chosen"],

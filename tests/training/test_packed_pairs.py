@@ -146,7 +146,7 @@ def test_scored_positions_only_equal_the_full_unembedding(family, chunk):
         return (out.token_logps * weights).sum(), out
 
     (la, a), ga = jax.value_and_grad(total, has_aux=True)(state, None)
-    (lb, b), gb = jax.jit(jax.value_and_grad(total, has_aux=True), static_argnums=1)(state, chunk)
+    (lb, b), gb = jax.jit(jax.value_and_grad(total, has_aux=True), static_argnums=1)(state, chunk)  # opt-in path
     np.testing.assert_allclose(b.token_logps, a.token_logps, atol=1e-5, rtol=1e-5)
     np.testing.assert_array_equal(b.length, a.length)
     assert float(np.abs(np.asarray(b.token_logps)[np.asarray(batch["packed_target_side"]) == 0]).max()) == 0.0
