@@ -30,8 +30,8 @@ from align_jax.evals.refusal.benign_sensitive import benign_sensitive_prompts
 from align_jax.evals.refusal.classifiers import PromptClassifier, ResponseClassifier, featurize
 from align_jax.evals.refusal.datasets import SPLITS, Prompt, drop_overlap, hash_fold, load_harmful, load_plain_benign
 from align_jax.evals.refusal.features import cached_features, parse_feature_spec, select_features
-from align_jax.evals.refusal.style_augment import style_augment
 from align_jax.evals.refusal.sources import packaged_harmful, refusal_direction_harmful, source_split
+from align_jax.evals.refusal.style_augment import style_augment
 from align_jax.evals.refusal.probe import group_weights, positive_score, predict_logits, threshold_for_groups, train_head
 from align_jax.evals.refusal.responses import RESPONSE_CLASSES, build_response_examples
 from align_jax.evals.refusal.taxonomy import HAZARD_CODES, hazard_index
@@ -138,7 +138,8 @@ def _ci(ci, flags=None) -> dict:
     return M.ci_dict(ci, flags)
 
 
-def _fit_binary(x, prompts, cfg: RefusalConfig):
+def fit_binary(x, prompts, cfg: RefusalConfig):
+    """The binary harmful-vs-benign head on train features, loss weights by kind (``cfg.shares``)."""
     y = np.array([int(p.harmful) for p in prompts])
     shares = dict(zip(("harmful", "benign_sensitive", "plain_benign"), cfg.shares))
     w = group_weights([p.kind for p in prompts], shares)
@@ -146,7 +147,8 @@ def _fit_binary(x, prompts, cfg: RefusalConfig):
     return head, losses
 
 
-def _val_threshold(head, x_val, val: Sequence[Prompt], cfg: RefusalConfig) -> tuple[float, np.ndarray]:
+def val_threshold(head, x_val, val: Sequence[Prompt], cfg: RefusalConfig) -> tuple[float, np.ndarray]:
+    """-> (threshold with val FPR <= ``cfg.threshold_fpr`` on each benign set, val scores)."""
     s = positive_score(head, x_val)
     kinds = np.array([p.kind for p in val])
     return threshold_for_groups({k: s[kinds == k] for k in ("benign_sensitive", "plain_benign")}, cfg.threshold_fpr), s
@@ -162,8 +164,8 @@ def leave_one_benchmark_out(x_tr, x_val, sets, cfg: RefusalConfig, min_prompts: 
         if out_tr.sum() + out_val.sum() < min_prompts:
             continue
         keep = np.flatnonzero(~out_tr)
-        head, _ = _fit_binary(x_tr[keep], [tr[i] for i in keep], cfg)
-        t, s_val = _val_threshold(head, x_val, val, cfg)
+        head, _ = fit_binary(x_tr[keep], [tr[i] for i in keep], cfg)
+        t, s_val = val_threshold(head, x_val, val, cfg)
         s_out = np.concatenate([positive_score(head, x_tr[out_tr]), s_val[out_val]])
         out[b] = float((s_out > t).mean())
     return out
@@ -181,8 +183,8 @@ def fit_prompt_classifier(
         layers, pooling = parse_feature_spec(spec)
         x_tr, x_val = (select_features(feats[s], layers, pooling) for s in ("train", "val"))
         lobo = leave_one_benchmark_out(x_tr, x_val, sets, cfg)
-        head, losses = _fit_binary(x_tr, sets["train"], cfg)
-        t, s = _val_threshold(head, x_val, val, cfg)
+        head, losses = fit_binary(x_tr, sets["train"], cfg)
+        t, s = val_threshold(head, x_val, val, cfg)
         row = {
             "lobo_recall": lobo,
             "lobo_mean": float(np.mean(list(lobo.values()))) if lobo else float("nan"),
