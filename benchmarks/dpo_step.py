@@ -38,7 +38,10 @@ Rows (``--variants``; each optimisation can be seen on and off):
   log-softmax only on the completion positions: ``packed_pairs.scored_token_logps``), ``packed`` (d: + several pairs per row, no padding between
   them), ``packed_remat_full`` / ``packed_remat_dots`` (d with the decoder's ``remat`` policy),
   ``shared_prefix_remat_attention`` / ``shared_prefix_remat_dots`` (c with the attention scores
-  recomputed in the backward pass, alone or with only matmul outputs saved).
+  recomputed in the backward pass, alone or with only matmul outputs saved),
+  ``shared_prefix_grouped`` (e: c with length groups, ``pair_packing.pack_length_groups``: each
+  pair's row padded to a multiple of ``--group_multiple`` only, rows of equal length batched
+  together, all groups accumulated into one update) and ``shared_prefix_grouped_remat_attention``.
   Padded rows are padded to a multiple of ``--pad_multiple`` (one compile per shape; all shapes
   are compiled during warm-up).
 
@@ -94,6 +97,8 @@ JAX_VARIANTS = (
     "packed",
     "packed_remat_full",
     "packed_remat_dots",
+    "shared_prefix_grouped",
+    "shared_prefix_grouped_remat_attention",
 )
 TRL_VARIANTS = ("trl", "trl_precomputed")
 MODELS = ("smollm2-135m-instruct", "llama-1b-random")
@@ -113,6 +118,7 @@ flags.DEFINE_string("hh_rlhf", "../shared/data/hh_rlhf/harmless-base-test.jsonl.
 flags.DEFINE_integer("max_length", 512, "realistic workload: max tokens per side (prompt + completion)")
 flags.DEFINE_integer("num_batches", 4, "realistic workload: distinct batches, cycled")
 flags.DEFINE_integer("pad_multiple", 64, "align_jax padded/shared-prefix rows: pad lengths to a multiple of this")
+flags.DEFINE_integer("group_multiple", 32, "shared_prefix_grouped rows: each pair's row padded to a multiple of this")
 flags.DEFINE_integer("pack_row_length", 0, "packed rows' length (0: the longest pair or half the largest batch, rounded up to 128)")
 flags.DEFINE_float("learning_rate", 1e-6, "AdamW learning rate (TRL's DPOConfig default)")
 flags.DEFINE_integer("peak_size", 2048, "side of the square matmuls that measure the peak")
@@ -210,7 +216,7 @@ def torch_matmul_peak(size: int, repeats: int = 5, chain: int = 8) -> float:
 @dataclasses.dataclass(frozen=True)
 class JaxVariant:
     name: str
-    layout: str  # "padded" | "shared_prefix" | "packed"
+    layout: str  # "padded" | "shared_prefix" | "packed" | "grouped" (shared prefix, length groups)
     reference: str  # "frozen" | "precomputed"
     remat: str = "none"
     vocab_chunked: bool = True
@@ -230,6 +236,8 @@ VARIANTS = {
         JaxVariant("packed", "packed", "precomputed"),
         JaxVariant("packed_remat_full", "packed", "precomputed", remat="full"),
         JaxVariant("packed_remat_dots", "packed", "precomputed", remat="dots"),
+        JaxVariant("shared_prefix_grouped", "grouped", "precomputed"),
+        JaxVariant("shared_prefix_grouped_remat_attention", "grouped", "precomputed", remat="attention"),
     )
 }
 assert tuple(VARIANTS) == JAX_VARIANTS
@@ -297,9 +305,8 @@ def _full_vocab_preference_loss(model, batch, loss_fn):
 class Prepared:
     """One batch ready for a variant: device arrays [1, ...] and what the step computes."""
 
-    arrays: dict
-    rows: int
-    length: int
+    arrays: dict | tuple  # one batch, or a tuple of length groups
+    shapes: list  # [(rows, length)] of every group the step computes
 
 
 class JaxRunner:
@@ -356,9 +363,19 @@ class JaxRunner:
         ]
 
     def _prepare(self, batch: Batch, reference: dict, *, pad_id, pad_multiple, pack_row_length) -> Prepared:
+        import jax
+
         from align_jax.training import step as S
 
         v = self.variant
+        if v.layout == "grouped":
+            from align_jax.data.pair_packing import pack_length_groups
+
+            per_pair = {k: np.asarray(x, np.float32) for k, x in reference.items()}
+            groups = pack_length_groups(batch, multiple=FLAGS.group_multiple, pad_id=pad_id, per_pair=per_pair)
+            shardings = S.batch_shardings(groups, self.mesh)
+            arrays = jax.tree.map(S._place, groups, shardings)
+            return Prepared(arrays, [g["packed_tokens"].shape[1:] for g in groups])
         if v.layout == "padded":
             length = round_up(max(len(p) + max(len(c), len(r)) for p, c, r in batch), pad_multiple)
             exs = padded_examples(batch, length, pad_id)
@@ -378,12 +395,13 @@ class JaxRunner:
         arrays = {k: x[None] for k, x in arrays.items()}  # one micro-batch
         shardings = S.batch_shardings(arrays, self.mesh)
         arrays = {k: S._place(x, shardings[k]) for k, x in arrays.items()}
-        return Prepared(arrays, rows, length)
+        return Prepared(arrays, [(rows, length)])
 
     def _step_fn(self, arrays):
         from align_jax.training import step as S
 
-        key = tuple((k, x.shape) for k, x in sorted(arrays.items()))
+        groups = arrays if isinstance(arrays, tuple) else (arrays,)
+        key = tuple(tuple((k, x.shape) for k, x in sorted(g.items())) for g in groups)
         if key not in self.steps:
             batch_sh = S.batch_shardings(arrays, self.mesh)
             self.steps[key] = S.compile_train_step(self.spec, self.state_sh, batch_sh, self.mesh)
@@ -401,8 +419,9 @@ class JaxRunner:
 
     def computed_flops(self, k: int) -> tuple[int, float]:
         b = self.batches[k % len(self.batches)]
-        return b.rows * b.length, rows_flops(self.cfg, b.rows, b.length,
-                                             reference_in_step=self.variant.reference == "frozen")
+        frozen = self.variant.reference == "frozen"
+        return (sum(r * n for r, n in b.shapes),
+                sum(rows_flops(self.cfg, r, n, reference_in_step=frozen) for r, n in b.shapes))
 
 
 def precompute_reference(model, batches: list[Batch], pad_id: int, pad_multiple: int) -> list[dict]:

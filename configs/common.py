@@ -10,7 +10,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.mesh = dict(data=1, fsdp=-1, tensor=1)
     c.data = dict(source="checkable_pairs", train_path=None, eval_path=None, eval_fraction=0.1, format=None,
                   fields={}, on_error="raise", max_length=128, max_prompt_length=0, truncation="truncate",
-                  pair_layout="separate", batch_size=8, micro_batches=1, max_train_examples=0,
+                  pair_layout="separate", group_multiple=64, batch_size=8, micro_batches=1, max_train_examples=0,
                   max_eval_examples=64, seed=0)
     c.reference = dict(mode="precomputed", sync_every=0, sync_alpha=1.0, cache_dir=None)
     c.lora = dict(rank=0, alpha=16.0, targets=r"attn/(q|k|v|o)|mlp/(gate|up|down)")

@@ -199,3 +199,63 @@ def pack_example_batch(
         if k.split("_")[0] not in tokenized and v.ndim == 1 and len(v) == b:
             out[k] = v
     return out
+
+
+def length_groups(lengths: Sequence[int], multiple: int) -> list[tuple[int, list[int]]]:
+    """Pairs grouped by row length: ``[(row_length, [pair index, ...]), ...]``, shortest first.
+
+    A pair of ``p + c + r`` tokens goes to the group of ``ceil((p + c + r) / multiple) * multiple``
+    tokens, so a pair pays for at most ``multiple - 1`` padding tokens instead of padding up to the
+    batch's longest pair. Each distinct group structure is one compiled step shape: coarser
+    ``multiple`` values mean fewer shapes."""
+    if multiple < 1:
+        raise ValueError(f"multiple must be >= 1, got {multiple}")
+    groups: dict[int, list[int]] = {}
+    for i, n in enumerate(lengths):
+        groups.setdefault(max(multiple, -(-int(n) // multiple) * multiple), []).append(i)
+    return sorted(groups.items())
+
+
+def pack_length_groups(
+    pairs: Sequence[tuple[Sequence[int], Sequence[int], Sequence[int]]],
+    *,
+    multiple: int,
+    pad_id: int = 0,
+    per_pair: Mapping[str, Any] | None = None,
+) -> tuple[PackedPairs, ...]:
+    """Pairs -> one prefix-shared batch per :func:`length_groups` group (one pair per row, rows of
+    the group's length, leading micro-batch axis of 1): the tuple form of a batch that
+    :func:`align_jax.training.step.train_step` accumulates into one update. ``per_pair`` ``[P]``
+    fields (``reference_*_logps``, ``example_weight``) are split to follow their pairs."""
+    lengths = [_check_pair(i, *pair, 1 << 62) for i, pair in enumerate(pairs)]
+    out = []
+    for row_length, index in length_groups(lengths, multiple):
+        group = pack_preference_pairs(
+            [pairs[i] for i in index], row_length=row_length, num_rows=len(index), max_pairs=len(index),
+            pack=False, pad_id=pad_id,
+        )
+        for k, v in (per_pair or {}).items():
+            group[k] = np.asarray(v)[index]
+        out.append({k: v[None] for k, v in group.items()})
+    return tuple(out)
+
+
+def group_example_batch(
+    examples: Mapping[str, np.ndarray], *, micro_batches: int, multiple: int, pad_id: int = 0
+) -> tuple[PackedPairs, ...]:
+    """A host batch of ``b`` tokenized pairs -> length groups (:func:`pack_length_groups`) of each
+    micro-batch's ``b / micro_batches`` pairs, concatenated. Per-pair ``[b]`` fields follow their pairs."""
+    pairs = pairs_of(examples)
+    b = len(pairs)
+    if b % micro_batches:
+        raise ValueError(f"{b} pairs do not split into {micro_batches} micro-batches")
+    tokenized = {"prompt", *PAIR_SIDES}
+    per_pair = {k: np.asarray(v) for k, v in examples.items()
+                if k.split("_")[0] not in tokenized and np.ndim(v) == 1 and len(v) == b}
+    m = b // micro_batches
+    out: list[PackedPairs] = []
+    for a in range(micro_batches):
+        part = slice(a * m, (a + 1) * m)
+        out += pack_length_groups(pairs[part], multiple=multiple, pad_id=pad_id,
+                                  per_pair={k: v[part] for k, v in per_pair.items()})
+    return tuple(out)

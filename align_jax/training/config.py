@@ -19,7 +19,7 @@ TASKS = ("sft", "preference", "unpaired", "reward_model", "calibration")
 SOURCES = ("preference", "sft", "unpaired", "hh_rlhf", "checkable_pairs")
 # Preference-pair batch layouts: two padded rows per pair, or [prompt | chosen | rejected] once per
 # pair (align_jax.data.pair_packing), one pair per row ("shared_prefix") or first-fit packed.
-PAIR_LAYOUTS = ("separate", "shared_prefix", "packed")
+PAIR_LAYOUTS = ("separate", "shared_prefix", "packed", "length_grouped")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -52,6 +52,7 @@ class DataSection:
     max_prompt_length: int = 0  # 0: half of max_length
     truncation: str = "truncate"  # or "drop"
     pair_layout: str = "separate"  # one of PAIR_LAYOUTS (train.task="preference" only)
+    group_multiple: int = 64  # pair_layout="length_grouped": each pair's row is padded to a multiple of this
     batch_size: int = 8  # global examples per optimizer step
     micro_batches: int = 1  # gradient accumulation: batch_size / micro_batches per forward
     max_train_examples: int = 0  # 0: all
@@ -109,6 +110,8 @@ class RunConfig:
             raise ValueError(f"unknown data.pair_layout {self.data.pair_layout!r}; valid: {PAIR_LAYOUTS}")
         if self.data.pair_layout != "separate" and self.train.task != "preference":
             raise ValueError(f"data.pair_layout={self.data.pair_layout!r} needs train.task='preference'")
+        if self.data.group_multiple < 1:
+            raise ValueError(f"data.group_multiple must be >= 1, got {self.data.group_multiple}")
         if self.data.batch_size % self.data.micro_batches:
             raise ValueError("data.batch_size must be a multiple of data.micro_batches")
         if self.data.source != "checkable_pairs" and not self.data.train_path:

@@ -10,7 +10,7 @@ import grain
 import jax
 import numpy as np
 
-from align_jax.data.pair_packing import pack_example_batch
+from align_jax.data.pair_packing import group_example_batch, pack_example_batch
 from align_jax.data.records import PreferenceRecord, SFTRecord, UnpairedRecord
 from align_jax.data.sources import load_records
 from align_jax.data.tokenization import Tokenize
@@ -139,7 +139,19 @@ class PairPacker:
         )
 
 
-def pair_packer(data: DataSection, examples: Sequence[dict], pad_id: int) -> PairPacker | None:
+@dataclasses.dataclass(frozen=True)
+class LengthGrouper:
+    """Host batches of tokenized pairs -> a tuple of length groups (``pair_layout="length_grouped"``)."""
+
+    micro_batches: int
+    multiple: int
+    pad_id: int
+
+    def __call__(self, batch: dict) -> tuple[dict, ...]:
+        return group_example_batch(batch, micro_batches=self.micro_batches, multiple=self.multiple, pad_id=self.pad_id)
+
+
+def pair_packer(data: DataSection, examples: Sequence[dict], pad_id: int) -> PairPacker | LengthGrouper | None:
     """The batch transform of ``data.pair_layout`` (None for "separate"), sized from ``examples``
     (every train and eval example, so that any batch fits the same static shapes).
 
@@ -149,9 +161,19 @@ def pair_packer(data: DataSection, examples: Sequence[dict], pad_id: int) -> Pai
     ``S`` sums the ``m`` longest pairs of the data: first fit fills any two rows past
     ``row_length`` together, so it never needs more, whatever pairs a batch draws. On data with
     a long tail of lengths this bound leaves little to gain over "shared_prefix".
+    "length_grouped": one pair per row, each row padded to a multiple of ``data.group_multiple``
+    only, rows of equal length batched together (a tuple of groups per batch; one compiled step
+    per group structure met, so coarser multiples compile less).
     """
     if data.pair_layout == "separate":
         return None
+    if data.pair_layout == "length_grouped":
+        if jax.process_count() > 1:
+            raise ValueError("data.pair_layout='length_grouped' runs in a single process (each host's groups "
+                             "would differ in shape); use 'shared_prefix' or 'packed' across hosts")
+        logging.info("pair layout length_grouped: one pair per row, rows padded to a multiple of %d",
+                     data.group_multiple)
+        return LengthGrouper(data.micro_batches, data.group_multiple, pad_id)
     lengths = sorted(int(e["prompt_length"]) + int(e["chosen_length"]) + int(e["rejected_length"]) for e in examples)
     row_length = -(-lengths[-1] // 8) * 8
     hosts = jax.process_count()

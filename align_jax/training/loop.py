@@ -89,8 +89,29 @@ def _require(ok: bool, message: str):
 
 
 def _tokens_in(batch) -> float:
-    """Non-padding tokens of every side of a batch (the throughput definition)."""
+    """Non-padding tokens of every side of a batch, or of every length group (the throughput definition)."""
+    if isinstance(batch, (tuple, list)):
+        return sum(_tokens_in(group) for group in batch)
     return float(sum(np.sum(np.asarray(v) > 0) for k, v in batch.items() if k.endswith("segment_ids")))
+
+
+class _ShapeKeyedStep:
+    """A step over length-grouped batches (tuples of ``[1, rows, length]`` groups): compiled once
+    per group structure met, with each group's batch shardings (rows over the data axes when
+    they divide, else replicated)."""
+
+    def __init__(self, compile_fn, mesh):
+        self.compile_fn, self.mesh, self.compiled = compile_fn, mesh, {}
+
+    def place(self, groups) -> tuple:
+        shardings = S.batch_shardings(tuple(groups), self.mesh)
+        return jax.tree.map(S._place, tuple(groups), shardings)
+
+    def __call__(self, state, groups):
+        key = tuple(tuple((k, v.shape) for k, v in sorted(g.items())) for g in groups)
+        if key not in self.compiled:
+            self.compiled[key] = self.compile_fn(S.batch_shardings(groups, self.mesh), self.mesh)
+        return self.compiled[key](state, groups)
 
 
 def run(cfg: RunConfig, workdir: str | Path) -> dict[str, Any]:
@@ -164,17 +185,23 @@ def run(cfg: RunConfig, workdir: str | Path) -> dict[str, Any]:
 
     packer = D.pair_packer(cfg.data, train_ex + eval_ex, tokenize.pad_id)  # None: separate layout
     train_it = D.iterator(train_ex, cfg.data, train=True, transform=packer)
-    sample = {k: np.asarray(v) for k, v in next(D.iterator(train_ex, cfg.data, train=False, transform=packer)).items()}
-    a, hosts = cfg.data.micro_batches, jax.process_count()
-    shaped = {k: np.zeros((a, v.shape[0] * hosts // a) + v.shape[1:], v.dtype) for k, v in sample.items()}
-    batch_sh = S.batch_shardings(shaped, mesh)
-    train_step = S.compile_train_step(spec, state_sh, batch_sh, mesh)
-    eval_step = S.compile_eval_step(spec, state_sh, batch_sh, mesh)
+    if isinstance(packer, D.LengthGrouper):  # a tuple of differently shaped groups per batch
+        train_step = _ShapeKeyedStep(functools.partial(S.compile_train_step, spec, state_sh), mesh)
+        eval_step = _ShapeKeyedStep(functools.partial(S.compile_eval_step, spec, state_sh), mesh)
+        to_device = train_step.place
+    else:
+        sample = {k: np.asarray(v) for k, v in next(D.iterator(train_ex, cfg.data, train=False, transform=packer)).items()}
+        a, hosts = cfg.data.micro_batches, jax.process_count()
+        shaped = {k: np.zeros((a, v.shape[0] * hosts // a) + v.shape[1:], v.dtype) for k, v in sample.items()}
+        batch_sh = S.batch_shardings(shaped, mesh)
+        train_step = S.compile_train_step(spec, state_sh, batch_sh, mesh)
+        eval_step = S.compile_eval_step(spec, state_sh, batch_sh, mesh)
+        to_device = functools.partial(D.to_global, data=cfg.data, shardings=batch_sh)
 
     def evaluate(state) -> dict[str, float]:
         sums, total = {}, 0.0
         for batch in D.iterator(eval_ex, cfg.data, train=False, transform=packer):
-            metrics = jax.device_get(eval_step(state, D.to_global(batch, cfg.data, batch_sh)))
+            metrics = jax.device_get(eval_step(state, to_device(batch)))
             w = float(metrics.pop("weight"))
             for k, v in metrics.items():
                 sums[k] = sums.get(k, 0.0) + float(v) * w
@@ -207,7 +234,7 @@ def run(cfg: RunConfig, workdir: str | Path) -> dict[str, Any]:
         with ProgressBar(cfg.train.steps, initial=start, desc=cfg.train.task, show=("loss",)) as bar:
             for step in range(start + 1, cfg.train.steps + 1):
                 host_batch = next(train_it)
-                state, device_metrics = train_step(state, D.to_global(host_batch, cfg.data, batch_sh))
+                state, device_metrics = train_step(state, to_device(host_batch))
                 metrics = {k: float(v) for k, v in jax.device_get(device_metrics).items()}
                 check_finite(step, metrics)  # raises before this step's state can be saved
                 metrics.update(throughput.update(_tokens_in(host_batch)))

@@ -3,7 +3,9 @@
 ``step(state, batch) -> (state, metrics)`` is jitted with explicit ``in_shardings`` /
 ``out_shardings`` over the mesh and donates the state. Batches carry a leading micro-batch axis
 ``[A, B, ...]``; gradients are accumulated over it with exact weighted reduction (each task
-returns a weighted-mean loss and its weight).
+returns a weighted-mean loss and its weight). A batch may also be a tuple of such trees with
+different shapes (length groups, e.g. :func:`align_jax.data.pair_packing.pack_length_groups`):
+each group is padded to its own length and all of them add into one update.
 
 Parameters live in three places of one pytree, all sharded by the same logical-axis rules:
 ``params`` (trainable: the policy, or LoRA adapters; plus a reward head for reward models),
@@ -103,8 +105,16 @@ def _loss_and_aux(spec: StepSpec, params, frozen, reference, batch):
     return loss * weight, (metrics, weight)
 
 
+def _groups(batch) -> tuple:
+    """A batch is one tree of ``[A, B, ...]`` arrays, or a tuple/list of such trees whose shapes
+    differ (length groups: rows padded to each group's own length, so short pairs do not pay for
+    the longest one's padding). Every group's micro-batches accumulate into the same sums."""
+    return tuple(batch) if isinstance(batch, (tuple, list)) else (batch,)
+
+
 def _accumulate(spec: StepSpec, state: TrainState, batch):
-    """Gradients and metrics summed over the leading micro-batch axis, then normalised."""
+    """Gradients and metrics summed over the leading micro-batch axis (of every length group),
+    then normalised by the total weight."""
     grad_fn = jax.value_and_grad(_loss_and_aux, argnums=1, has_aux=True)
 
     def micro(carry, micro_batch):
@@ -114,16 +124,19 @@ def _accumulate(spec: StepSpec, state: TrainState, batch):
         sums = jax.tree.map(lambda s, m: s + m.astype(jnp.float32) * weight, sums, metrics)
         return (grads, sums, total + weight), None
 
-    first = jax.tree.map(lambda x: x[0], batch)
+    groups = _groups(batch)
+    first = jax.tree.map(lambda x: x[0], groups[0])
     _, (metrics_shape, _) = jax.eval_shape(
         lambda: _loss_and_aux(spec, state.params, state.frozen, state.reference, first)
     )
-    zeros = (
+    carry = (
         jax.tree.map(jnp.zeros_like, state.params),
         jax.tree.map(lambda m: jnp.zeros((), jnp.float32), metrics_shape),
         jnp.zeros((), jnp.float32),
     )
-    (grads, sums, total), _ = jax.lax.scan(micro, zeros, batch)
+    for group in groups:
+        carry, _ = jax.lax.scan(micro, carry, group)
+    grads, sums, total = carry
     denom = jnp.maximum(total, 1e-9)
     grads = jax.tree.map(lambda g: g / denom, grads)
     metrics = jax.tree.map(lambda s: s / denom, sums)
@@ -156,17 +169,20 @@ def train_step(spec: StepSpec, state: TrainState, batch) -> tuple[TrainState, di
 
 
 def eval_step(spec: StepSpec, state: TrainState, batch) -> dict:
-    """Weighted metrics of a batch [A, B, ...] without an update."""
+    """Weighted metrics of a batch [A, B, ...] (or a tuple of length groups) without an update."""
 
     def micro(carry, micro_batch):
         sums, total = carry
         _, (metrics, weight) = _loss_and_aux(spec, state.params, state.frozen, state.reference, micro_batch)
         return (jax.tree.map(lambda s, m: s + m.astype(jnp.float32) * weight, sums, metrics), total + weight), None
 
-    first = jax.tree.map(lambda x: x[0], batch)
+    groups = _groups(batch)
+    first = jax.tree.map(lambda x: x[0], groups[0])
     _, (metrics_shape, _) = jax.eval_shape(lambda: _loss_and_aux(spec, state.params, state.frozen, state.reference, first))
-    init = (jax.tree.map(lambda m: jnp.zeros((), jnp.float32), metrics_shape), jnp.zeros((), jnp.float32))
-    (sums, total), _ = jax.lax.scan(micro, init, batch)
+    carry = (jax.tree.map(lambda m: jnp.zeros((), jnp.float32), metrics_shape), jnp.zeros((), jnp.float32))
+    for group in groups:
+        carry, _ = jax.lax.scan(micro, carry, group)
+    sums, total = carry
     return {**jax.tree.map(lambda s: s / jnp.maximum(total, 1e-9), sums), "weight": total}
 
 

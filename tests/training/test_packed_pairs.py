@@ -11,6 +11,8 @@ import pytest
 from flax import nnx
 
 from align_jax.data.pair_packing import (
+    length_groups,
+    pack_length_groups,
     count_real_tokens,
     pack_example_batch,
     pack_preference_pairs,
@@ -226,6 +228,61 @@ def test_reference_modes_train_like_separate(mode):
         np.testing.assert_allclose(y, x, atol=1e-5)
 
 
+@pytest.mark.parametrize("mode", ["frozen", "precomputed"])
+def test_length_grouped_steps_train_like_separate(mode):
+    """A batch split into length groups (a tuple of differently shaped batches) gives the same
+    update as the plain one-shape batch: weights, metrics and parameters after three steps."""
+    pairs = make_pairs(6, seed=11)
+    sep = separate_batch(pairs)
+    per_pair = {}
+    if mode == "precomputed":
+        per_pair = reference_logps(init_decoder(LLAMA, seed=9), sep, "preference")
+        sep = {**sep, **per_pair}
+    groups = pack_length_groups(pairs, multiple=4, per_pair={k: np.asarray(v) for k, v in per_pair.items()})
+    assert len({g["packed_tokens"].shape for g in groups}) >= 2  # the groups really differ in shape
+    assert sum(int(g["pair_mask"].sum()) for g in groups) == len(pairs)
+    groups = tuple({k: jnp.asarray(v) for k, v in g.items()} for g in groups)
+    micro = lambda b: jax.tree.map(lambda x: x[None], b)  # noqa: E731
+    (spec_a, a), (spec_b, b) = _spec(mode, preference_loss), _spec(mode, packed_preference_loss)
+    ga, _, wa = jax.jit(functools.partial(S._accumulate, spec_a))(a, micro(sep))
+    gb, _, wb = jax.jit(functools.partial(S._accumulate, spec_b))(b, groups)
+    assert float(wa) == float(wb) == len(pairs)
+    for x, y in zip(jax.tree.leaves(ga), jax.tree.leaves(gb)):
+        np.testing.assert_allclose(y, x, atol=1e-6, rtol=1e-4)
+    step_a, step_b = jax.jit(functools.partial(S.train_step, spec_a)), jax.jit(functools.partial(S.train_step, spec_b))
+    for _ in range(3):
+        a, ma = step_a(a, micro(sep))
+        b, mb = step_b(b, groups)
+        for k in ("loss", "rewards/margins", "logps/chosen", "weight", "grad_norm"):
+            np.testing.assert_allclose(mb[k], ma[k], atol=1e-5, rtol=1e-5)
+    assert float(ma["loss"]) < np.log(2) - 1e-3
+    # Adam divides by sqrt(v): on coordinates whose gradient is ~1e-6, float rounding of the
+    # gradients (checked tightly above) moves an lr=1e-2 update by ~1e-4.
+    for x, y in zip(jax.tree.leaves(a.params), jax.tree.leaves(b.params)):
+        np.testing.assert_allclose(y, x, atol=3e-4)
+    metrics = jax.jit(functools.partial(S.eval_step, spec_b))(b, groups)
+    np.testing.assert_allclose(metrics["weight"], len(pairs))
+
+
+def test_length_groups_round_up_and_keep_every_pair():
+    assert length_groups([5, 64, 65, 1, 130], 64) == [(64, [0, 1, 3]), (128, [2]), (192, [4])]
+    assert length_groups([], 8) == []
+    with pytest.raises(ValueError, match="multiple"):
+        length_groups([3], 0)
+    pairs = make_pairs(5, seed=2)
+    groups = pack_length_groups(pairs, multiple=4, per_pair={"example_weight": np.arange(5.0)})
+    seen = []
+    for g in groups:
+        rows = g["packed_tokens"][0]
+        assert rows.shape[1] % 4 == 0
+        assert g["example_weight"].shape == g["pair_mask"].shape == (1, rows.shape[0])
+        seen += g["example_weight"][0].tolist()
+        for row, weight in zip(rows, g["example_weight"][0]):  # each row holds its own pair's tokens
+            p, c, r = pairs[int(weight)]
+            np.testing.assert_array_equal(row[: len(p) + len(c) + len(r)], np.concatenate([p, c, r]))
+    assert sorted(seen) == list(range(5))
+
+
 # -- the packing function -----------------------------------------------------------------------
 def test_pack_layout_parents_and_offsets():
     pairs = [([5, 6, 7], [8, 9], [10, 11, 12]), ([1, 2], [3], [4]), ([13] * 9, [14], [15] * 2)]
@@ -289,9 +346,12 @@ def test_config_rejects_unknown_pair_layout(tmp_path):
 
     from align_jax.training.config import parse_config
 
-    valid = r"\('separate', 'shared_prefix', 'packed'\)"
+    valid = r"\('separate', 'shared_prefix', 'packed', 'length_grouped'\)"
     with pytest.raises(ValueError, match=r"unknown data.pair_layout 'tree'; valid: " + valid):
         parse_config(make_config(tmp_path, tmp_path / "x.jsonl", data__pair_layout="tree"))
+    with pytest.raises(ValueError, match="group_multiple must be >= 1"):
+        parse_config(make_config(tmp_path, tmp_path / "x.jsonl", data__pair_layout="length_grouped",
+                                 data__group_multiple=0))
     with pytest.raises(ValueError, match="pair_layout='packed' needs train.task='preference'"):
         parse_config(make_config(tmp_path, tmp_path / "x.jsonl", data__pair_layout="packed", train__task="unpaired"))
 
@@ -305,13 +365,35 @@ def test_engine_packed_dpo_matches_separate(tiny_model_dir, pairs_file, tmp_path
     from align_jax.training.loop import run
 
     results = {}
-    for layout in ("separate", "packed"):
+    for layout in ("separate", "packed", "length_grouped"):
         cfg = parse_config(make_config(tiny_model_dir, pairs_file, data__pair_layout=layout, data__micro_batches=2,
-                                       train__steps=3, train__eval_every=3, train__checkpoint_every=3,
-                                       optimizer__total_steps=3))
+                                       data__group_multiple=4, train__steps=3, train__eval_every=3,
+                                       train__checkpoint_every=3, optimizer__total_steps=3))
         results[layout] = run(cfg, tmp_path / layout)
         results[layout]["train"] = train_losses(tmp_path / layout)
-    a, b = results["separate"], results["packed"]
-    np.testing.assert_allclose(b["train"], a["train"], rtol=1e-5)
-    np.testing.assert_allclose(b["final"]["eval/loss"], a["final"]["eval/loss"], rtol=1e-5)
+    a = results["separate"]
     assert len(a["train"]) == 3 and a["train"][-1] != a["train"][0]
+    for layout in ("packed", "length_grouped"):
+        b = results[layout]
+        np.testing.assert_allclose(b["train"], a["train"], rtol=1e-5, err_msg=layout)
+        np.testing.assert_allclose(b["final"]["eval/loss"], a["final"]["eval/loss"], rtol=1e-5, err_msg=layout)
+
+
+@pytest.mark.skipif(len(jax.devices()) < 8, reason="needs 8 (forced CPU) devices")
+def test_engine_length_grouped_on_eight_devices_matches_one_device_separate(tiny_model_dir, pairs_file, tmp_path):
+    """Length groups sharded over a 2x2x2 mesh (rows over the data axes where they divide, else
+    replicated) train like the separate layout on one device."""
+    from engine_config import make_config
+    from test_engine import train_losses
+
+    from align_jax.training.config import parse_config
+    from align_jax.training.loop import run
+
+    common = dict(train__steps=3, train__eval_every=3, train__checkpoint_every=3, optimizer__total_steps=3)
+    run(parse_config(make_config(tiny_model_dir, pairs_file, **common)), tmp_path / "one")
+    run(parse_config(make_config(tiny_model_dir, pairs_file, data__pair_layout="length_grouped",
+                                 data__group_multiple=8, mesh__data=2, mesh__fsdp=2, mesh__tensor=2, **common)),
+        tmp_path / "eight")
+    one, eight = train_losses(tmp_path / "one"), train_losses(tmp_path / "eight")
+    assert len(one) == 3 and one[-1] != one[0]
+    np.testing.assert_allclose(eight, one, rtol=1e-4)
