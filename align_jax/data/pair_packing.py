@@ -193,12 +193,16 @@ def pack_example_batch(
         for a in range(micro_batches)
     ]
     out = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
-    tokenized = {"prompt", *PAIR_SIDES}
-    for k, v in examples.items():
-        v = np.asarray(v)
-        if k.split("_")[0] not in tokenized and v.ndim == 1 and len(v) == b:
-            out[k] = v
+    out.update(_per_pair_fields(examples, b))
     return out
+
+
+def _per_pair_fields(examples: Mapping[str, np.ndarray], b: int) -> dict[str, np.ndarray]:
+    """The ``[b]`` fields of a batch of ``b`` pairs that are not token ids or lengths
+    (``reference_*_logps``, ``example_weight``): they travel with their pairs."""
+    tokenized = {"prompt", *PAIR_SIDES}
+    return {k: np.asarray(v) for k, v in examples.items()
+            if k.split("_")[0] not in tokenized and np.ndim(v) == 1 and len(v) == b}
 
 
 def length_groups(lengths: Sequence[int], multiple: int) -> list[tuple[int, list[int]]]:
@@ -249,9 +253,7 @@ def group_example_batch(
     b = len(pairs)
     if b % micro_batches:
         raise ValueError(f"{b} pairs do not split into {micro_batches} micro-batches")
-    tokenized = {"prompt", *PAIR_SIDES}
-    per_pair = {k: np.asarray(v) for k, v in examples.items()
-                if k.split("_")[0] not in tokenized and np.ndim(v) == 1 and len(v) == b}
+    per_pair = _per_pair_fields(examples, b)
     m = b // micro_batches
     out: list[PackedPairs] = []
     for a in range(micro_batches):
