@@ -45,8 +45,7 @@ def evaluate_row(lm, model_id: str, cfg: R.RefusalConfig, spec: str) -> dict:
     layers, pooling = parse_feature_spec(spec)
     x = {s: select_features(feats[s], layers, pooling) for s in ("train", "val", "test")}
     lobo = R.leave_one_benchmark_out(x["train"], x["val"], sets, cfg)
-    head, _ = R.fit_binary(x["train"], sets["train"], cfg)
-    threshold, s_val = R.val_threshold(head, x["val"], sets["val"], cfg)
+    head, threshold, s_val, _, _ = R.fit_with_threshold(x["train"], sets["train"], x["val"], sets["val"], cfg)
     s_test = positive_score(head, x["test"])
     kind_val = np.array([p.kind for p in sets["val"]])
     kind = np.array([p.kind for p in sets["test"]])

@@ -1,4 +1,4 @@
-"""Trains and evaluates the refusal prompt / response classifiers on SmolLM2 hidden states.
+"""Trains and evaluates the refusal prompt / response classifiers on frozen hidden states (--model).
 
     python experiments/refusal_classifier.py \
         --data_dir=../shared/data/refusal_direction --out_dir=/tmp/refusal_out
@@ -29,7 +29,11 @@ flags.DEFINE_list("candidates", list(RefusalConfig.candidates), "feature specs '
                   "leave-one-benchmark-out recall); layers must be among --layers")
 flags.DEFINE_list("test_benchmarks", list(RefusalConfig.test_benchmarks), "benchmarks held out for test")
 flags.DEFINE_float("target_fpr", 0.03, "the goal: test FPR below this on each benign set")
-flags.DEFINE_float("threshold_fpr", RefusalConfig.threshold_fpr, "benign val FPR the threshold is set for")
+flags.DEFINE_float("threshold_fpr", RefusalConfig.threshold_fpr, "benign FPR the threshold is set for")
+flags.DEFINE_integer("threshold_folds", RefusalConfig.threshold_folds, "folds of cross-fitted train benign scores "
+                     "pooled with val for the threshold (0 = val only)")
+flags.DEFINE_bool("written_harmful", RefusalConfig.written_harmful, "train on the project-written harmful requests too")
+flags.DEFINE_list("shares", [str(x) for x in RefusalConfig.shares], "loss weight shares: harmful, benign-sensitive, plain")
 flags.DEFINE_integer("hidden", 0, "hidden units of the head (0 = logistic regression)")
 flags.DEFINE_integer("style_copies", RefusalConfig.style_copies, "wrapped copies of each train prompt (both classes)")
 flags.DEFINE_integer("seed", 0, "seed for splits, sampling and heads")
@@ -48,6 +52,9 @@ def main(argv):
         test_benchmarks=tuple(F.test_benchmarks),
         target_fpr=F.target_fpr,
         threshold_fpr=F.threshold_fpr,
+        threshold_folds=F.threshold_folds,
+        written_harmful=F.written_harmful,
+        shares=tuple(float(x) for x in F.shares),
         hidden=F.hidden,
         style_copies=F.style_copies,
         seed=F.seed,

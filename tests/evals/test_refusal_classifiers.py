@@ -1,5 +1,7 @@
 """Heads, thresholds, metrics and features on synthetic data and a tiny random decoder."""
 
+import dataclasses
+
 import numpy as np
 import pytest
 
@@ -295,3 +297,48 @@ def test_leave_one_benchmark_out_scores_an_unseen_benchmark():
     assert set(out) == {"base", "near", "far"}
     assert out["near"] > 0.9 and out["base"] > 0.9
     assert out["far"] < 0.2
+
+
+def test_cross_fitted_benign_scores_hold_out_whole_templates_and_feed_the_threshold():
+    """Template "odd" sits on the harmful side of the benign cluster. Val never sees it, so a
+    val-only threshold ignores it; its cross-fitted scores (from heads that never trained on it)
+    stay high and raise the threshold until the pooled FPR is within the target."""
+    from align_jax.evals.refusal import run as R
+    from align_jax.evals.refusal.probe import positive_score
+
+    rng = np.random.default_rng(1)
+    d = 4
+    harm, benign, odd = np.eye(d)[0] * 3, -np.eye(d)[0] * 3, np.eye(d)[0] * 1.5 + np.eye(d)[1] * 3
+
+    def prompts(kind, centre, n, template=None):
+        ps = [dataclasses.replace(_prompt(kind, template or kind, i), template_id=template) for i in range(n)]
+        return ps, centre + rng.normal(size=(n, d)).astype(np.float32) * 0.3
+
+    parts = [prompts("harmful", harm, 80)] + [prompts("benign_sensitive", benign, 8, f"t{j}") for j in range(9)]
+    parts += [prompts("benign_sensitive", odd, 8, "odd"), prompts("plain_benign", benign, 80)]
+    tr = [p for ps, _ in parts for p in ps]
+    x_tr = np.concatenate([x for _, x in parts])
+    val_parts = [prompts("benign_sensitive", benign, 40, "v"), prompts("plain_benign", benign, 40)]
+    val, x_val = [p for ps, _ in val_parts for p in ps], np.concatenate([x for _, x in val_parts])
+    cfg = R.RefusalConfig(data_dir="unused", threshold_fpr=0.02, threshold_folds=5, steps=200)
+
+    cf = R.cross_fitted_benign_scores(x_tr, tr, cfg)
+    kinds = np.array([p.kind for p in tr])
+    assert len(cf["benign_sensitive"]) == (kinds == "benign_sensitive").sum()
+    assert len(cf["plain_benign"]) == (kinds == "plain_benign").sum()
+    # recompute the odd template's fold by hand: its scores come from a head fitted without it
+    fold = np.array([R.stable_hash(cfg.seed, "threshold_fold", p.template_id or p.text) % 5 for p in tr])
+    odd_idx = np.flatnonzero([p.template_id == "odd" for p in tr])
+    assert len(set(fold[odd_idx])) == 1
+    keep = np.flatnonzero(fold != fold[odd_idx[0]])
+    head, _ = R.fit_binary(x_tr[keep], [tr[i] for i in keep], cfg)
+    odd_scores = np.asarray(positive_score(head, x_tr[odd_idx]))
+    assert np.abs(odd_scores[:, None] - cf["benign_sensitive"][None, :]).min(axis=1).max() < 1e-4
+
+    full, _ = R.fit_binary(x_tr, tr, cfg)
+    t_val, s_val = R.val_threshold(full, x_val, val, cfg)
+    t_cf, _ = R.val_threshold(full, x_val, val, cfg, cf)
+    assert (odd_scores > t_val).mean() > 0.5  # the val-only threshold would flag the odd template
+    pooled = np.concatenate([s_val[np.array([p.kind for p in val]) == "benign_sensitive"], cf["benign_sensitive"]])
+    assert t_cf > t_val and (pooled > t_cf).mean() <= cfg.threshold_fpr
+    assert R.cross_fitted_benign_scores(x_tr, tr, dataclasses.replace(cfg, threshold_folds=0))["benign_sensitive"].size == 0

@@ -266,3 +266,29 @@ def test_style_augment_keeps_labels_and_is_deterministic():
     assert sa.style_augment(prompts, copies=0) == []
     with pytest.raises(ValueError, match="copies"):
         sa.style_augment(prompts, copies=-1)
+
+
+from align_jax.evals.refusal import harmful_written as hw  # noqa: E402
+
+
+def test_written_harmful_cover_all_14_hazards_with_distinct_frames_per_goal():
+    out = hw.written_harmful_prompts(frames_per_goal=4, seed=0)
+    assert len(out) == 4 * len(hw.GOALS) and len({p.text for p in out}) == len(out)
+    assert {p.hazard for p in out} == set(HAZARD_CODES)
+    assert all(p.harmful and p.kind == "harmful" and p.source == hw.SOURCE for p in out)
+    for g in hw.GOALS:  # each goal appears in exactly 4 prompts, each through a different frame of its kind
+        mine = [p.text for p in out if g.text in p.text]
+        frames = hw.HOW_FRAMES if g.kind == "how" else hw.WRITE_FRAMES
+        used = {f for f in frames for t in mine if t.endswith(f.format(g=g.text))}
+        assert len(mine) >= 4 and len(used) == 4, g
+    with_motive = sum(any(p.text.startswith(m) for m in hw.MOTIVES) for p in out)
+    assert 0.15 * len(out) < with_motive < 0.45 * len(out)
+    assert [p.text for p in hw.written_harmful_prompts(seed=0)] == [p.text for p in out]
+    assert [p.text for p in hw.written_harmful_prompts(seed=1)] != [p.text for p in out]
+
+
+def test_written_harmful_form_their_own_benchmark_in_train_and_val():
+    prompts = hw.written_harmful_prompts(seed=0) + [_h("Test prompt", "harmful_test.json", "Violence")]
+    out, summary = src.source_split(prompts, ["strongreject"], seed=0)
+    assert summary["benchmarks"]["train"] == ["project_written"] == summary["benchmarks"]["val"]
+    assert len(out["train"]) + len(out["val"]) == len(prompts) - 1
