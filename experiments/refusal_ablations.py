@@ -4,9 +4,11 @@
         --cache_dir=runs/refusal/cache --out=runs/refusal/ablations.jsonl
 
 Each row changes one ``RefusalConfig`` field against the default, fits the head on the train
-split, sets the threshold on val benign (as ``run.fit_prompt_classifier`` does) and prints the
-leave-one-benchmark-out mean recall, val recall and the held-out test rates per benchmark. The
-test columns are for diagnosis: no choice in ``refusal_classifier.py`` reads them.
+split, sets the threshold on val + cross-fitted train benign scores (as
+``run.fit_prompt_classifier`` does) and prints the leave-one-benchmark-out mean recall, val recall
+and the held-out test rates per benchmark. The test columns are for diagnosis: no choice in
+``refusal_classifier.py`` reads them. The README's ablation table was measured before the
+cross-fitted threshold, the written harmful requests and the 96-template benign set (dafa254).
 """
 
 from __future__ import annotations

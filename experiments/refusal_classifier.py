@@ -42,6 +42,8 @@ flags.DEFINE_integer("seed", 0, "seed for splits, sampling and heads")
 def main(argv):
     del argv
     F = flags.FLAGS
+    if len(F.shares) != 3:
+        raise app.UsageError(f"--shares needs 3 values (harmful, benign-sensitive, plain), got {F.shares}")
     out = pathlib.Path(F.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     cfg = RefusalConfig(
