@@ -342,3 +342,33 @@ def test_cross_fitted_benign_scores_hold_out_whole_templates_and_feed_the_thresh
     pooled = np.concatenate([s_val[np.array([p.kind for p in val]) == "benign_sensitive"], cf["benign_sensitive"]])
     assert t_cf > t_val and (pooled > t_cf).mean() <= cfg.threshold_fpr
     assert R.cross_fitted_benign_scores(x_tr, tr, dataclasses.replace(cfg, threshold_folds=0))["benign_sensitive"].size == 0
+
+
+def test_category_head_learns_from_labelled_train_prompts():
+    """Labelled train prompts (the project-written requests carry hazard codes) join val and the
+    first test half in the category head's training set; the other test half is scored."""
+    from align_jax.evals.refusal import run as R
+    from align_jax.evals.refusal.classifiers import PromptClassifier
+
+    rng = np.random.default_rng(2)
+    d, layer = 6, 3
+    centre = {"S1": np.eye(d)[0] * 3, "S9": np.eye(d)[1] * 3, "S11": np.eye(d)[2] * 3}
+
+    def make(split, hazards, n):
+        ps = [dataclasses.replace(_prompt("harmful", f"{split}{h}", i), split=split, hazard=h)
+              for h in hazards for i in range(n)]
+        x = np.stack([centre[p.hazard] + rng.normal(size=d) * 0.3 for p in ps]).astype(np.float32)
+        return ps, x
+
+    tr, x_tr = make("train", ["S9", "S11"], 30)
+    val, x_val = make("val", ["S1"], 10)
+    te, x_te = make("test", ["S1", "S9", "S11"], 40)
+    sets = {"train": tr, "val": val, "test": te}
+    feats = {"train": {layer: x_tr}, "val": {layer: x_val}, "test": {layer: x_te}}
+    clf = PromptClassifier(layer, head=None, threshold=0.0)
+    cfg = R.RefusalConfig(data_dir="unused", steps=200)
+    clf, report = R.fit_category_head(clf, feats, sets, cfg)
+    n_test_fold0 = 120 - report["n_eval"]
+    assert report["n_train"] == 60 + 10 + n_test_fold0
+    assert report["accuracy"]["point"] > 0.95
+    assert {"S1", "S9", "S11"} <= set(report["per_hazard_accuracy"]) and clf.category_head is not None

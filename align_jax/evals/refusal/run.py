@@ -15,9 +15,9 @@ cross-fitted in ``threshold_folds`` folds by template (``cross_fitted_benign_sco
 benign-sensitive FPR is estimated on 84 unseen templates rather than val's 12. Test is touched
 only for the final numbers.
 
-Hazard labels exist only for some test benchmarks, so the category head trains on labelled val
-prompts + a hash half of the labelled test prompts and is scored on the other half (the binary
-head never sees either). The response classifier keeps the refusal_direction file split
+Hazard labels exist only for some test benchmarks and the project-written requests, so the category
+head trains on the labelled train / val prompts + a hash half of the labelled test prompts and is
+scored on the other half (the binary head never sees either). The response classifier keeps the refusal_direction file split
 (``build_prompt_sets``).
 """
 
@@ -262,15 +262,17 @@ def fit_prompt_classifier(
 
 
 def fit_category_head(clf: PromptClassifier, feats, sets, cfg: RefusalConfig) -> tuple[PromptClassifier, dict]:
-    """Multinomial head over HAZARD_CODES on labelled harmful prompts (val + test fold 0)."""
+    """Multinomial head over HAZARD_CODES on labelled harmful prompts (train + val + test fold 0)."""
     layer = clf.layer
     pick = lambda split, keep: [i for i, p in enumerate(sets[split]) if p.harmful and p.hazard is not None and keep(p)]  # noqa: E731
     fold0 = {p.text for p in hash_fold([p for p in sets["test"] if p.harmful], 2, 0, cfg.seed)}
+    tr_train = pick("train", lambda p: True)  # the project-written requests carry hazard labels
     tr_val = pick("val", lambda p: True)
     tr_test = pick("test", lambda p: p.text in fold0)
     ev_test = pick("test", lambda p: p.text not in fold0)
-    x = np.concatenate([feats["val"][layer][tr_val], feats["test"][layer][tr_test]])
-    y = np.array([hazard_index(sets["val"][i].hazard) for i in tr_val] + [hazard_index(sets["test"][i].hazard) for i in tr_test])
+    x = np.concatenate([feats["train"][layer][tr_train], feats["val"][layer][tr_val], feats["test"][layer][tr_test]])
+    y = np.array([hazard_index(sets[split][i].hazard)
+                  for split, idx in (("train", tr_train), ("val", tr_val), ("test", tr_test)) for i in idx])
     head, _ = train_head(x, y, len(HAZARD_CODES), steps=cfg.steps, lr=cfg.lr, l2=cfg.l2, seed=cfg.seed)
     pred = np.asarray(predict_logits(head, feats["test"][layer][ev_test])).argmax(-1)
     true = np.array([hazard_index(sets["test"][i].hazard) for i in ev_test])
