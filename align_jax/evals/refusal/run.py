@@ -169,10 +169,10 @@ def cross_fitted_benign_scores(x_tr: np.ndarray, tr: Sequence[Prompt], cfg: Refu
     (everything else). Pooled with val, these give the threshold ~5x more benign-sensitive scores
     from ~5x more templates than val alone. Empty arrays when ``threshold_folds`` is 0.
     """
-    kinds = np.array([p.kind for p in tr])
-    out: dict[str, list[np.ndarray]] = {k: [np.zeros((0,), np.float32)] for k in BENIGN_KINDS}
     if cfg.threshold_folds <= 0:
-        return {k: v[0] for k, v in out.items()}
+        return {k: np.zeros((0,), np.float32) for k in BENIGN_KINDS}
+    kinds = np.array([p.kind for p in tr])
+    out: dict[str, list[np.ndarray]] = {k: [] for k in BENIGN_KINDS}
     fold = np.array([stable_hash(cfg.seed, "threshold_fold", p.template_id or p.text) % cfg.threshold_folds for p in tr])
     for f in range(cfg.threshold_folds):
         keep, held = np.flatnonzero(fold != f), np.flatnonzero(fold == f)
