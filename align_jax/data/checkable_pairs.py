@@ -45,7 +45,8 @@ _SENTENCES = ("The answer is {a}.", "It is {a}.", "That would be {a}.", "The cor
 _COMMA_SENTENCES = ("Well, the answer is {a}.", "Sure, it is {a}.", "The answer, in short, is {a}.")
 _POSTSCRIPTS = ("I hope this helps.", "Feel free to ask another question.", "Thanks for asking.")
 _TITLES = {
-    "capital": "Capital City", "element_symbol": "Chemical Symbol",
+    "capital": "Capital City", "capital_country": "Country Of A Capital",
+    "us_state_capital": "State Capital", "element_symbol": "Chemical Symbol", "element_name": "Chemical Element",
     "atomic_number": "Atomic Number", "planet": "The Planets", "author": "Book Author",
     "arithmetic": "Arithmetic", "unit_conversion": "Unit Conversion",
 }

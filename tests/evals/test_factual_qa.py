@@ -53,6 +53,15 @@ def test_size_categories_and_unique_ids_and_questions():
         ("unit_conversion/miles_to_feet_1", "5280"),
         ("unit_conversion/inches_to_centimeters_10", "25.4"),
         ("unit_conversion/days_to_hours_7", "168"),
+        ("unit_conversion/miles_to_feet_20", "105600"),
+        ("capital_country/france", "France"),
+        ("capital_country/the_united_kingdom", "United Kingdom"),
+        ("capital_country/turkey_turkiye", "Turkey"),
+        ("us_state_capital/california", "Sacramento"),
+        ("us_state_capital/new_york", "Albany"),
+        ("us_state_capital/illinois", "Springfield"),
+        ("us_state_capital/kentucky", "Frankfort"),
+        ("element_name/tungsten", "tungsten"),
     ],
 )
 def test_spot_checked_facts(item_id, answer):
@@ -82,6 +91,20 @@ def test_arithmetic_answers_recomputed_from_the_question():
         assert Fraction(it.answer) == ops[op](int(a), int(b)), it
 
 
+def test_reverse_questions_invert_their_forward_questions():
+    capitals = {it.id.split("/")[1]: it.answer for it in ITEMS if it.category == "capital"}
+    for it in (i for i in ITEMS if i.category == "capital_country"):
+        assert it.question == f"Which country has {capitals[it.id.split('/')[1]]} as its capital?"
+    assert BY_ID["capital_country/turkey_turkiye"].aliases == ("Türkiye",)
+    assert answer_matches("Türkiye", BY_ID["capital_country/turkey_turkiye"])
+    assert answer_matches("The UK.", BY_ID["capital_country/the_united_kingdom"])
+    assert not answer_matches("North Korea", BY_ID["capital_country/south_korea"], mode="contains")
+    for it in (i for i in ITEMS if i.category == "element_name"):
+        symbol = BY_ID[f"element_symbol/{it.answer}"].answer
+        assert it.question == f"Which chemical element has the symbol {symbol}?"
+    assert len({it.id for it in ITEMS if it.category == "us_state_capital"}) == 50
+
+
 def test_planet_order_items_are_consistent():
     which = {BY_ID[f"planet/which_{k}"].answer: k for k in range(1, 9)}
     assert list(which) == ["Mercury", "Venus", "Earth", "Mars", "Jupiter", "Saturn", "Uranus", "Neptune"]
@@ -104,6 +127,10 @@ def test_splits_are_disjoint_complete_deterministic_and_stratified():
     assert split_factual_qa(seed=0) == splits
     assert split_factual_qa(list(reversed(ITEMS)), seed=0) == splits  # order-independent
     assert split_factual_qa(seed=1)["test"] != splits["test"]
+    for reverse, forward in (("capital_country", "capital"), ("element_name", "element_symbol")):
+        for name, items in splits.items():  # both directions of a fact share a split
+            keys = {cat: {it.id.split("/", 1)[1] for it in items if it.category == cat} for cat in (reverse, forward)}
+            assert keys[reverse] == keys[forward] and keys[reverse], (name, reverse)
 
     total = collections.Counter(it.category for it in ITEMS)
     for name, frac in (("train", 0.6), ("validation", 0.2), ("test", 0.2)):
