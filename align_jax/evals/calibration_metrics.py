@@ -175,6 +175,29 @@ def maximum_calibration_error(
     return mce_from_table(reliability_table(confidences, correct, n_bins=n_bins, scheme=scheme))
 
 
+def ece_sampling_floor(
+    confidences: Any,
+    *,
+    n_bins: int = DEFAULT_N_BINS,
+    scheme: BinScheme = "equal_width",
+    n_draws: int = 1000,
+    seed: int = 0,
+) -> float:
+    """Mean ECE of a perfectly calibrated model with these confidences [N]: outcomes drawn as
+    ``correct ~ Bernoulli(confidence)`` ``n_draws`` times. Binned ECE is biased upwards on finite
+    samples (each bin's accuracy is a noisy mean), so this is the ECE that sampling noise alone
+    gives at this N and confidence spread: measured ECEs near it cannot be told from calibrated.
+    """
+    conf, _ = validate_inputs(confidences, np.zeros(np.shape(confidences), bool))
+    if n_draws < 1:
+        raise ValueError(f"n_draws must be >= 1, got {n_draws}")
+    index, _, _ = _bin_assignment(conf, n_bins, scheme)
+    conf_sum = np.bincount(index, weights=conf, minlength=n_bins)
+    draws = np.random.default_rng(seed).random((n_draws, conf.shape[0])) < conf  # [D, N]
+    hits = np.stack([np.bincount(index, weights=d.astype(np.float64), minlength=n_bins) for d in draws])
+    return float(np.mean(np.abs(hits - conf_sum).sum(axis=1) / conf.shape[0]))
+
+
 def brier_score(confidences: Any, correct: Any) -> float:
     """mean((confidence - correct)^2): 0 is perfect, 0.25 is a constant 0.5."""
     conf, corr = validate_inputs(confidences, correct)

@@ -58,6 +58,25 @@ def test_synthetic_calibrated_data_has_small_ece_and_miscalibrated_matches_close
     assert cm.maximum_calibration_error(conf, over) == pytest.approx(0.25, abs=0.02)
 
 
+def test_ece_sampling_floor_matches_the_binomial_closed_form():
+    # One bin, confidence 0.5, N = 4: hits ~ Binomial(4, 0.5), E|hits - 2| = 12/16, ECE = that / 4.
+    floor = cm.ece_sampling_floor(np.full(4, 0.5), n_bins=1, n_draws=40_000, seed=1)
+    assert floor == pytest.approx(0.1875, abs=0.004)
+    # Two bins (0.2 and 0.8, 3 examples each): the floor is the sum of both bins' E|hits - 3c| / 6.
+    conf = np.array([0.2] * 3 + [0.8] * 3)
+    ks = np.arange(4)
+    pmf = np.array([1, 3, 3, 1]) * 0.2 ** ks * 0.8 ** (3 - ks)  # Binomial(3, 0.2)
+    expected = 2 * np.sum(pmf * np.abs(ks - 0.6)) / 6
+    assert cm.ece_sampling_floor(conf, n_bins=2, n_draws=40_000, seed=2) == pytest.approx(expected, abs=0.004)
+    # Certain confidences never miss, and the floor shrinks like 1/sqrt(N).
+    assert cm.ece_sampling_floor(np.array([0.0, 1.0, 1.0]), n_draws=50) == 0.0
+    small = cm.ece_sampling_floor(np.full(100, 0.3), n_draws=2000)
+    large = cm.ece_sampling_floor(np.full(1600, 0.3), n_draws=2000)
+    assert large == pytest.approx(small / 4, rel=0.1)
+    with pytest.raises(ValueError, match="n_draws"):
+        cm.ece_sampling_floor(np.full(3, 0.5), n_draws=0)
+
+
 @pytest.mark.parametrize("n", [100, 103, 15, 1000])
 def test_equal_mass_bins_have_equal_counts(n):
     rng = np.random.default_rng(n)
