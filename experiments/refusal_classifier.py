@@ -25,6 +25,9 @@ flags.DEFINE_string("out_dir", "/tmp/refusal_classifier", "where the JSON and Ma
 flags.DEFINE_string("cache_dir", None, "feature cache (default <out_dir>/cache)")
 flags.DEFINE_string("model", "smollm2-135m-instruct", "registered model name")
 flags.DEFINE_list("layers", ["10", "14", "18"], "layers whose features are extracted")
+flags.DEFINE_string("extra_model", None, "a second registered model whose prompt features join --model's; "
+                    "its layer l is feature key 100 + l in --candidates (e.g. '12+114:mean')")
+flags.DEFINE_list("extra_layers", [], "layers of --extra_model whose features are extracted")
 flags.DEFINE_list("candidates", list(RefusalConfig.candidates), "feature specs 'layers:pooling' tried (chosen by "
                   "leave-one-benchmark-out recall); layers must be among --layers")
 flags.DEFINE_list("test_benchmarks", list(RefusalConfig.test_benchmarks), "benchmarks held out for test")
@@ -61,8 +64,11 @@ def main(argv):
         style_copies=F.style_copies,
         seed=F.seed,
     )
+    if bool(F.extra_model) != bool(F.extra_layers):
+        raise app.UsageError("--extra_model and --extra_layers go together")
     lm = load_model(F.model)
-    report = run_experiment(lm, F.model, cfg, log=lambda s: print(s, flush=True))
+    extra = [(load_model(F.extra_model), F.extra_model, tuple(int(x) for x in F.extra_layers))] if F.extra_model else []
+    report = run_experiment(lm, F.model, cfg, log=lambda s: print(s, flush=True), extra_models=extra)
     (out / "refusal_classifier.json").write_text(json.dumps(report, indent=1, default=str))
     md = report_markdown(report)
     (out / "refusal_classifier.md").write_text(md)

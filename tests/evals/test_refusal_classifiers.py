@@ -372,3 +372,21 @@ def test_category_head_learns_from_labelled_train_prompts():
     assert report["n_train"] == 60 + 10 + n_test_fold0
     assert report["accuracy"]["point"] > 0.95
     assert {"S1", "S9", "S11"} <= set(report["per_hazard_accuracy"]) and clf.category_head is not None
+
+
+def test_features_of_several_models_merge_under_offset_keys():
+    import align_jax.evals.refusal.run as R
+
+    rng = np.random.default_rng(0)
+    a = {"train": {6: rng.normal(size=(5, 8)), 12: rng.normal(size=(5, 8))}, "val": {6: rng.normal(size=(2, 8)), 12: rng.normal(size=(2, 8))}}
+    b = {"train": {14: rng.normal(size=(5, 4))}, "val": {14: rng.normal(size=(2, 4))}}
+    merged = R.merge_model_features([a, b])
+    assert sorted(merged["train"]) == [6, 12, R.MODEL_STRIDE + 14]
+    np.testing.assert_array_equal(merged["val"][R.MODEL_STRIDE + 14], b["val"][14])
+    # a spec across both models concatenates their pooled halves in spec order
+    x = select_features(merged["train"], (12, R.MODEL_STRIDE + 14), "mean")
+    np.testing.assert_array_equal(x, np.concatenate([a["train"][12][:, :4], b["train"][14][:, :2]], axis=1))
+    with pytest.raises(ValueError, match="row counts differ"):
+        R.merge_model_features([a, {"train": {14: rng.normal(size=(4, 4))}}])
+    with pytest.raises(ValueError, match=r"layers must be in \[0, 100\)"):
+        R.merge_model_features([a, {"train": {100: rng.normal(size=(5, 4))}}])

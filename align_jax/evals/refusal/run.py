@@ -109,9 +109,14 @@ def build_source_sets(cfg: RefusalConfig) -> tuple[dict[str, list[Prompt]], dict
     return sets, summary
 
 
-def prompt_features(lm, model_id: str, cfg: RefusalConfig, sets: dict[str, list[Prompt]], log=print):
-    """split -> layer -> [N, 2D] prompt features, computed (and cached) in blocks by origin: the
-    refusal_direction + project prompts of each file split, each packaged set, then anything left."""
+MODEL_STRIDE = 100  # in features from several models, key MODEL_STRIDE * k + l is layer l of model k
+
+
+def prompt_features(lm, model_id: str, cfg: RefusalConfig, sets: dict[str, list[Prompt]], log=print,
+                    layers: Sequence[int] | None = None):
+    """split -> layer -> [N, 2D] prompt features of ``layers`` (default ``cfg.layers``), computed (and
+    cached) in blocks by origin: the refusal_direction + project prompts of each file split, each
+    packaged set, then anything left."""
     blocks = [[p.text for p in v] for v in build_prompt_sets(cfg).values()]
     blocks += [[p.text for p in v] for v in packaged_harmful()[0].values()]
     covered = {t for b in blocks for t in b}
@@ -122,27 +127,52 @@ def prompt_features(lm, model_id: str, cfg: RefusalConfig, sets: dict[str, list[
     arrays = []
     for b, texts in enumerate(blocks):
         log(f"prompt features, block {b} ({len(texts)} texts)")
-        arrays.append(_features(lm, model_id, cfg, texts, None, log))
+        arrays.append(_features(lm, model_id, cfg, texts, None, log, layers))
         for i, t in enumerate(texts):
             where.setdefault(t, (b, i))
     out = {}
     for split, prompts in sets.items():
         idx = [where[p.text] for p in prompts]
-        out[split] = {layer: np.stack([arrays[b][layer][i] for b, i in idx]) for layer in cfg.layers}
+        out[split] = {layer: np.stack([arrays[b][layer][i] for b, i in idx]) for layer in layers or cfg.layers}
     return out
 
 
-def _features(lm, model_id: str, cfg: RefusalConfig, prompts, responses=None, log=print):
+def merge_model_features(per_model: Sequence[dict[str, dict[int, np.ndarray]]]) -> dict[str, dict[int, np.ndarray]]:
+    """[model k: split -> layer -> [N, F_k]] -> split -> key -> [N, F_k], layer ``l`` of model ``k``
+    under key ``MODEL_STRIDE * k + l``, so one feature spec can read several models ("12+114:mean"
+    is layer 12 of the first model and layer 14 of the second, concatenated)."""
+    out: dict[str, dict[int, np.ndarray]] = {}
+    for k, feats in enumerate(per_model):
+        for split, by_layer in feats.items():
+            if any(not 0 <= layer < MODEL_STRIDE for layer in by_layer):
+                raise ValueError(f"model {k}: layers must be in [0, {MODEL_STRIDE}), got {sorted(by_layer)}")
+            rows = {a.shape[0] for a in by_layer.values()} | {a.shape[0] for a in out.get(split, {}).values()}
+            if len(rows) > 1:
+                raise ValueError(f"model {k}, split {split!r}: row counts differ between models: {sorted(rows)}")
+            out.setdefault(split, {}).update({MODEL_STRIDE * k + layer: a for layer, a in by_layer.items()})
+    return out
+
+
+def multi_model_prompt_features(
+    models: Sequence[tuple[Any, str, Sequence[int]]], cfg: RefusalConfig, sets: dict[str, list[Prompt]], log=print
+) -> dict[str, dict[int, np.ndarray]]:
+    """``[(lm, model_id, layers), ...]`` -> the prompt features of all of them, merged by
+    ``merge_model_features`` (the first model's layers keep their numbers)."""
+    return merge_model_features([prompt_features(lm, m, cfg, sets, log, layers=layers) for lm, m, layers in models])
+
+
+def _features(lm, model_id: str, cfg: RefusalConfig, prompts, responses=None, log=print, layers=None):
     items = list(zip(prompts, responses if responses is not None else [None] * len(prompts)))
+    layers = tuple(layers or cfg.layers)
 
     def compute():
         t = time.time()
-        log(f"  forward over {len(items)} texts, layers {cfg.layers} ...")
-        f = featurize(lm.model, lm.tokenizer, lm.chat_template, prompts, responses, layers=cfg.layers)
+        log(f"  forward over {len(items)} texts, layers {layers} ...")
+        f = featurize(lm.model, lm.tokenizer, lm.chat_template, prompts, responses, layers=layers)
         log(f"  done in {time.time() - t:.0f} s")
         return f
 
-    return cached_features(cfg.cache_dir, model_id, lm.chat_template, cfg.layers, items, compute)
+    return cached_features(cfg.cache_dir, model_id, lm.chat_template, layers, items, compute)
 
 
 def _ci(ci, flags=None) -> dict:
@@ -351,13 +381,19 @@ def fit_response_classifier(lm, model_id, sets, cfg, log=print) -> tuple[Respons
     return clf, report
 
 
-def run_experiment(lm, model_id: str, cfg: RefusalConfig, log: Callable[[str], None] = print) -> dict:
+def run_experiment(
+    lm, model_id: str, cfg: RefusalConfig, log: Callable[[str], None] = print,
+    extra_models: Sequence[tuple[Any, str, Sequence[int]]] = (),
+) -> dict:
+    """The whole experiment on ``lm``'s features (layers ``cfg.layers``); ``extra_models``
+    ``[(lm, model_id, layers)]`` add prompt features under keys ``MODEL_STRIDE * k + layer``
+    (k = 1, 2, ...) that ``cfg.candidates`` may name. The response classifier reads ``lm`` only."""
     t0 = time.time()
     sets, split_summary = build_source_sets(cfg)
     log(f"prompt sets: {split_summary}")
     for m in split_summary["missing_packages"]:
         log(f"  skipped (not installed): {m}")
-    feats = prompt_features(lm, model_id, cfg, sets, log)
+    feats = multi_model_prompt_features([(lm, model_id, cfg.layers), *extra_models], cfg, sets, log)
     clf, layer_table = fit_prompt_classifier(feats, sets, cfg, log)
     clf, category = fit_category_head(clf, feats, sets, cfg)
     test = evaluate_prompt_classifier(clf, clf.view(feats["test"]), sets["test"], cfg)
@@ -366,7 +402,7 @@ def run_experiment(lm, model_id: str, cfg: RefusalConfig, log: Callable[[str], N
     met = test["fpr_benign_sensitive"]["point"] < cfg.target_fpr and test["fpr_plain_benign"]["point"] < cfg.target_fpr \
         and test["recall_harmful"]["point"] >= 0.9
     return {
-        "model": model_id,
+        "model": " + ".join([model_id] + [f"{m} (layers {MODEL_STRIDE * k}+)" for k, (_, m, _) in enumerate(extra_models, 1)]),
         "config": dataclasses.asdict(cfg),
         "splits": split_summary,
         "prompt_classifier": {
