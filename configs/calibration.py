@@ -22,7 +22,7 @@ def get_config():
                   max_length=128, max_prompt_length=112, batch_size=8, max_eval_examples=96)
     c.reference.mode = "none"
     c.lora.rank = 16  # LoRA on every projection (merged into the exported policy)
-    c.train.update(task="calibration", steps=30, eval_every=15, checkpoint_every=15, report=True)
-    c.optimizer.update(learning_rate=2e-4, warmup_steps=3, total_steps=30)
+    c.train.update(task="calibration", steps=150, eval_every=75, checkpoint_every=75, report=True)
+    c.optimizer.update(learning_rate=2e-4, warmup_steps=3, total_steps=150)
     c.loss = dict(name="confidence_brier", answer_nll_coef=0.1)
     return c
