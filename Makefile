@@ -30,7 +30,7 @@ bench-dpo: $(STAMP)
 	$(PY) -m benchmarks.dpo_step
 
 test: $(STAMP)
-	$(PY) -m pytest -q -n 2 --dist loadfile tests
+	$(PY) -m pytest -q -n 2 --dist loadfile --no-loadscope-reorder tests
 
 clean:
 	rm -rf $(VENV)

@@ -133,11 +133,10 @@ def _compare_logps(model, pairs, pack, max_pairs):
         assert float(np.abs(b[side].token_logps[len(pairs):]).sum()) == 0.0  # padding pairs
 
 
-@pytest.mark.parametrize("family", ["llama", "gemma3"])
-@pytest.mark.parametrize("chunk", [1, 4, 7, 1000])
-def test_scored_positions_only_equal_the_full_unembedding(family, chunk):
-    """Unembedding only the scored positions (in chunks; empty chunks skipped, the last one padded)
-    gives the values and the parameter gradients of unembedding every position of the rows."""
+@functools.cache
+def _weighted_logps_and_grad(family):
+    """-> (value_and_grad of a weighted sum of packed token log-probs, jitted with the chunk size
+    static; the state; the batch; its value and gradient with every position unembedded)."""
     model = init_decoder(MODELS[family], seed=4)
     batch = packed_batch(make_pairs(5, seed=6), pack=True, max_pairs=6)  # one all-padding row: skipped chunks
     graphdef, state = nnx.split(model)
@@ -147,8 +146,17 @@ def test_scored_positions_only_equal_the_full_unembedding(family, chunk):
         weights = jnp.arange(out.token_logps.size, dtype=jnp.float32).reshape(out.token_logps.shape) % 5 + 1
         return (out.token_logps * weights).sum(), out
 
-    (la, a), ga = jax.value_and_grad(total, has_aux=True)(state, None)
-    (lb, b), gb = jax.jit(jax.value_and_grad(total, has_aux=True), static_argnums=1)(state, chunk)  # opt-in path
+    value_and_grad = jax.jit(jax.value_and_grad(total, has_aux=True), static_argnums=1)
+    return value_and_grad, state, batch, value_and_grad(state, None)
+
+
+@pytest.mark.parametrize("family", ["llama", "gemma3"])
+@pytest.mark.parametrize("chunk", [1, 4, 7, 1000])
+def test_scored_positions_only_equal_the_full_unembedding(family, chunk):
+    """Unembedding only the scored positions (in chunks; empty chunks skipped, the last one padded)
+    gives the values and the parameter gradients of unembedding every position of the rows."""
+    value_and_grad, state, batch, ((la, a), ga) = _weighted_logps_and_grad(family)  # reference: computed once
+    (lb, b), gb = value_and_grad(state, chunk)  # opt-in path
     np.testing.assert_allclose(b.token_logps, a.token_logps, atol=1e-5, rtol=1e-5)
     np.testing.assert_array_equal(b.length, a.length)
     assert float(np.abs(np.asarray(b.token_logps)[np.asarray(batch["packed_target_side"]) == 0]).max()) == 0.0
