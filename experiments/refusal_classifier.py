@@ -17,7 +17,7 @@ import pathlib
 
 from absl import app, flags
 
-from align_jax.evals.refusal.run import RefusalConfig, report_markdown, run_experiment
+from align_jax.evals.refusal.run import MODEL_STRIDE, RefusalConfig, report_markdown, run_experiment
 from align_jax.models.registry import load_model
 
 flags.DEFINE_string("data_dir", "../shared/data/refusal_direction", "refusal_direction folder")
@@ -26,7 +26,7 @@ flags.DEFINE_string("cache_dir", None, "feature cache (default <out_dir>/cache)"
 flags.DEFINE_string("model", "smollm2-135m-instruct", "registered model name")
 flags.DEFINE_list("layers", ["10", "14", "18"], "layers whose features are extracted")
 flags.DEFINE_string("extra_model", None, "a second registered model whose prompt features join --model's; "
-                    "its layer l is feature key 100 + l in --candidates (e.g. '12+114:mean')")
+                    f"its layer l is feature key {MODEL_STRIDE} + l in --candidates (e.g. '12+{MODEL_STRIDE + 14}:mean')")
 flags.DEFINE_list("extra_layers", [], "layers of --extra_model whose features are extracted")
 flags.DEFINE_list("candidates", list(RefusalConfig.candidates), "feature specs 'layers:pooling' tried (chosen by "
                   "leave-one-benchmark-out recall); layers must be among --layers")

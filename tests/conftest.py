@@ -29,7 +29,7 @@ def pytest_collection_modifyitems(config, items):
     rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
 
     def key(item):
-        rel = pathlib.Path(str(item.fspath)).resolve().relative_to(REPO_ROOT / "tests").as_posix()
+        rel = item.path.resolve().relative_to(REPO_ROOT / "tests").as_posix()
         return rank.get(rel, len(LONGEST_FIRST))
 
     items.sort(key=key)

