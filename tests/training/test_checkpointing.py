@@ -172,7 +172,7 @@ def test_interval_force_duplicates_and_missing(tmp_path):
 
 _KILLED_CHILD = textwrap.dedent(
     """
-    import os, signal, sys
+    import os, signal, sys, time
     import jax.numpy as jnp
     from align_jax.training.checkpointing import Checkpointer
 
@@ -180,6 +180,13 @@ _KILLED_CHILD = textwrap.dedent(
     ckpt.save(1, {"w": jnp.full((1 << 24,), 1.0)}, data_state={"pos": 1})
     ckpt.wait()
     ckpt.save(2, {"w": jnp.full((1 << 24,), 2.0)}, data_state={"pos": 2})  # 64 MiB, async
+    # The background save creates its temporary folder a moment later: wait for it (on a busy
+    # machine the kill could otherwise come before any partial save exists).
+    deadline = time.time() + 30
+    while ckpt._manager.is_saving_in_progress() and time.time() < deadline and not any(
+        ".orbax-checkpoint-tmp" in n for n in os.listdir(sys.argv[1])
+    ):
+        time.sleep(0.002)
     names = os.listdir(sys.argv[1])
     if ckpt._manager.is_saving_in_progress() and "2" not in names:
         print("KILLED MID-SAVE", names, flush=True)
