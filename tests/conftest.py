@@ -21,6 +21,7 @@ LONGEST_FIRST = (
     "sampling/test_sampler_tiny.py",  # ~75 s
     "models/test_real_weights.py",  # ~65 s
     "evals/test_refusal_classifiers.py",  # ~60 s
+    "evals/test_refusal_finetune.py",  # ~45 s
 )
 
 

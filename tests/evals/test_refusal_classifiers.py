@@ -14,18 +14,8 @@ from align_jax.evals.refusal.probe import (
     class_balanced_weights, group_weights, positive_score, predict_logits, threshold_for_fpr, threshold_for_groups,
     train_head, weighted_xent,
 )
-from align_jax.models.config import ModelConfig
 from align_jax.models.decoder import init_decoder
-
-TINY = ModelConfig(family="llama", vocab_size=128, hidden_size=16, intermediate_size=32, num_layers=3,
-                   num_heads=2, num_kv_heads=1, head_dim=8)
-
-
-class CharTokenizer:
-    """One token per character (ids = code point mod 128); enough for encode_for_features."""
-
-    def encode_with_offsets(self, text):
-        return [ord(c) % 128 for c in text], [(i, i + 1) for i in range(len(text))]
+from refusal_tiny import TINY, CharTokenizer
 
 
 # -- heads ---------------------------------------------------------------------------------------
@@ -127,6 +117,19 @@ def test_rates_and_breakdowns_by_hand():
     assert per["S2"][0].point == pytest.approx(2 / 3) and per["S9"][0].point == 0.0
     with pytest.raises(ValueError, match="non-empty"):
         M.rate_ci([])
+
+
+def test_recall_at_fpr_ceiling_by_hand():
+    harmful = np.array([0.5, 1.5, 2.5, 3.5, 4.5])
+    a = np.arange(10.0)  # group a: 0..9; FPR 10% lets one negative (9) above -> threshold 8
+    b = np.array([-1.0, 0.0, 1.0, 2.0])  # FPR 10% of 4 lets none above -> threshold 2
+    out = M.recall_at_fpr_ceiling(harmful, {"a": a, "b": b}, [0.1, 0.5])
+    assert out[0.1] == pytest.approx(0.0)  # max(8, 2) = 8: no harmful score above it
+    # FPR 50%: a lets 5 above -> threshold 4; b lets 2 above -> threshold 0; max 4 -> only 4.5 counts
+    assert out[0.5] == pytest.approx(1 / 5)
+    assert M.recall_at_fpr_ceiling(harmful, {"b": b}, [0.5])[0.5] == pytest.approx(1.0)  # threshold 0
+    with pytest.raises(ValueError, match="positive scores"):
+        M.recall_at_fpr_ceiling([], {"a": a}, [0.1])
 
 
 def test_confusion_and_per_class_accuracy_by_hand():

@@ -16,6 +16,7 @@ from typing import Callable, Hashable, Mapping, Sequence
 import numpy as np
 
 from align_jax.evals.bootstrap import BootstrapCI, bootstrap_ci
+from align_jax.evals.refusal.probe import threshold_for_groups
 from align_jax.evals.refusal.responses import RESPONSE_CLASSES
 
 COMPLIANCE, PARTIAL, REFUSAL = (RESPONSE_CLASSES.index(c) for c in ("compliance", "partial_refusal", "refusal"))
@@ -125,3 +126,18 @@ def ci_dict(ci: BootstrapCI, flags: np.ndarray | None = None) -> Mapping[str, fl
         f = np.asarray(flags, bool)
         out["wilson_low"], out["wilson_high"] = wilson_interval(int(f.sum()), int(f.size))
     return out
+
+
+def recall_at_fpr_ceiling(
+    positive_scores: np.ndarray, negative_groups: Mapping[str, np.ndarray], fprs: Sequence[float]
+) -> dict[float, float]:
+    """fpr -> recall at the threshold that allows at most ``fpr`` of *every* negative group above it,
+    chosen on these same scores (``probe.threshold_for_groups``).
+
+    A diagnostic of the scores, not an operating point: on test data it says what the best
+    threshold could reach, which separates "the scores do not rank harmful above benign" from
+    "the threshold chosen on validation did not transfer"."""
+    pos = np.asarray(positive_scores, np.float64)
+    if pos.size == 0:
+        raise ValueError("recall_at_fpr_ceiling needs positive scores")
+    return {float(f): float((pos > threshold_for_groups(negative_groups, f)).mean()) for f in fprs}
