@@ -3,7 +3,7 @@
     python -m align_jax.evaluate --config=configs/eval/truthfulqa_mc.py \
         --config.model.name=smollm2-135m-instruct --config.limit=100 --workdir=runs/eval_tqa
 
-Suites: truthfulqa_mc, factual_qa, ifeval, constraints_ood (``configs/eval/<suite>.py``).
+Suites: truthfulqa_mc, factual_qa, ifeval, constraints_ood, refusal_generation (``configs/eval/<suite>.py``).
 ``--config.model.path=/path/to/hf_dir_or.gguf`` evaluates a checkpoint instead of a named model.
 Writes results.json, summary.md, examples.jsonl and reliability_*.png (calibration suites);
 see ``align_jax.evals.runner``.

@@ -11,7 +11,7 @@ from __future__ import annotations
 import importlib
 from typing import Callable
 
-SUITES: tuple[str, ...] = ("truthfulqa_mc", "factual_qa", "ifeval", "constraints_ood")
+SUITES: tuple[str, ...] = ("truthfulqa_mc", "factual_qa", "ifeval", "constraints_ood", "refusal_generation")
 
 
 def check_suite(name: str) -> str:

@@ -1,0 +1,18 @@
+"""Refusal behaviour: over-refusal on benign and compliance on harmful held-out prompts, judged by
+the response classifier."""
+
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(__file__))
+from eval_base import base_config  # noqa: E402
+
+
+def get_config():
+    c = base_config("refusal_generation")
+    c.data_dir = "../shared/data/refusal_direction"  # relative to the repository root
+    c.limit = 100  # prompts of each kind: harmful, benign-sensitive, plain benign (0 = all)
+    c.max_new_tokens = 96
+    c.response_layers = (10, 14, 18)  # the response classifier picks one on val (SmolLM2 has 30 layers)
+    c.cache_dir = ""  # feature cache for the response classifier ("" = none)
+    return c
