@@ -19,7 +19,7 @@ LONGEST_FIRST = (
     "models/test_real_weights_gemma.py",  # ~130 s
     "training/test_train_step.py",  # ~120 s
     "sampling/test_sampler_tiny.py",  # ~75 s
-    "models/test_real_weights.py",  # ~65 s
+    "models/test_real_weights.py",  # ~90 s (with the sampler-vs-generate test)
     "evals/test_refusal_classifiers.py",  # ~60 s
     "evals/test_refusal_finetune.py",  # ~45 s
 )

@@ -11,7 +11,7 @@ from align_jax.evals.refusal.finetune import (
     FinetuneConfig, classifier_logits, classifier_scores, encode_prompts, make_batch, train_classifier,
     training_batches, weighted_logistic_loss,
 )
-from align_jax.evals.refusal.features import truncated_decoder
+from align_jax.evals.refusal.features import encode_for_features, truncated_decoder
 from align_jax.models.decoder import init_decoder
 from align_jax.training import step as S
 from refusal_tiny import TINY, CharTokenizer
@@ -55,44 +55,66 @@ WORDS_BAD = ["zzq", "qzz", "zqq", "qqz"]  # the label is which letters the promp
 WORDS_OK = ["abc", "bca", "cab", "acb"]
 
 
-def _toy_prompts(n, seed):
+def _synthetic_sets(seed):
+    """Train / val / test prompts of every kind; the label is which letters the prompt's word uses."""
+    from align_jax.evals.refusal.datasets import Prompt
+
     rng = np.random.default_rng(seed)
-    texts, labels = [], []
-    for i in range(n):
-        bad = i % 2
-        w = rng.choice(WORDS_BAD if bad else WORDS_OK)
-        texts.append(f"help {w} " + "x" * int(rng.integers(0, 10)))
-        labels.append(bad)
-    return texts, np.array(labels)
+
+    def prompts(split, n):
+        out = []
+        for i in range(n):
+            kind = ("harmful", "benign_sensitive", "plain_benign")[i % 3]
+            words = WORDS_BAD if kind == "harmful" else WORDS_OK
+            text = f"help {rng.choice(words)} {i} " + "x" * int(rng.integers(0, 8))
+            out.append(Prompt(text, kind == "harmful", kind, split, "bench_a" if kind == "harmful" else kind,
+                              hazard="S2" if kind == "harmful" else None,
+                              benign_type="fiction" if kind == "benign_sensitive" else None))
+        return out
+
+    return {"train": prompts("train", 48), "val": prompts("val", 30), "test": prompts("test", 30)}
 
 
 @pytest.fixture(scope="module")
-def fitted():
-    """A few updates only (learning is checked end to end below): enough to move the adapters."""
-    model, tok = init_decoder(TINY, seed=0), CharTokenizer()
-    texts, y = _toy_prompts(32, 0)
-    enc = encode_prompts(tok, "chatml_plain", texts, max_len=128)
-    cfg = FinetuneConfig(n_layers=2, lora_rank=4, lora_alpha=8.0, steps=5, batch_size=8, learning_rate=5e-2,
-                         warmup_steps=1, bucket=128)  # one length bucket: one compile
-    before = jax.tree.map(np.asarray, nnx.state(truncated_decoder(model, 2)))
-    clf = train_classifier(model, enc, y, np.ones(len(y)), cfg)
-    return model, tok, clf, before
+def experiment():
+    """One fine-tuning run shared by the tests below: the experiment on synthetic prompts, with the
+    trained classifier captured on its way out of ``train_classifier``."""
+    from types import SimpleNamespace
+
+    from align_jax.evals.refusal import finetuned_experiment
+    from align_jax.evals.refusal.run import RefusalConfig
+
+    lm = SimpleNamespace(model=init_decoder(TINY, seed=0), tokenizer=CharTokenizer(), chat_template="chatml_plain")
+    before = jax.tree.map(np.asarray, nnx.state(truncated_decoder(lm.model, 2)))
+    ft = FinetuneConfig(n_layers=2, lora_rank=4, lora_alpha=8.0, steps=80, batch_size=16, learning_rate=2e-2,
+                        warmup_steps=5, bucket=128, max_len=60)  # one length bucket; some chats are cut, and counted
+    cfg = RefusalConfig(data_dir="unused", shares=(0.5, 0.25, 0.25), n_resamples=50)
+    captured = []
+
+    def capture(*args, **kw):
+        captured.append(train_classifier(*args, **kw))
+        return captured[-1]
+
+    sets = _synthetic_sets(3)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(finetuned_experiment, "train_classifier", capture)
+        report = finetuned_experiment.run_finetuned_experiment(lm, "tiny", cfg, ft, log=lambda s: None, sets=sets)
+    return SimpleNamespace(lm=lm, before=before, clf=captured[0], report=report, cfg=cfg, sets=sets)
 
 
-def test_only_adapters_and_head_train_and_the_model_is_left_intact(fitted):
-    model, _, clf, before = fitted
-    assert clf.losses.shape == (5,) and np.isfinite(clf.losses).all()
+def test_only_adapters_and_head_train_and_the_model_is_left_intact(experiment):
+    lm, clf, before = experiment.lm, experiment.clf, experiment.before
+    assert clf.losses.shape == (80,) and np.isfinite(clf.losses).all()
     frozen = jax.tree.map(np.asarray, clf.state.frozen["model"])
     jax.tree.map(np.testing.assert_array_equal, frozen, before)
-    after = jax.tree.map(np.asarray, nnx.state(truncated_decoder(model, 2)))  # the step donated a copy, not the model
+    after = jax.tree.map(np.asarray, nnx.state(truncated_decoder(lm.model, 2)))  # the step donated a copy, not the model
     jax.tree.map(np.testing.assert_array_equal, after, before)
-    assert float(np.abs(np.asarray(clf.state.params["reward_head"]["w"])).sum()) > 0
     lora_b = [np.asarray(v) for k, v in nnx.to_flat_state(clf.state.params["lora"]) if k[-1] == "lora_b"]
     assert lora_b and all(np.abs(b).sum() > 0 for b in lora_b)  # B starts at 0: it moved
 
 
-def test_scores_match_the_merged_model_and_ignore_batch_padding(fitted):
-    model, tok, clf, _ = fitted
+def test_scores_match_the_merged_model_and_ignore_batch_padding(experiment):
+    tok, clf = experiment.lm.tokenizer, experiment.clf
     texts = ["please help with poison", "please help with garden " + "y" * 50, "steal"]
     enc = encode_prompts(tok, "chatml_plain", texts, max_len=128)
     together = classifier_scores(clf, enc, batch_size=4)
@@ -113,34 +135,11 @@ def test_bad_labels_are_rejected():
         train_classifier(model, enc, [1], [1, 1], dataclasses.replace(FinetuneConfig(), n_layers=2, steps=1))
 
 
-def test_finetuned_experiment_end_to_end_on_synthetic_prompts():
-    """Train / val / test prompts of every kind; the report has val-chosen threshold, test rates,
-    the ceiling diagnostic and renders as Markdown."""
-    from types import SimpleNamespace
+def test_finetuned_experiment_end_to_end_on_synthetic_prompts(experiment):
+    """The report: val-chosen threshold, test rates, the ceiling diagnostic, cut counts, Markdown."""
+    from align_jax.evals.refusal.finetuned_experiment import finetuned_report_markdown
 
-    from align_jax.evals.refusal.datasets import Prompt
-    from align_jax.evals.refusal.finetuned_experiment import finetuned_report_markdown, run_finetuned_experiment
-    from align_jax.evals.refusal.run import RefusalConfig
-
-    rng = np.random.default_rng(3)
-
-    def prompts(split, n):
-        out = []
-        for i in range(n):
-            kind = ("harmful", "benign_sensitive", "plain_benign")[i % 3]
-            words = WORDS_BAD if kind == "harmful" else WORDS_OK
-            text = f"help {rng.choice(words)} {i} " + "x" * int(rng.integers(0, 8))
-            out.append(Prompt(text, kind == "harmful", kind, split, "bench_a" if kind == "harmful" else kind,
-                              hazard="S2" if kind == "harmful" else None,
-                              benign_type="fiction" if kind == "benign_sensitive" else None))
-        return out
-
-    sets = {"train": prompts("train", 48), "val": prompts("val", 30), "test": prompts("test", 30)}
-    lm = SimpleNamespace(model=init_decoder(TINY, seed=0), tokenizer=CharTokenizer(), chat_template="chatml_plain")
-    ft = FinetuneConfig(n_layers=2, lora_rank=4, lora_alpha=8.0, steps=80, batch_size=16, learning_rate=2e-2,
-                        warmup_steps=5, bucket=128)
-    cfg = RefusalConfig(data_dir="unused", shares=(0.5, 0.25, 0.25), n_resamples=50)
-    r = run_finetuned_experiment(lm, "tiny", cfg, ft, log=lambda s: None, sets=sets)
+    r, cfg, sets, lm = experiment.report, experiment.cfg, experiment.sets, experiment.lm
     pc = r["prompt_classifier"]
     assert pc["train_loss"]["last_10"] < 0.5 * pc["train_loss"]["first_10"]
     assert pc["val"]["fpr_benign_sensitive"] <= cfg.threshold_fpr and pc["val"]["fpr_plain_benign"] <= cfg.threshold_fpr
@@ -148,5 +147,9 @@ def test_finetuned_experiment_end_to_end_on_synthetic_prompts():
     assert pc["test"]["recall_harmful"]["point"] >= 0.8  # the word rule transfers to new prompts
     assert set(pc["test"]["recall_at_fpr_ceiling"]) == {cfg.threshold_fpr, cfg.target_fpr}
     assert len(r["scores"]["test"]) == 30
+    longer = {s: sum(len(encode_for_features(lm.tokenizer, "chatml_plain", p.text).ids) > 60 for p in v)
+              for s, v in sets.items()}
+    assert r["prompts_cut_to_max_len"] == longer and sum(longer.values()) > 0
     md = finetuned_report_markdown(r)
     assert "Fine-tuned refusal prompt classifier on tiny" in md and "| recall, harmful |" in md
+    assert f"keep their last 60: train {longer['train']}" in md

@@ -12,7 +12,7 @@ pytest.importorskip("transformers")
 
 from align_jax.models import load_model  # noqa: E402
 
-from test_real_weights import TOL, _hf_from_gguf, _hf_logits, _needs  # noqa: E402
+from test_real_weights import TOL, _hf_from_gguf, _hf_logits, _needs, assert_logits_close  # noqa: E402
 
 
 def test_gemma3_logits_match_transformers():
@@ -23,4 +23,4 @@ def test_gemma3_logits_match_transformers():
     ids = [loaded.tokenizer.bos_id] + loaded.tokenizer.encode(text)
     assert len(ids) > 600
     ours = np.asarray(loaded.model(jnp.asarray([ids])).logits[0])
-    np.testing.assert_allclose(ours, _hf_logits(hf, ids), atol=TOL)
+    assert_logits_close(ours, _hf_logits(hf, ids), TOL, "gemma3 logits")

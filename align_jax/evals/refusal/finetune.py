@@ -74,13 +74,15 @@ def classifier_loss(model, head, batch) -> tuple[jax.Array, dict, jax.Array]:
     return loss, {"loss": loss, "accuracy": accuracy}, jnp.sum(w)
 
 
-def encode_prompts(tokenizer, template: str, texts: Sequence[str], max_len: int) -> list[Encoded]:
-    """Chat-rendered prompts with their content masks, each cut to its last ``max_len`` tokens."""
-    out = []
-    for t in texts:
-        e = encode_for_features(tokenizer, template, t)
-        out.append(e if len(e.ids) <= max_len else Encoded(e.ids[-max_len:], e.content_mask[-max_len:]))
-    return out
+def encode_prompts(tokenizer, template: str, texts: Sequence[str], max_len: int | None) -> list[Encoded]:
+    """Chat-rendered prompts with their content masks, each cut to its last ``max_len`` tokens
+    (``cut_to``; None: uncut)."""
+    return [cut_to(encode_for_features(tokenizer, template, t), max_len) for t in texts]
+
+
+def cut_to(e: Encoded, max_len: int | None) -> Encoded:
+    """The over-long policy: keep the last ``max_len`` tokens (the end holds the generation prompt)."""
+    return e if max_len is None or len(e.ids) <= max_len else Encoded(e.ids[-max_len:], e.content_mask[-max_len:])
 
 
 def make_batch(encoded: Sequence[Encoded], labels, weights, batch_size: int, bucket: int) -> dict[str, np.ndarray]:

@@ -17,7 +17,7 @@ from typing import Callable
 import numpy as np
 
 from align_jax.evals.refusal.datasets import Prompt
-from align_jax.evals.refusal.finetune import FinetuneConfig, classifier_scores, encode_prompts, train_classifier
+from align_jax.evals.refusal.finetune import FinetuneConfig, classifier_scores, cut_to, encode_prompts, train_classifier
 from align_jax.evals.refusal.probe import group_weights, threshold_for_groups
 from align_jax.evals.refusal.run import BENIGN_KINDS, RefusalConfig, build_source_sets, evaluate_flags, held_out_tables, score_ceiling
 
@@ -36,8 +36,9 @@ def run_finetuned_experiment(
     else:
         split_summary = {"n": {s: len(v) for s, v in sets.items()}}
     log(f"prompt sets: {split_summary}")
-    enc = {s: encode_prompts(lm.tokenizer, lm.chat_template, [p.text for p in v], ft.max_len) for s, v in sets.items()}
-    n_cut = {s: sum(len(lm.tokenizer.encode_with_offsets(p.text)[0]) > ft.max_len for p in v) for s, v in sets.items()}
+    full = {s: encode_prompts(lm.tokenizer, lm.chat_template, [p.text for p in v], None) for s, v in sets.items()}
+    n_cut = {s: sum(len(e.ids) > ft.max_len for e in v) for s, v in full.items()}  # chats cut to their last max_len tokens
+    enc = {s: [cut_to(e, ft.max_len) for e in v] for s, v in full.items()}
     tr = sets["train"]
     y = np.array([int(p.harmful) for p in tr])
     w = group_weights([p.kind for p in tr], dict(zip(("harmful", "benign_sensitive", "plain_benign"), cfg.shares)))
@@ -85,7 +86,9 @@ def finetuned_report_markdown(r: dict) -> str:
         "",
         f"{pc['features']}; {ft['steps']} steps x {ft['batch_size']} prompts, learning rate {ft['learning_rate']}, "
         f"loss shares harmful / benign-sensitive / plain {cfg['shares']}; train loss {pc['train_loss']['first_10']:.3f} "
-        f"-> {pc['train_loss']['last_10']:.3f} in {pc['train_seconds']:.0f} s.",
+        f"-> {pc['train_loss']['last_10']:.3f} in {pc['train_seconds']:.0f} s. Chats longer than "
+        f"{ft['max_len']} tokens keep their last {ft['max_len']}: "
+        + ", ".join(f"{s} {n}" for s, n in r["prompts_cut_to_max_len"].items()) + ".",
         "",
         f"Threshold {pc['threshold']:.3f}: FPR <= {100 * cfg['threshold_fpr']:.1f}% on each benign set of val "
         f"(val: recall {100 * v['recall']:.1f}%, FPR benign-sensitive {100 * v['fpr_benign_sensitive']:.1f}% "

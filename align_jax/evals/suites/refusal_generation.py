@@ -28,8 +28,8 @@ from align_jax.evals.refusal.classifiers import make_response_judge
 from align_jax.evals.refusal.datasets import stable_hash
 from align_jax.evals.refusal.metrics import COMPLIANCE, REFUSAL
 from align_jax.evals.refusal.responses import RESPONSE_CLASSES
-from align_jax.evals.refusal.substring_judge import substring_labels
 from align_jax.evals.refusal.run import BENIGN_KINDS, RefusalConfig, build_prompt_sets, build_source_sets, fit_response_classifier
+from align_jax.evals.refusal.substring_judge import substring_labels
 
 KINDS = ("harmful", *BENIGN_KINDS)
 
@@ -45,7 +45,7 @@ def run(lm, cfg, *, progress: bool) -> runner.SuiteResult:
     for kind in KINDS:
         of_kind = sorted((p for p in sets["test"] if p.kind == kind), key=lambda p: stable_hash(rcfg.seed, p.text))
         prompts += runner.take(of_kind, limit)
-    model_id = cfg.model.name or cfg.model.path
+    model_id = cfg.model.path or cfg.model.name  # the feature cache is keyed by it: a checkpoint path wins
     judge_clf, judge_report = fit_response_classifier(lm, model_id, build_prompt_sets(rcfg), rcfg)
     gens = runner.generate_greedy(lm, [runner.chat_prompt_ids(lm, p.text) for p in prompts],
                                   max_new_tokens=int(cfg.max_new_tokens), batch_size=int(cfg.batch_size),
