@@ -75,10 +75,10 @@ def main(argv):
     )
     if bool(F.extra_model) != bool(F.extra_layers):
         raise app.UsageError("--extra_model and --extra_layers go together")
+    if F.finetune_layers and F.extra_model:
+        raise app.UsageError("--finetune_layers fine-tunes --model alone; drop --extra_model")
     lm = load_model(F.model)
     if F.finetune_layers:
-        if F.extra_model:
-            raise app.UsageError("--finetune_layers fine-tunes --model alone; drop --extra_model")
         ft = FinetuneConfig(n_layers=F.finetune_layers, steps=F.finetune_steps, batch_size=F.finetune_batch,
                             learning_rate=F.finetune_lr, lora_rank=F.lora_rank, lora_alpha=2.0 * F.lora_rank,
                             seed=F.seed)
