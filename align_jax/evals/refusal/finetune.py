@@ -121,8 +121,7 @@ def training_batches(
 
 class FinetunedClassifier(NamedTuple):
     spec: S.StepSpec
-    state: S.TrainState
-    mesh: Any
+    state: S.TrainState  # sharded over the training mesh (its arrays carry their shardings)
     cfg: FinetuneConfig
     losses: np.ndarray  # [steps] training loss per step
 
@@ -173,7 +172,7 @@ def train_classifier(
         losses.append(loss)
         if progress is not None:
             progress(i + 1, cfg.steps, loss)
-    return FinetunedClassifier(spec, state, mesh, cfg, np.asarray(losses))
+    return FinetunedClassifier(spec, state, cfg, np.asarray(losses))
 
 
 @functools.partial(jax.jit, static_argnums=0)
