@@ -34,7 +34,7 @@ from absl import app, flags
 
 from align_jax.evals import runner
 from align_jax.evals.calibration_metrics import ece_sampling_floor
-from align_jax.evals.factual_qa import split_factual_qa
+from align_jax.data.factual_qa import split_factual_qa
 from align_jax.evals.reliability_plot import save_reliability_diagram
 from align_jax.evals.temperature_scaling import apply_platt, apply_temperature, fit_platt, fit_temperature
 from align_jax.evals.verbalized_confidence import answer_items, read_confidence

@@ -1,7 +1,7 @@
 """Offline, verifiable preference pairs: a factual question plus one checkable instruction.
 
-Each pair asks a question from :mod:`align_jax.evals.factual_qa` and adds one IFEval-style
-instruction (its wording from ``evals.instructions.constraints.SPECS``). ``chosen`` is a short
+Each pair asks a question from :mod:`align_jax.data.factual_qa` and adds one IFEval-style
+instruction (its wording from ``instructions.constraints.SPECS``). ``chosen`` is a short
 answer sentence built from the fact's canonical answer and transformed to *satisfy* the
 instruction; ``rejected`` is the same sentence *not* satisfying it. Both state the right
 answer, so the only difference a preference learner can pick up is the instruction.
@@ -32,10 +32,10 @@ import random
 from typing import Any, Callable, Mapping, Sequence
 
 from align_jax.data.records import PreferenceRecord
-from align_jax.evals.factual_qa import FactItem, build_factual_qa, split_factual_qa
-from align_jax.evals.instructions.constraints import END_PHRASES, POSTSCRIPT_MARKERS, SPECS
-from align_jax.evals.instructions.data import InstructionExample
-from align_jax.evals.instructions.verifiers import check
+from align_jax.data.factual_qa import FactItem, build_factual_qa, split_factual_qa
+from align_jax.instructions.constraints import END_PHRASES, POSTSCRIPT_MARKERS, SPECS
+from align_jax.instructions.data import InstructionExample
+from align_jax.instructions.verifiers import check
 
 SPLITS = ("train", "validation", "test", "test_ood")
 

@@ -4,7 +4,7 @@
 model's chat template (generation prompt added), decodes greedily with the KV-cache sampler
 in fixed-size batches (the last batch is padded by repetition and every prompt to the
 longest one's width, so one compiled program serves all), and scores the decoded text with
-``evals.instructions.evaluate_responses``.
+``instructions.evaluate_responses``.
 
 The returned dict (JSON-able):
 
@@ -26,8 +26,8 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from align_jax.evals.instructions.data import InstructionExample
-from align_jax.evals.instructions.evaluation import evaluate_responses
+from align_jax.instructions.data import InstructionExample
+from align_jax.instructions.evaluation import evaluate_responses
 from align_jax.models.chat import encode_chat
 from align_jax.models.registry import LoadedModel
 from align_jax.sampling import SamplingParams, sample

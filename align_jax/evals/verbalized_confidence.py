@@ -19,6 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from align_jax.data.factual_qa import FactItem
 from align_jax.data.tokenization import completion_text
 from align_jax.data.verbalized_confidence import (
     CONFIDENCE_PROMPT,
@@ -27,7 +28,7 @@ from align_jax.data.verbalized_confidence import (
     with_confidence,
 )
 from align_jax.evals import runner
-from align_jax.evals.factual_qa import FactItem, answer_matches
+from align_jax.evals.factual_qa import answer_matches
 from align_jax.evals.suites.factual_qa import first_line
 from align_jax.models.registry import LoadedModel
 

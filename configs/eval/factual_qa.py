@@ -9,7 +9,7 @@ from eval_base import base_config  # noqa: E402
 
 def get_config():
     c = base_config("factual_qa")
-    c.split = "test"  # train / validation / test of evals.factual_qa.split_factual_qa
+    c.split = "test"  # train / validation / test of data.factual_qa.split_factual_qa
     c.split_seed = 0
     c.max_new_tokens = 24
     c.match_mode = "contains"  # "exact" or "contains" (answer_matches)

@@ -5,10 +5,11 @@ import collections
 import pytest
 
 from align_jax.data import checkable_pairs as cp
+from align_jax.data.factual_qa import build_factual_qa
 from align_jax.data.records import PreferenceRecord
 from align_jax.data.sources import SourceConfig, load_source
-from align_jax.evals.factual_qa import answer_matches, build_factual_qa
-from align_jax.evals.instructions import check, evaluate_responses
+from align_jax.evals.factual_qa import answer_matches
+from align_jax.instructions import check, evaluate_responses
 
 FACTS = {f.id: f for f in build_factual_qa()}
 

@@ -6,15 +6,14 @@ from fractions import Fraction
 
 import pytest
 
-from align_jax.evals.factual_qa import (
+from align_jax.data.factual_qa import (
     CATEGORIES,
     FactItem,
-    answer_matches,
     build_factual_qa,
-    normalize_answer,
     number_words,
     split_factual_qa,
 )
+from align_jax.evals.factual_qa import answer_matches, normalize_answer
 
 ITEMS = build_factual_qa()
 BY_ID = {it.id: it for it in ITEMS}

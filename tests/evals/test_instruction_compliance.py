@@ -10,7 +10,7 @@ from align_jax.evals.instruction_compliance import (
     format_report_markdown,
     generate_responses,
 )
-from align_jax.evals.instructions import check
+from align_jax.instructions import check
 from align_jax.models import LoadedModel, ModelConfig, init_decoder
 from align_jax.models.gguf_file import smollm2_gguf_path
 from align_jax.models.tokenizer import Tokenizer

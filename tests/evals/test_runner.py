@@ -8,11 +8,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from align_jax.data.factual_qa import split_factual_qa
 from align_jax.evals import runner
-from align_jax.evals.instructions import evaluate_responses, generate, save_ifeval
 from align_jax.evals.suites import SUITES
 from align_jax.evals.suites.factual_qa import answer_record
-from align_jax.evals.factual_qa import split_factual_qa
+from align_jax.instructions import evaluate_responses, generate, save_ifeval
 from align_jax.models import LoadedModel, ModelConfig, init_decoder
 from align_jax.models.gguf_file import smollm2_gguf_path
 from align_jax.models.tokenizer import Tokenizer

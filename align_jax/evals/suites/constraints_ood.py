@@ -11,8 +11,8 @@ from __future__ import annotations
 import numpy as np
 
 from align_jax.evals import runner
-from align_jax.evals.instructions import SPLITS, generate
 from align_jax.evals.suites.ifeval import respond_and_score
+from align_jax.instructions import SPLITS, generate
 
 REPORTED = ("instruction_level_strict", "prompt_level_strict")
 

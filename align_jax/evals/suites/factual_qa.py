@@ -18,9 +18,10 @@ from __future__ import annotations
 
 import numpy as np
 
+from align_jax.data.factual_qa import FactItem, split_factual_qa
 from align_jax.evals import runner
 from align_jax.evals.confidence import p_true
-from align_jax.evals.factual_qa import FactItem, answer_matches, split_factual_qa
+from align_jax.evals.factual_qa import answer_matches
 
 QUESTION_PROMPT = "Answer the question with a short answer only, no explanation.\nQuestion: {question}"
 P_TRUE_PROMPT = ("Question: {question}\nProposed answer: {answer}\n"

@@ -14,7 +14,7 @@ from typing import Sequence
 import numpy as np
 
 from align_jax.evals import runner
-from align_jax.evals.instructions import InstructionExample, evaluate_responses, load_ifeval
+from align_jax.instructions import InstructionExample, evaluate_responses, load_ifeval
 
 def respond_and_score(
     lm, examples: Sequence[InstructionExample], *, max_new_tokens: int, batch_size: int, progress: bool,

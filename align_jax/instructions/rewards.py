@@ -12,8 +12,8 @@ import dataclasses
 import itertools
 from typing import Sequence
 
-from align_jax.evals.instructions.data import InstructionExample
-from align_jax.evals.instructions.evaluation import evaluate_example
+from align_jax.instructions.data import InstructionExample
+from align_jax.instructions.evaluation import evaluate_example
 
 
 def reward(example: InstructionExample, response: str) -> float:

@@ -24,8 +24,8 @@ from __future__ import annotations
 
 import random
 
-from align_jax.evals.instructions import constraints, tasks
-from align_jax.evals.instructions.data import InstructionExample
+from align_jax.instructions import constraints, tasks
+from align_jax.instructions.data import InstructionExample
 
 SPLITS: tuple[str, ...] = (
     "train", "in_distribution", "ood_unseen_combinations", "ood_more_constraints",

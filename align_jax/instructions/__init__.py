@@ -16,8 +16,8 @@ Example::
     report.summary()  # prompt/instruction-level, strict/loose
 """
 
-from align_jax.evals.instructions.data import InstructionExample, load_ifeval, save_ifeval
-from align_jax.evals.instructions.evaluation import (
+from align_jax.instructions.data import InstructionExample, load_ifeval, save_ifeval
+from align_jax.instructions.evaluation import (
     ExampleResult,
     IFEvalReport,
     TypeAccuracy,
@@ -25,10 +25,10 @@ from align_jax.evals.instructions.evaluation import (
     evaluate_responses,
     loose_variants,
 )
-from align_jax.evals.instructions.generator import SPLITS, generate
-from align_jax.evals.instructions.language import detect_language
-from align_jax.evals.instructions.rewards import PreferencePair, preference_pairs, reward
-from align_jax.evals.instructions.verifiers import (
+from align_jax.instructions.generator import SPLITS, generate
+from align_jax.instructions.language import detect_language
+from align_jax.instructions.rewards import PreferencePair, preference_pairs, reward
+from align_jax.instructions.verifiers import (
     INSTRUCTION_IDS,
     VERIFIERS,
     build_verifier,

@@ -6,7 +6,7 @@ import pathlib
 
 import pytest
 
-from align_jax.evals.instructions import (
+from align_jax.instructions import (
     INSTRUCTION_IDS,
     VERIFIERS,
     build_verifier,
@@ -16,9 +16,9 @@ from align_jax.evals.instructions import (
     load_ifeval,
     loose_variants,
 )
-from align_jax.evals.instructions.data import InstructionExample
-from align_jax.evals.instructions.evaluation import EMPTY_RESPONSE, MISSING_RESPONSE
-from align_jax.evals.instructions.text import count_sentences, count_words
+from align_jax.instructions.data import InstructionExample
+from align_jax.instructions.evaluation import EMPTY_RESPONSE, MISSING_RESPONSE
+from align_jax.instructions.text import count_sentences, count_words
 
 IFEVAL_PATH = pathlib.Path(__file__).resolve().parents[3] / "shared/data/ifeval/input_data.jsonl"
 

@@ -16,7 +16,7 @@ import json
 import os
 from typing import Any, Mapping, Sequence
 
-from align_jax.evals.instructions.verifiers import VERIFIERS, clean_kwargs
+from align_jax.instructions.verifiers import VERIFIERS, clean_kwargs
 
 _FIELDS = ("key", "prompt", "instruction_id_list", "kwargs")
 

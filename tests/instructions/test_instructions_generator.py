@@ -5,7 +5,7 @@ import re
 
 import pytest
 
-from align_jax.evals.instructions import (
+from align_jax.instructions import (
     SPLITS,
     VERIFIERS,
     InstructionExample,
@@ -15,7 +15,7 @@ from align_jax.evals.instructions import (
     preference_pairs,
     reward,
 )
-from align_jax.evals.instructions import constraints, tasks
+from align_jax.instructions import constraints, tasks
 
 N = 300
 

@@ -18,8 +18,8 @@ import collections
 import dataclasses
 from typing import Callable, Mapping, Sequence
 
-from align_jax.evals.instructions.data import InstructionExample
-from align_jax.evals.instructions.verifiers import build_verifier
+from align_jax.instructions.data import InstructionExample
+from align_jax.instructions.verifiers import build_verifier
 
 EMPTY_RESPONSE = "empty response"
 MISSING_RESPONSE = "missing response"

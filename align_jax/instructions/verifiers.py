@@ -23,8 +23,8 @@ import json
 import re
 from typing import Any, Callable, Mapping
 
-from align_jax.evals.instructions import text
-from align_jax.evals.instructions.language import detect_language
+from align_jax.instructions import text
+from align_jax.instructions.language import detect_language
 from align_jax.registry import Registry
 
 PAPER = "2311.07911"
