@@ -374,7 +374,7 @@ class JaxRunner:
             per_pair = {k: np.asarray(x, np.float32) for k, x in reference.items()}
             groups = pack_length_groups(batch, multiple=FLAGS.group_multiple, pad_id=pad_id, per_pair=per_pair)
             shardings = S.batch_shardings(groups, self.mesh)
-            arrays = jax.tree.map(S._place, groups, shardings)
+            arrays = jax.tree.map(S.place, groups, shardings)
             return Prepared(arrays, [g["packed_tokens"].shape[1:] for g in groups])
         if v.layout == "padded":
             length = round_up(max(len(p) + max(len(c), len(r)) for p, c, r in batch), pad_multiple)
@@ -394,7 +394,7 @@ class JaxRunner:
             arrays.update({k: np.asarray(x, np.float32) for k, x in reference.items()})
         arrays = {k: x[None] for k, x in arrays.items()}  # one micro-batch
         shardings = S.batch_shardings(arrays, self.mesh)
-        arrays = {k: S._place(x, shardings[k]) for k, x in arrays.items()}
+        arrays = {k: S.place(x, shardings[k]) for k, x in arrays.items()}
         return Prepared(arrays, [(rows, length)])
 
     def _step_fn(self, arrays):

@@ -145,9 +145,11 @@ class UnpairedRecord:
 
 @dataclasses.dataclass(frozen=True)
 class PromptRecord:
-    """A prompt to generate from."""
+    """A prompt to generate from; ``info`` carries what a reward needs to judge a completion
+    (a reference answer, instruction ids and their arguments, ...)."""
 
     prompt: tuple[Message, ...]
+    info: Mapping[str, Any] = dataclasses.field(default_factory=dict, compare=False)
 
     def __post_init__(self):
         object.__setattr__(self, "prompt", _prompt(self.prompt, "prompt"))
@@ -246,7 +248,8 @@ def _row_unpaired(row, fields):
 
 
 def _row_prompt_record(row, fields):
-    return PromptRecord(_row_prompt(row, fields))
+    prompt_columns = set(fields.values()) | {"prompt", "system"}
+    return PromptRecord(_row_prompt(row, fields), {k: v for k, v in row.items() if k not in prompt_columns})
 
 
 ROW_PARSERS: dict[str, Callable[[Mapping[str, Any], Mapping[str, str]], Any]] = {
@@ -282,3 +285,21 @@ def check_fields(kind: str, fields: Mapping[str, str]) -> dict[str, str]:
     return dict(fields)
 
 
+def pairs_to_unpaired(records: Sequence[Any]) -> list:
+    """Preference pairs -> unpaired examples (chosen desirable, rejected not), as KTO papers do;
+    other records pass through."""
+    out = []
+    for r in records:
+        if isinstance(r, PreferenceRecord):
+            out += [UnpairedRecord(r.prompt, r.chosen, True), UnpairedRecord(r.prompt, r.rejected, False)]
+        else:
+            out.append(r)
+    return out
+
+
+def pairs_to_sft(records: Sequence[Any]) -> list:
+    """Preference pairs -> SFT conversations on the chosen reply; other records pass through."""
+    return [
+        SFTRecord(tuple(r.prompt) + ({"role": "assistant", "content": r.chosen},)) if isinstance(r, PreferenceRecord) else r
+        for r in records
+    ]

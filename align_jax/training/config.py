@@ -14,12 +14,10 @@ from typing import Any, Mapping
 
 from align_jax.models import DEFAULT_MODEL
 from align_jax.training.optimizer import OptimizerConfig
+from align_jax.training.tasks import PAIR_LAYOUTS, TASKS, did_you_mean
 
-TASKS = ("sft", "preference", "unpaired", "reward_model", "calibration")
-SOURCES = ("preference", "sft", "unpaired", "hh_rlhf", "checkable_pairs")
-# Preference-pair batch layouts: two padded rows per pair, or [prompt | chosen | rejected] once per
-# pair (align_jax.data.pair_packing), one pair per row ("shared_prefix") or first-fit packed.
-PAIR_LAYOUTS = ("separate", "shared_prefix", "packed", "length_grouped")
+FILE_SOURCES = ("preference", "sft", "unpaired", "hh_rlhf", "prompts")
+SOURCES = ("preference", "sft", "unpaired", "hh_rlhf", "checkable_pairs", "prompts", "toy_letters", "ifeval_constraints")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -73,6 +71,7 @@ class LoraSection:
     rank: int = 0  # 0: full fine-tuning
     alpha: float = 16.0
     targets: str = r"attn/(q|k|v|o)|mlp/(gate|up|down)"
+    seed: int = 0  # initialisation of the adapters (independent of data.seed)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -90,6 +89,55 @@ class TrainSection:
 
 
 @dataclasses.dataclass(frozen=True)
+class RLSection:
+    """Online RL (train.task = "grpo"): rollouts, rewards, advantages, KL; ``loss.*`` picks the
+    policy loss (``ppo`` / ``gspo``: clip ranges, aggregation). One train step = one rollout batch."""
+
+    rewards: str = "toy_letter"  # comma-separated names from align_jax.rewards.REWARDS
+    reward_weights: str = ""  # comma-separated weights, one per reward ("": all 1)
+    prompts_per_step: int = 8  # P prompts per rollout batch
+    group_size: int = 8  # G samples per prompt: P * G rows per rollout batch
+    max_new_tokens: int = 32
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0
+    advantage: str = "grpo"  # from the advantage registry: grpo, dr-grpo, rloo, reinforce++
+    epochs: int = 1  # passes over each rollout batch
+    minibatches: int = 1  # optimizer updates per epoch (rows split into this many)
+    kl_coef: float = 0.0  # beta of the KL to the reference (needs reference.mode != "none")
+    kl_estimator: str = "k3"  # k1 | k2 | k3
+    kl_in: str = "loss"  # "loss" (GRPO) or "reward" (per-token -beta KL shaping, PPO-RLHF)
+    dynamic_sampling: bool = False  # DAPO: groups whose rewards are all equal get weight 0
+    overlong_buffer: int = 0  # DAPO over-long shaping: linear penalty in the last N tokens before max_new_tokens
+    overlong_penalty: float = 1.0  # the penalty at max_new_tokens
+    recompute_old_logps: bool = False  # old log-probs from a trainer pass instead of the sampler's
+    eval_prompts: int = 32  # held-out prompts scored greedily at each evaluation
+
+    def __post_init__(self):
+        for name in ("prompts_per_step", "group_size", "max_new_tokens", "epochs", "minibatches"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"rl.{name} must be >= 1, got {getattr(self, name)}")
+        if self.kl_in not in ("loss", "reward"):
+            raise ValueError(f"rl.kl_in must be 'loss' or 'reward', got {self.kl_in!r}")
+        if (self.prompts_per_step * self.group_size) % self.minibatches:
+            raise ValueError("rl.prompts_per_step * rl.group_size must be a multiple of rl.minibatches")
+
+    @property
+    def reward_names(self) -> tuple[str, ...]:
+        return tuple(n.strip() for n in self.rewards.split(",") if n.strip())
+
+    @property
+    def weights(self) -> tuple[float, ...]:
+        if not self.reward_weights.strip():
+            return (1.0,) * len(self.reward_names)
+        return tuple(float(w) for w in self.reward_weights.split(","))
+
+    @property
+    def updates_per_step(self) -> int:
+        return self.epochs * self.minibatches
+
+
+@dataclasses.dataclass(frozen=True)
 class RunConfig:
     model: ModelSection
     mesh: MeshSection
@@ -98,26 +146,39 @@ class RunConfig:
     lora: LoraSection
     train: TrainSection
     optimizer: OptimizerConfig
+    rl: RLSection
     loss_name: str
     loss_options: tuple[tuple[str, Any], ...]
 
+    @property
+    def task(self):
+        """The registered :class:`align_jax.training.tasks.Task` of ``train.task``."""
+        return TASKS[self.train.task]
+
     def __post_init__(self):
-        if self.train.task not in TASKS:
-            raise ValueError(f"unknown train.task {self.train.task!r}; valid: {TASKS}")
+        task = self.task  # raises for an unknown task, with the valid names
         if self.data.source not in SOURCES:
-            raise ValueError(f"unknown data.source {self.data.source!r}; valid: {SOURCES}")
+            raise ValueError(f"unknown data.source {self.data.source!r}; valid: {SOURCES}"
+                             f"{did_you_mean(self.data.source, SOURCES)}")
         if self.data.pair_layout not in PAIR_LAYOUTS:
             raise ValueError(f"unknown data.pair_layout {self.data.pair_layout!r}; valid: {PAIR_LAYOUTS}")
-        if self.data.pair_layout != "separate" and self.train.task != "preference":
-            raise ValueError(f"data.pair_layout={self.data.pair_layout!r} needs train.task='preference'")
+        if self.data.pair_layout not in task.pair_layouts:
+            raise ValueError(f"data.pair_layout={self.data.pair_layout!r} is not valid for train.task={task.name!r}; "
+                             f"valid: {task.pair_layouts}")
         if self.data.group_multiple < 1:
             raise ValueError(f"data.group_multiple must be >= 1, got {self.data.group_multiple}")
         if self.data.batch_size % self.data.micro_batches:
             raise ValueError("data.batch_size must be a multiple of data.micro_batches")
-        if self.data.source != "checkable_pairs" and not self.data.train_path:
+        if self.data.source in FILE_SOURCES and not self.data.train_path:
             raise ValueError(f"data.source={self.data.source!r} needs data.train_path")
-        if self.train.task in ("sft", "reward_model", "calibration") and self.reference.mode != "none":
-            raise ValueError(f"train.task={self.train.task!r} uses no reference: set reference.mode='none'")
+        if task.reference == "none" and self.reference.mode != "none":
+            raise ValueError(f"train.task={task.name!r} uses no reference: set reference.mode='none'")
+        if task.online and self.reference.mode == "precomputed":
+            raise ValueError(f"train.task={task.name!r} scores its own samples: reference.mode must be 'frozen' "
+                             "(a frozen copy, or the LoRA base when lora.rank > 0) or 'none'")
+        task.check_loss(self.loss_name, dict(self.loss_options))  # before any model loads
+        if task.check_config is not None:
+            task.check_config(self)
 
 
 _SECTIONS = {
@@ -128,6 +189,7 @@ _SECTIONS = {
     "lora": LoraSection,
     "train": TrainSection,
     "optimizer": OptimizerConfig,
+    "rl": RLSection,
 }
 
 
@@ -135,7 +197,8 @@ def _section(name: str, cls, values: Mapping[str, Any]):
     valid = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(values) - valid)
     if unknown:
-        raise KeyError(f"config.{name} has unknown key(s) {unknown}; valid keys: {sorted(valid)}")
+        hint = did_you_mean(unknown[0], sorted(valid))
+        raise KeyError(f"config.{name} has unknown key(s) {unknown}; valid keys: {sorted(valid)}{hint}")
     values = dict(values)
     if name == "data" and "fields" in values:
         values["fields"] = tuple(sorted(dict(values["fields"]).items()))
@@ -147,8 +210,13 @@ def parse_config(config: Mapping[str, Any]) -> RunConfig:
     raw = config.to_dict() if hasattr(config, "to_dict") else dict(config)
     unknown = sorted(set(raw) - set(_SECTIONS) - {"loss"})
     if unknown:
-        raise KeyError(f"config has unknown section(s) {unknown}; valid: {sorted(_SECTIONS) + ['loss']}")
+        raise KeyError(f"config has unknown section(s) {unknown}; valid: {sorted(_SECTIONS) + ['loss']}"
+                       f"{did_you_mean(unknown[0], sorted(_SECTIONS) + ['loss'])}")
     sections = {name: _section(name, cls, raw.get(name, {})) for name, cls in _SECTIONS.items()}
+    if sections["optimizer"].total_steps == 0:  # follow the run length (in optimizer updates)
+        train = sections["train"]
+        updates = sections["rl"].updates_per_step if TASKS[train.task].online else 1
+        sections["optimizer"] = dataclasses.replace(sections["optimizer"], total_steps=train.steps * updates)
     loss = dict(raw.get("loss", {}))
     if "name" not in loss:
         raise KeyError("config.loss.name is required (an objective name, e.g. 'dpo')")

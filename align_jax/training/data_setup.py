@@ -11,13 +11,11 @@ import jax
 import numpy as np
 
 from align_jax.data.pair_packing import group_example_batch, pack_example_batch
-from align_jax.data.records import PreferenceRecord, SFTRecord, UnpairedRecord
+from align_jax.data.prompt_sets import GENERATED as GENERATED_PROMPT_SOURCES
 from align_jax.data.sources import load_records
 from align_jax.data.tokenization import Tokenize
 from align_jax.training.config import DataSection
-
-KIND_OF_TASK = {"preference": "preference", "reward_model": "preference", "unpaired": "unpaired", "sft": "sft",
-                "calibration": "unpaired"}
+from align_jax.training.tasks import Task
 
 
 @dataclasses.dataclass
@@ -32,14 +30,17 @@ def _file_records(path: str, source: str, data: DataSection):
     return records, {"rows": stats.rows, "records": stats.records, "skipped": dict(stats.skipped)}
 
 
-def load_splits(data: DataSection, task: str) -> Splits:
-    """Records for training and evaluation (eval: its own file, or the tail of the train file)."""
+def load_splits(data: DataSection, task: Task) -> Splits:
+    """Records for training and evaluation (eval: its own file, or the tail of the train file),
+    turned into the task's record kind by ``task.prepare_records``."""
     stats: dict[str, Any] = {}
     if data.source == "checkable_pairs":
         from align_jax.data.checkable_pairs import build_checkable_pairs
 
         train = [p.record for p in build_checkable_pairs("train", seed=data.seed)]
         evals = [p.record for p in build_checkable_pairs("validation", seed=data.seed)]
+    elif data.source in GENERATED_PROMPT_SOURCES:
+        train, evals = GENERATED_PROMPT_SOURCES[data.source](data.seed)
     else:
         train, stats["train"] = _file_records(data.train_path, data.source, data)
         if data.eval_path:
@@ -50,14 +51,8 @@ def load_splits(data: DataSection, task: str) -> Splits:
             n_eval = max(1, int(round(len(train) * data.eval_fraction)))
             evals = [train[i] for i in order[:n_eval]]
             train = [train[i] for i in order[n_eval:]]
-    if task == "unpaired":
-        train, evals = _unpaired(train), _unpaired(evals)
-    elif task == "sft":
-        train, evals = _sft(train), _sft(evals)
-    elif task == "calibration":
-        from align_jax.data.verbalized_confidence import calibration_records
-
-        train, evals = calibration_records(train), calibration_records(evals)
+    if task.prepare_records is not None:
+        train, evals = task.prepare_records(train), task.prepare_records(evals)
     if data.max_train_examples:
         train = train[: data.max_train_examples]
     if data.max_eval_examples:
@@ -65,25 +60,6 @@ def load_splits(data: DataSection, task: str) -> Splits:
     if not train or not evals:
         raise ValueError(f"empty dataset: {len(train)} train and {len(evals)} eval records ({data})")
     return Splits(train, evals, stats)
-
-
-def _unpaired(records):
-    """Preference pairs -> unpaired examples (chosen desirable, rejected not), as KTO papers do."""
-    out = []
-    for r in records:
-        if isinstance(r, PreferenceRecord):
-            out += [UnpairedRecord(r.prompt, r.chosen, True), UnpairedRecord(r.prompt, r.rejected, False)]
-        else:
-            out.append(r)
-    return out
-
-
-def _sft(records):
-    """Preference pairs -> SFT conversations on the chosen reply."""
-    return [
-        SFTRecord(tuple(r.prompt) + ({"role": "assistant", "content": r.chosen},)) if isinstance(r, PreferenceRecord) else r
-        for r in records
-    ]
 
 
 def tokenize_all(tokenize: Tokenize, records: Sequence[Any]) -> list[dict]:

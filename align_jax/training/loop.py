@@ -22,8 +22,7 @@ from flax import nnx
 
 from align_jax.data.packing import pad
 from align_jax.data.tokenization import Tokenize
-from align_jax.models import load_model, save_hf_dir
-from align_jax.objectives import REGISTRIES
+from align_jax.models import LoadedModel, load_model, save_hf_dir
 from align_jax.parallel.mesh import make_mesh
 from align_jax.training import data_setup as D
 from align_jax.training import step as S
@@ -31,61 +30,98 @@ from align_jax.training.checkpointing import Checkpointer, check_finite
 from align_jax.training.config import RunConfig
 from align_jax.training.flops import measure_matmul_peak, model_flops_per_token
 from align_jax.training.lora import LoraConfig
-from align_jax.training.metrics_logging import MetricsWriter, ProgressBar, Throughput
+from align_jax.training.metrics_logging import MetricsWriter, ProgressBar, Throughput, read_metrics
 from align_jax.training.optimizer import make_optimizer
 from align_jax.training.reference_cache import cached_reference_logps
-from align_jax.training.tasks import (
-    calibration_loss,
-    init_reward_head,
-    packed_preference_loss,
-    preference_loss,
-    reference_logps,
-    reward_model_loss,
-    sft_loss,
-    unpaired_loss,
-)
-
-_LOSS_REGISTRY = {"preference": "preference", "unpaired": "unpaired"}
+from align_jax.training.tasks import init_reward_head, reference_logps
 
 
 def build_task_loss(cfg: RunConfig, tokenizer=None):
     """(task loss function, whether it takes a reward head) for the configured task and loss.
 
-    ``tokenizer`` is needed by the calibration task (the ids of its confidence digits)."""
-    options = dict(cfg.loss_options)
-    task = cfg.train.task
-    if task == "sft":
-        _require(cfg.loss_name == "sft" and set(options) <= {"label_smoothing"},
-                 "train.task='sft' takes loss.name='sft' and the one option label_smoothing")
-        return functools.partial(sft_loss, label_smoothing=float(options.get("label_smoothing", 0.0))), False
-    if task == "calibration":
-        from align_jax.data.verbalized_confidence import CONFIDENCE_PREFIX, confidence_token_ids, confidence_values
-
-        _require(cfg.loss_name == "confidence_brier" and set(options) <= {"answer_nll_coef"},
-                 "train.task='calibration' takes loss.name='confidence_brier' and the option answer_nll_coef")
-        _require(tokenizer is not None, "train.task='calibration' needs the tokenizer (confidence digit ids)")
-        return functools.partial(
-            calibration_loss,
-            conf_token_ids=confidence_token_ids(tokenizer),
-            conf_values=confidence_values(),
-            answer_nll_coef=float(options.get("answer_nll_coef", 0.0)),
-            confidence_prefix_len=len(tokenizer.encode(CONFIDENCE_PREFIX)),
-        ), False
-    if task == "reward_model":
-        _require(cfg.loss_name == "bradley_terry", "train.task='reward_model' takes loss.name='bradley_terry'")
-        unknown = set(options) - {"center_coef"}
-        _require(not unknown, f"bradley_terry options: center_coef (got {sorted(unknown)})")
-        return functools.partial(reward_model_loss, center_coef=float(options.get("center_coef", 0.0))), True
-    loss_fn = REGISTRIES[_LOSS_REGISTRY[task]].build(cfg.loss_name, **options)
-    task_fn = preference_loss if task == "preference" else unpaired_loss
-    if task == "preference" and cfg.data.pair_layout != "separate":
-        task_fn = packed_preference_loss
-    return functools.partial(task_fn, loss_fn=loss_fn), False
+    ``tokenizer`` is needed by tasks whose loss reads token ids (calibration's confidence digits)."""
+    task = cfg.task
+    loss = task.build_loss(cfg.loss_name, dict(cfg.loss_options), tokenizer=tokenizer, pair_layout=cfg.data.pair_layout)
+    return loss, task.uses_head
 
 
-def _require(ok: bool, message: str):
-    if not ok:
-        raise ValueError(message)
+def load(cfg: RunConfig):
+    """(mesh, loaded model) of the config: the model sharded over the mesh on load."""
+    mesh = make_mesh(cfg.mesh.data, cfg.mesh.fsdp, cfg.mesh.tensor)
+    m = cfg.model
+    lm = load_model(m.name if m.path is None else None, m.path, param_dtype=m.param_dtype, dtype=m.dtype,
+                    remat=m.remat, scan_layers=m.scan_layers, mesh=mesh)
+    return mesh, lm
+
+
+def build_state(cfg: RunConfig, lm: LoadedModel, mesh, task_loss, *, reference_fn=None):
+    """(spec, sharded fresh state, state shardings) for the config's task; the loaded model
+    stays intact (the "before" policy)."""
+    task = cfg.task
+    lora = LoraConfig(rank=cfg.lora.rank, alpha=cfg.lora.alpha, targets=cfg.lora.targets) if cfg.lora.rank else None
+    graphdef, model_state = nnx.split(lm.model)
+    spec = S.StepSpec(
+        graphdef=graphdef,
+        task_loss=task_loss,
+        optimizer=make_optimizer(cfg.optimizer),
+        reference_mode=cfg.reference.mode,
+        reference_fn=reference_fn,
+        lora=lora,
+        uses_head=task.uses_head,
+        reference_sync_every=cfg.reference.sync_every,
+        reference_sync_alpha=cfg.reference.sync_alpha,
+    )
+    state = S.init_state(
+        spec,
+        jax.tree.map(jnp.copy, model_state),
+        lora_key=jax.random.key(cfg.lora.seed),
+        reward_head=init_reward_head(lm.model.cfg.hidden_size) if task.uses_head else None,
+    )
+    state_sh = S.train_state_shardings(state, mesh)
+    return spec, S.shard_state(state, state_sh), state_sh
+
+
+def open_checkpoints(cfg: RunConfig, workdir: Path, state, state_sh):
+    """(checkpointer, state, data-iterator state or None, start step): the newest complete
+    checkpoint of ``workdir`` restored, or the fresh state at step 0."""
+    ckpt = Checkpointer(workdir / "checkpoints", keep_last=cfg.train.keep_checkpoints,
+                        best_metric=cfg.train.best_metric or None, best_mode=cfg.train.best_mode)
+    start = ckpt.latest_step() or 0
+    data_state = None
+    if start:
+        abstract = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), state, state_sh)
+        state, data_state = ckpt.restore(start, abstract_state=abstract)
+        logging.info("resumed from step %d", start)
+    return ckpt, state, data_state, start
+
+
+def stored_before(workdir: Path) -> dict | None:
+    """The evaluation at step 0 that an earlier (interrupted) run of this workdir logged."""
+    rows = [r for r in read_metrics(workdir, split="eval") if r.get("step") == 0]
+    return {k: v for k, v in rows[-1].items() if k.startswith("eval/")} if rows else None
+
+
+def finish(cfg: RunConfig, spec, state, lm: LoadedModel, workdir: Path, result: dict) -> dict[str, Any]:
+    """Exports the policy, writes ``result.json`` and returns the result with the live objects
+    (loaded model, trained policy state, graphdef) for notebooks and the report."""
+    export = export_policy(cfg, spec, state, lm, workdir)
+    if export:
+        result["export"] = export
+    (workdir / "result.json").write_text(json.dumps(result, indent=2, default=str))
+    return {**result, "loaded": lm, "policy_state": S.policy_state(spec, state.params, state.frozen),
+            "graphdef": spec.graphdef}
+
+
+def export_policy(cfg: RunConfig, spec, state, lm: LoadedModel, workdir: Path) -> str | None:
+    """The trained policy as a Hugging Face folder (``workdir/export``), if the config asks."""
+    if not cfg.train.export_hf:
+        return None
+    policy = nnx.merge(spec.graphdef, S.gather_to_hosts(S.policy_state(spec, state.params, state.frozen)))
+    if jax.process_index() != 0:
+        return None
+    export = save_hf_dir(policy, workdir / "export")
+    lm.tokenizer.save_pretrained(export)
+    return str(export)
 
 
 def _tokens_in(batch) -> float:
@@ -105,7 +141,7 @@ class _ShapeKeyedStep:
 
     def place(self, groups) -> tuple:
         shardings = S.batch_shardings(tuple(groups), self.mesh)
-        return jax.tree.map(S._place, tuple(groups), shardings)
+        return jax.tree.map(S.place, tuple(groups), shardings)
 
     def __call__(self, state, groups):
         key = tuple(tuple((k, v.shape) for k, v in sorted(g.items())) for g in groups)
@@ -115,23 +151,18 @@ class _ShapeKeyedStep:
 
 
 def run(cfg: RunConfig, workdir: str | Path) -> dict[str, Any]:
+    """Trains the config's task in ``workdir`` (resuming it if it holds checkpoints)."""
+    if cfg.task.online:
+        from align_jax.training.rl_loop import run_online
+
+        return run_online(cfg, workdir)
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
-    mesh = make_mesh(cfg.mesh.data, cfg.mesh.fsdp, cfg.mesh.tensor)
-    m = cfg.model
-    lm = load_model(
-        m.name if m.path is None else None,
-        m.path,
-        param_dtype=m.param_dtype,
-        dtype=m.dtype,
-        remat=m.remat,
-        scan_layers=m.scan_layers,
-        mesh=mesh,
-    )
-    task_loss, uses_head = build_task_loss(cfg, lm.tokenizer)
+    mesh, lm = load(cfg)
+    task_loss, _ = build_task_loss(cfg, lm.tokenizer)
 
     # -- data ---------------------------------------------------------------------------
-    splits = D.load_splits(cfg.data, cfg.train.task)
+    splits = D.load_splits(cfg.data, cfg.task)
     tokenize = Tokenize(
         lm.tokenizer,
         template=lm.chat_template,
@@ -141,14 +172,14 @@ def run(cfg: RunConfig, workdir: str | Path) -> dict[str, Any]:
     )
     train_ex = D.tokenize_all(tokenize, splits.train)
     eval_ex = D.tokenize_all(tokenize, splits.eval)
-    if cfg.train.task == "sft":
+    if cfg.task.pad_to_max_length:
         train_ex = [pad(e, cfg.data.max_length, tokenize.pad_id) for e in train_ex]
         eval_ex = [pad(e, cfg.data.max_length, tokenize.pad_id) for e in eval_ex]
     truncation = D.log_truncation(tokenize, "train+eval")
     if not train_ex or not eval_ex:
         raise ValueError(f"no examples left after truncation policy {cfg.data.truncation!r}: {truncation}")
 
-    kind = D.KIND_OF_TASK[cfg.train.task]
+    kind = cfg.task.record_kind
     if cfg.reference.mode == "precomputed":
         for name, examples in (("train", train_ex), ("eval", eval_ex)):
             values, path, hit = cached_reference_logps(lm.model, lm.source, examples, kind, cfg.reference.cache_dir)
@@ -159,29 +190,8 @@ def run(cfg: RunConfig, workdir: str | Path) -> dict[str, Any]:
                 eval_ex = D.attach(examples, values)
 
     # -- state and steps ------------------------------------------------------------------
-    lora = None
-    if cfg.lora.rank:
-        lora = LoraConfig(rank=cfg.lora.rank, alpha=cfg.lora.alpha, targets=cfg.lora.targets)
-    graphdef, model_state = nnx.split(lm.model)
-    spec = S.StepSpec(
-        graphdef=graphdef,
-        task_loss=task_loss,
-        optimizer=make_optimizer(cfg.optimizer),
-        reference_mode=cfg.reference.mode,
-        reference_fn=functools.partial(reference_logps, kind=kind) if cfg.reference.mode == "frozen" else None,
-        lora=lora,
-        uses_head=uses_head,
-        reference_sync_every=cfg.reference.sync_every,
-        reference_sync_alpha=cfg.reference.sync_alpha,
-    )
-    state = S.init_state(
-        spec,
-        jax.tree.map(jnp.copy, model_state),  # the loaded model stays intact (the "before" policy)
-        lora_key=jax.random.key(cfg.data.seed),
-        reward_head=init_reward_head(lm.model.cfg.hidden_size) if uses_head else None,
-    )
-    state_sh = S.train_state_shardings(state, mesh)
-    state = S.shard_state(state, state_sh)
+    reference_fn = functools.partial(reference_logps, kind=kind) if cfg.reference.mode == "frozen" else None
+    spec, state, state_sh = build_state(cfg, lm, mesh, task_loss, reference_fn=reference_fn)
 
     packer = D.pair_packer(cfg.data, train_ex + eval_ex, tokenize.pad_id)  # None: separate layout
     train_it = D.iterator(train_ex, cfg.data, train=True, transform=packer)
@@ -209,25 +219,16 @@ def run(cfg: RunConfig, workdir: str | Path) -> dict[str, Any]:
         return {f"eval/{k}": v / max(total, 1e-9) for k, v in sums.items()}
 
     # -- resume -----------------------------------------------------------------------------
-    ckpt = Checkpointer(
-        workdir / "checkpoints",
-        keep_last=cfg.train.keep_checkpoints,
-        best_metric=cfg.train.best_metric or None,
-        best_mode=cfg.train.best_mode,
-    )
-    start = ckpt.latest_step() or 0
-    if start:
-        abstract = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), state, state_sh)
-        state, data_state = ckpt.restore(start, abstract_state=abstract)
+    ckpt, state, data_state, start = open_checkpoints(cfg, workdir, state, state_sh)
+    if data_state is not None:
         train_it.set_state(data_state)
-        logging.info("resumed from step %d", start)
     writer = MetricsWriter(workdir, resume_step=start if start else None)
     (workdir / "config.json").write_text(json.dumps(_jsonable(cfg), indent=2))
 
     flops_per_token = model_flops_per_token(lm.model.cfg, cfg.data.max_length, training=True)
     throughput = Throughput(flops_per_token=flops_per_token, peak_flops=_peak_flops())
-    before = evaluate(state) if start == 0 else None
-    if before is not None:
+    before = evaluate(state) if start == 0 else stored_before(workdir)
+    if start == 0:
         writer.write(0, before, split="eval")
     metrics: dict[str, float] = {}
     try:
@@ -256,14 +257,7 @@ def run(cfg: RunConfig, workdir: str | Path) -> dict[str, Any]:
         metrics = evaluate(state)
     result = {"final": metrics, "before": before, "truncation": truncation, "data": splits.stats,
               "train_examples": len(train_ex), "eval_examples": len(eval_ex)}
-    if cfg.train.export_hf:
-        policy = nnx.merge(graphdef, S.gather_to_hosts(S.policy_state(spec, state.params, state.frozen)))
-        if jax.process_index() == 0:
-            export = save_hf_dir(policy, workdir / "export")
-            lm.tokenizer.save_pretrained(export)
-            result["export"] = str(export)
-    (workdir / "result.json").write_text(json.dumps(result, indent=2, default=str))
-    return {**result, "loaded": lm, "policy_state": S.policy_state(spec, state.params, state.frozen), "graphdef": graphdef}
+    return finish(cfg, spec, state, lm, workdir, result)
 
 
 def _lr(cfg: RunConfig, step: int) -> float:

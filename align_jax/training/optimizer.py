@@ -14,7 +14,7 @@ class OptimizerConfig:
     learning_rate: float = 5e-6
     schedule: str = "cosine"  # constant | linear | cosine (all after a linear warm-up)
     warmup_steps: int = 0
-    total_steps: int = 100
+    total_steps: int = 0  # 0: follow the run (train.steps optimizer updates; x epochs x minibatches for RL)
     weight_decay: float = 0.0
     b1: float = 0.9
     b2: float = 0.999
@@ -24,11 +24,13 @@ class OptimizerConfig:
     def __post_init__(self):
         if self.schedule not in SCHEDULES:
             raise ValueError(f"unknown schedule {self.schedule!r}; valid: {SCHEDULES}")
-        if self.learning_rate <= 0 or self.total_steps < 1 or self.warmup_steps < 0:
-            raise ValueError("learning_rate must be > 0, total_steps >= 1 and warmup_steps >= 0")
+        if self.learning_rate <= 0 or self.total_steps < 0 or self.warmup_steps < 0:
+            raise ValueError("learning_rate must be > 0, total_steps >= 0 (0: the run's length) and warmup_steps >= 0")
 
 
 def learning_rate_schedule(cfg: OptimizerConfig) -> optax.Schedule:
+    if cfg.total_steps == 0 and cfg.schedule != "constant":
+        raise ValueError(f"schedule {cfg.schedule!r} needs total_steps (parse_config sets it from train.steps)")
     decay_steps = max(cfg.total_steps - cfg.warmup_steps, 1)
     after = {
         "constant": optax.constant_schedule(cfg.learning_rate),

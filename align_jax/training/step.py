@@ -50,7 +50,9 @@ class StepSpec:
     task_loss: Callable[..., tuple[jax.Array, dict, jax.Array]]  # (model, batch[, head]) -> (loss, metrics, weight)
     optimizer: optax.GradientTransformation
     reference_mode: str = "none"
-    reference_fn: Callable[[Decoder, Mapping[str, jax.Array]], dict] | None = None  # frozen mode
+    # frozen mode: adds the reference's batch fields inside the step; None: the reference lives in the
+    # state but the step does not read it (online RL scores the reference once per rollout)
+    reference_fn: Callable[[Decoder, Mapping[str, jax.Array]], dict] | None = None
     lora: lora_lib.LoraConfig | None = None
     uses_head: bool = False  # reward models: task_loss(model, head, batch)
     reference_sync_every: int = 0  # TR-DPO: 0 = never update the reference
@@ -59,8 +61,6 @@ class StepSpec:
     def __post_init__(self):
         if self.reference_mode not in REFERENCE_MODES:
             raise ValueError(f"unknown reference mode {self.reference_mode!r}; valid: {REFERENCE_MODES}")
-        if self.reference_mode == "frozen" and self.reference_fn is None:
-            raise ValueError("reference mode 'frozen' needs a reference_fn")
         if self.reference_sync_every and self.reference_mode != "frozen":
             raise ValueError("TR-DPO reference updates need reference mode 'frozen'")
 
@@ -94,7 +94,7 @@ def init_state(spec: StepSpec, model_state: nnx.State, *, lora_key=None, reward_
 
 def _loss_and_aux(spec: StepSpec, params, frozen, reference, batch):
     model = nnx.merge(spec.graphdef, policy_state(spec, params, frozen))
-    if spec.reference_mode == "frozen":
+    if spec.reference_mode == "frozen" and spec.reference_fn is not None:
         ref_model = nnx.merge(spec.graphdef, jax.lax.stop_gradient(reference))
         batch = {**batch, **spec.reference_fn(ref_model, batch)}
     if spec.uses_head:
@@ -255,7 +255,7 @@ def compile_eval_step(spec: StepSpec, state_sh: TrainState, batch_sh, mesh: Mesh
     return jax.jit(lambda state, batch: eval_step(spec, state, batch), in_shardings=(state_sh, batch_sh), out_shardings=replicated)
 
 
-def _place(x, sharding):
+def place(x, sharding):
     """Puts x on ``sharding``; values local to this process go through a per-shard callback, so
     this also works for shardings that span several processes (every process passes the same x)."""
     if x is None:
@@ -267,7 +267,7 @@ def _place(x, sharding):
 
 
 def shard_state(state: TrainState, shardings: TrainState) -> TrainState:
-    return jax.tree.map(_place, state, shardings, is_leaf=lambda x: x is None)
+    return jax.tree.map(place, state, shardings, is_leaf=lambda x: x is None)
 
 
 def gather_to_hosts(tree):

@@ -165,7 +165,7 @@ def train_classifier(
             batch_sh = S.batch_shardings(batch, mesh)
             compiled[shape] = (S.compile_train_step(spec, state_sh, batch_sh, mesh), batch_sh)
         step, batch_sh = compiled[shape]
-        state, metrics = step(state, jax.tree.map(S._place, batch, batch_sh))
+        state, metrics = step(state, jax.tree.map(S.place, batch, batch_sh))
         loss = float(metrics["loss"])
         if not np.isfinite(loss):
             raise FloatingPointError(f"classifier fine-tuning: loss {loss} at step {i + 1}")

@@ -1,4 +1,4 @@
-"""Per-task losses over a policy model and a batch: SFT, preference pairs, unpaired, reward model,
+"""The offline tasks' losses over a policy model and a batch: SFT, preference pairs, unpaired, reward model,
 calibration (tokenized Brier on a verbalized confidence digit).
 
 Each returns ``(loss, metrics, weight)``: ``loss`` is a weighted mean, ``weight`` its denominator
@@ -27,7 +27,6 @@ from align_jax.objectives.types import PreferenceInputs, SequenceLogps, Unpaired
 from align_jax.training.packed_pairs import is_packed, packed_example_weight, packed_sides_logps
 
 Batch = Mapping[str, jax.Array]
-TASK_KINDS = ("sft", "preference", "unpaired", "reward_model", "calibration")
 PAIR_SIDES = ("chosen", "rejected")
 
 
@@ -64,7 +63,7 @@ def _weight(batch: Batch, n: int) -> jax.Array:
     return batch.get("example_weight", jnp.ones((n,), jnp.float32)).astype(jnp.float32)
 
 
-def sft_loss(model: Decoder, batch: Batch, label_smoothing: float = 0.0) -> tuple[jax.Array, dict, jax.Array]:
+def sft_loss(model: Decoder, batch: Batch, *, label_smoothing: float = 0.0) -> tuple[jax.Array, dict, jax.Array]:
     """Token-level negative log-likelihood of the assistant tokens.
 
     With ``label_smoothing`` eps > 0 the loss is cross-entropy against ``(1 - eps) one_hot + eps / V``
@@ -139,7 +138,7 @@ def sequence_rewards(model: Decoder, head: Mapping[str, jax.Array], batch: Batch
 
 
 def reward_model_loss(
-    model: Decoder, head: Mapping[str, jax.Array], batch: Batch, center_coef: float = 0.0
+    model: Decoder, head: Mapping[str, jax.Array], batch: Batch, *, center_coef: float = 0.0
 ) -> tuple[jax.Array, dict, jax.Array]:
     """Bradley-Terry loss of a reward model (decoder + linear head) on preference pairs."""
     chosen = sequence_rewards(model, head, batch, "chosen")
@@ -167,11 +166,11 @@ def confidence_positions(
 def calibration_loss(
     model: Decoder,
     batch: Batch,
-    *,
     conf_token_ids: jax.Array,  # [K] vocabulary ids of the confidence digits
     conf_values: jax.Array,  # [K] probability each digit states
-    answer_nll_coef: float = 0.0,
     confidence_prefix_len: int = 0,  # tokens of "\nConfidence: " before the digit
+    *,
+    answer_nll_coef: float = 0.0,
 ) -> tuple[jax.Array, dict, jax.Array]:
     """ConfTuner tokenized Brier (arXiv:2508.18847) on the verbalized confidence, plus answer NLL.
 

@@ -1,0 +1,117 @@
+"""Rewards for online RL: pure functions of (prompt record, completion text) -> float, by name.
+
+``REWARDS`` is a :class:`align_jax.registry.Registry`: a config names rewards
+(``rl.rewards = "ifeval,format"``) and weights them (``rl.reward_weights``). Verifiable rewards
+read what they check from the prompt record's ``info`` (a reference answer, instruction ids).
+Learned rewards (reward models) register here too, under their own names.
+
+:func:`score` runs every reward on every completion. A reward that raises is recorded as a
+failure for that completion (its message kept, the completion excluded from the update by the
+caller): never a silent zero.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+import string
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from align_jax.registry import Registry
+
+REWARDS = Registry("reward")
+
+
+@REWARDS.register("toy_letter")
+def toy_letter(record: Any, completion: str) -> float:
+    """Fraction of the completion's non-space characters equal to ``info["letter"]`` (0 if empty)."""
+    chars = [c for c in completion if not c.isspace()]
+    return sum(c == record.info["letter"] for c in chars) / len(chars) if chars else 0.0
+
+
+@REWARDS.register("ifeval", paper="2311.07911")
+def instruction_following(record: Any, completion: str, *, loose: bool = False) -> float:
+    """Fraction of the prompt's verifiable instructions (``info["instruction_id_list"]`` /
+    ``info["kwargs"]``) that the completion follows, strictly (or loosely), by the IFEval verifiers."""
+    from align_jax.instructions.data import InstructionExample
+    from align_jax.instructions.evaluation import evaluate_example
+
+    info = record.info
+    example = InstructionExample(info.get("key", 0), record.prompt[-1]["content"],
+                                 tuple(info["instruction_id_list"]), tuple(info["kwargs"]))
+    result = evaluate_example(example, completion)
+    followed = result.loose if loose else result.strict
+    return sum(followed) / len(followed) if followed else 0.0
+
+
+def normalize_answer(text: str) -> str:
+    """Lower case, no punctuation, articles or extra spaces (SQuAD's answer normalisation)."""
+    text = "".join(c for c in text.lower() if c not in set(string.punctuation))
+    text = re.sub(r"\b(a|an|the)\b", " ", text)
+    return " ".join(text.split())
+
+
+@REWARDS.register("exact_match")
+def exact_match(record: Any, completion: str, *, first_line: bool = True) -> float:
+    """1 if the normalised completion (its first non-empty line) equals a normalised reference
+    answer (``info["answer"]``: a string or a list of accepted strings), else 0."""
+    answers = record.info["answer"]
+    answers = [answers] if isinstance(answers, str) else list(answers)
+    text = completion.strip()
+    if first_line:
+        text = next((line for line in text.splitlines() if line.strip()), "")
+    return float(normalize_answer(text) in {normalize_answer(str(a)) for a in answers})
+
+
+@REWARDS.register("format")
+def format_match(record: Any, completion: str, *, pattern: str = r"(?s)^\S.*\S$") -> float:
+    """1 if the whole completion matches the regular expression ``pattern`` (default: non-empty,
+    no leading or trailing whitespace), else 0."""
+    return float(re.fullmatch(pattern, completion) is not None)
+
+
+@dataclasses.dataclass
+class Scores:
+    """Rewards of N completions under K named rewards."""
+
+    names: tuple[str, ...]
+    values: np.ndarray  # [N, K] float32; NaN where the reward failed
+    failed: np.ndarray  # [N, K] bool
+    errors: list[str]  # one message per failure ("reward 'x' on completion i: ...")
+
+    def total(self, weights: Sequence[float]) -> np.ndarray:  # [N] float32; NaN where any reward failed
+        return (np.asarray(self.values, np.float64) @ np.asarray(weights, np.float64)).astype(np.float32)
+
+    @property
+    def ok(self) -> np.ndarray:  # [N] bool: every reward succeeded
+        return ~self.failed.any(axis=1)
+
+
+def build(names: Sequence[str], options: dict[str, dict] | None = None) -> list[Callable[[Any, str], float]]:
+    """The named rewards with their options bound (unknown names or options raise at once)."""
+    if not names:
+        raise ValueError(f"no reward named; valid rewards: {', '.join(REWARDS.names())}")
+    options = options or {}
+    return [REWARDS.build(name, **options.get(name, {})) for name in names]
+
+
+def score(names: Sequence[str], fns: Sequence[Callable], records: Sequence[Any], completions: Sequence[str]) -> Scores:
+    """Every reward on every (record, completion); failures are recorded, not zeroed."""
+    if len(records) != len(completions):
+        raise ValueError(f"{len(records)} records but {len(completions)} completions")
+    values = np.full((len(completions), len(fns)), np.nan, np.float32)
+    failed = np.zeros(values.shape, bool)
+    errors = []
+    for i, (record, text) in enumerate(zip(records, completions)):
+        for k, fn in enumerate(fns):
+            try:
+                value = float(fn(record, text))
+                if not np.isfinite(value):
+                    raise ValueError(f"non-finite reward {value}")
+                values[i, k] = value
+            except Exception as e:  # noqa: BLE001 - any reward bug is recorded per example
+                failed[i, k] = True
+                errors.append(f"reward {names[k]!r} on completion {i}: {type(e).__name__}: {e}")
+    return Scores(tuple(names), values, failed, errors)

@@ -1,0 +1,77 @@
+"""The offline tasks: they learn from a fixed dataset (SFT, preference pairs, unpaired examples,
+a Bradley-Terry reward model, verbalized-confidence calibration)."""
+
+from __future__ import annotations
+
+import functools
+
+from align_jax.data.records import pairs_to_sft, pairs_to_unpaired
+from align_jax.objectives.preference import PREFERENCE_LOSSES
+from align_jax.objectives.unpaired import UNPAIRED_LOSSES
+from align_jax.registry import Registry
+from align_jax.training.tasks.base import PAIR_LAYOUTS, TASKS, Task
+from align_jax.training.tasks.losses import (
+    calibration_loss,
+    packed_preference_loss,
+    preference_loss,
+    reward_model_loss,
+    sft_loss,
+    unpaired_loss,
+)
+
+SFT_LOSSES = Registry("sft loss")
+SFT_LOSSES.register("sft")(sft_loss)
+REWARD_MODEL_LOSSES = Registry("reward-model loss")
+REWARD_MODEL_LOSSES.register("bradley_terry")(reward_model_loss)
+CALIBRATION_TASK_LOSSES = Registry("calibration task loss")
+CALIBRATION_TASK_LOSSES.register("confidence_brier", paper="2508.18847")(calibration_loss)
+
+
+def _preference_task_loss(loss_fn, pair_layout: str):
+    task_fn = preference_loss if pair_layout == "separate" else packed_preference_loss
+    return functools.partial(task_fn, loss_fn=loss_fn)
+
+
+def _unpaired_task_loss(loss_fn, pair_layout: str):
+    return functools.partial(unpaired_loss, loss_fn=loss_fn)
+
+
+def _calibration_arguments(tokenizer) -> dict:
+    from align_jax.data.verbalized_confidence import CONFIDENCE_PREFIX, confidence_token_ids, confidence_values
+
+    return dict(
+        conf_token_ids=confidence_token_ids(tokenizer),
+        conf_values=confidence_values(),
+        confidence_prefix_len=len(tokenizer.encode(CONFIDENCE_PREFIX)),
+    )
+
+
+def _calibration_records(records):
+    from align_jax.data.verbalized_confidence import calibration_records
+
+    return calibration_records(records)
+
+
+TASKS.register(Task(
+    name="sft", summary="token NLL of the assistant turns (preference pairs train on the chosen reply)",
+    record_kind="sft", losses=SFT_LOSSES, prepare_records=pairs_to_sft, pad_to_max_length=True,
+))
+TASKS.register(Task(
+    name="preference", summary="the DPO family on (prompt, chosen, rejected) pairs",
+    record_kind="preference", losses=PREFERENCE_LOSSES, reference="summed", pair_layouts=PAIR_LAYOUTS,
+    wrap_loss=_preference_task_loss,
+))
+TASKS.register(Task(
+    name="unpaired", summary="KTO / BCO on replies labelled desirable or not (pairs are split)",
+    record_kind="unpaired", losses=UNPAIRED_LOSSES, reference="summed", prepare_records=pairs_to_unpaired,
+    wrap_loss=_unpaired_task_loss,
+))
+TASKS.register(Task(
+    name="reward_model", summary="Bradley-Terry reward model: decoder + linear head on the last token",
+    record_kind="preference", losses=REWARD_MODEL_LOSSES, uses_head=True,
+))
+TASKS.register(Task(
+    name="calibration", summary="tokenized Brier loss on a verbalized confidence digit (ConfTuner)",
+    record_kind="unpaired", losses=CALIBRATION_TASK_LOSSES, prepare_records=_calibration_records,
+    loss_arguments=_calibration_arguments,
+))
