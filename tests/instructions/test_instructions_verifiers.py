@@ -138,6 +138,59 @@ def test_offline_counting():
     assert count_sentences("Pi is 3.14 and e is 2.71. Done.") == 2
 
 
+# Expected counts are those of IFEval's checker (nltk punkt with its English model): a period
+# after a number ends a sentence unless the next word starts in lower case or is punctuation.
+@pytest.mark.parametrize(
+    "text,expected",
+    [
+        ("1. Apples are red.\n2. Bananas are yellow.", 4),  # "1." | "Apples are red." | "2." | ...
+        ("1. apples are red.\n2. bananas are yellow.", 2),  # "1. apples are red." | "2. bananas ..."
+        ("Here is a list:\n1. Apples are red.\n2. Bananas are yellow.\n3. Grapes are purple.", 6),
+        ("1) Apples are red.\n2) Bananas are yellow.", 2),  # no period after the number
+        ("Step 1. Mix the flour. Step 2. Bake it.", 4),  # "Step 1." | "Mix the flour." | ...
+        ("He scored 10. Then he left.", 2),
+        ("Pick option 2. it is cheaper.", 1),
+        ("It rose 3.5. then it fell.", 1),
+        ("Sales hit 1,000. a record.", 1),
+        ("Answer (1. do this; 2. do that).", 1),  # "(" is split off before the number
+        ("Rule 1. , then more.", 1),
+        ("He left. then he came back.", 2),  # only numbers (and abbreviations) look ahead
+        ("Version 2.0. Released today.", 2),
+    ],
+)
+def test_count_sentences_numbers_as_punkt(text, expected):
+    assert count_sentences(text) == expected
+
+
+@pytest.mark.parametrize(
+    "language,text",
+    [
+        ("it", "Il mio nome è Marco e sono di Roma, ma adesso vivo a Milano con la mia famiglia."),
+        ("it", "Sono in Italia."),  # "in" is English and Italian: Italian has "sono" as well
+        ("it", "Ho fame."),
+        ("it", "La casa è grande."),  # "la" is French, Spanish and Italian; "è" is Italian
+        ("it", "Mi piace la pizza."),
+        ("it", "Quando arrivi a casa, chiamami."),
+        ("it", "Vado a casa come sempre."),
+        ("en", "What is love?"),  # a tie on "is", which Dutch shares: the table order decides
+        ("en", "It is Miguel de Cervantes."),  # an exact tie with Dutch ("is", "de"): the same
+        ("en", "I live in Rome."),
+        ("en", "Do not use commas."),  # "do" is also Portuguese
+        ("en", "Include a title in double angular brackets, i.e. <<title>>."),  # not Italian "e"
+        ("en", "HELLO WORLD"),  # no evidence: the Latin default
+        ("fr", "Le chat est sur la table."),
+        ("fr", "Je ne sais pas ce que tu veux dire."),
+        ("es", "El gato está en la mesa."),
+        ("es", "Los niños juegan en el parque."),
+        ("de", "Die Katze ist auf dem Tisch."),
+        ("de", "Ich weiß nicht, was du meinst."),
+        ("pt", "Onde fica a estação de trem?"),
+    ],
+)
+def test_detect_language_short_texts_and_ties(language, text):
+    assert detect_language(text) == language
+
+
 @pytest.mark.parametrize(
     "language,text,confusable",
     [
