@@ -7,11 +7,10 @@ a 10% hold-out of the train file (``eval/conf/brier`` is its tokenized Brier); t
 stays untouched for fitting the post-hoc baselines.
 """
 
-import os
-import sys
+import pathlib
+import runpy
 
-sys.path.insert(0, os.path.dirname(__file__))
-from common import base_config  # noqa: E402
+base_config = runpy.run_path(str(pathlib.Path(__file__).with_name("common.py")))["base_config"]
 
 
 def get_config():
@@ -23,6 +22,6 @@ def get_config():
     c.reference.mode = "none"
     c.lora.rank = 16  # LoRA on every projection (merged into the exported policy)
     c.train.update(task="calibration", steps=150, eval_every=75, checkpoint_every=75, report=True)
-    c.optimizer.update(learning_rate=2e-4, warmup_steps=3, total_steps=150)
+    c.optimizer.update(learning_rate=2e-4, warmup_steps=3)
     c.loss = dict(name="confidence_brier", answer_nll_coef=0.1)
     return c

@@ -7,11 +7,10 @@ compliance of greedy answers on held-out facts (and on constraint types never tr
 and after training.
 """
 
-import os
-import sys
+import pathlib
+import runpy
 
-sys.path.insert(0, os.path.dirname(__file__))
-from common import base_config  # noqa: E402
+base_config = runpy.run_path(str(pathlib.Path(__file__).with_name("common.py")))["base_config"]
 
 
 def get_config():
@@ -23,7 +22,6 @@ def get_config():
     c.train.steps = 24
     c.train.eval_every = 12
     c.train.checkpoint_every = 12
-    c.optimizer.total_steps = 24
     c.optimizer.learning_rate = 3e-5
     c.optimizer.warmup_steps = 2
     c.loss.beta = 0.1

@@ -7,11 +7,10 @@ fraction of its characters that are that letter (reward ``toy_letter``): it star
     python -m align_jax.main --config=configs/grpo_toy.py --workdir=runs/grpo_toy
 """
 
-import os
-import sys
+import pathlib
+import runpy
 
-sys.path.insert(0, os.path.dirname(__file__))
-from common import base_config  # noqa: E402
+base_config = runpy.run_path(str(pathlib.Path(__file__).with_name("common.py")))["base_config"]
 
 
 def get_config():
@@ -24,8 +23,6 @@ def get_config():
     c.reference.mode = "none"
     c.optimizer.update(learning_rate=1e-2, schedule="constant", warmup_steps=0, total_steps=0, max_grad_norm=1.0)
     c.loss = dict(name="ppo", clip_eps_low=0.2, clip_eps_high=0.28, aggregation="token-mean")
-    c.unlock()  # TODO(base_config from the dataclasses): rl section
-    c.rl = dict(rewards="toy_letter", prompts_per_step=8, group_size=8, max_new_tokens=8, temperature=1.0,
+    c.rl.update(rewards="toy_letter", prompts_per_step=8, group_size=8, max_new_tokens=8, temperature=1.0,
                 advantage="grpo", epochs=1, minibatches=1, eval_prompts=16)
-    c.lock()
     return c

@@ -1,14 +1,13 @@
 """KTO (arXiv:2402.01306) on HH-RLHF, each pair split into a desirable and an undesirable example."""
 
-import os
-import sys
+import pathlib
+import runpy
 
-sys.path.insert(0, os.path.dirname(__file__))
-import dpo  # noqa: E402
+dpo_config = runpy.run_path(str(pathlib.Path(__file__).with_name("dpo.py")))["get_config"]
 
 
 def get_config():
-    c = dpo.get_config()
+    c = dpo_config()
     c.train.task = "unpaired"
     c.loss = dict(name="kto", beta=0.1)
     return c

@@ -1,14 +1,13 @@
 """A Bradley-Terry reward model (decoder + linear head) on HH-RLHF pairs."""
 
-import os
-import sys
+import pathlib
+import runpy
 
-sys.path.insert(0, os.path.dirname(__file__))
-import dpo  # noqa: E402
+dpo_config = runpy.run_path(str(pathlib.Path(__file__).with_name("dpo.py")))["get_config"]
 
 
 def get_config():
-    c = dpo.get_config()
+    c = dpo_config()
     c.train.task = "reward_model"
     c.reference.mode = "none"
     c.loss = dict(name="bradley_terry", center_coef=0.01)
