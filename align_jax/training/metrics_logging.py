@@ -11,8 +11,8 @@
   the update that produced the checkpointed state, so they are not re-logged. TensorBoard gets the
   same treatment through tensorboardX's ``purge_step=k + 1`` (TensorBoard hides the earlier events
   with ``step > k``). A truncated last line (a process killed mid-write) is skipped when read.
-* :class:`ProgressBar`: a tqdm bar with the loss and ETA on a terminal; when stdout is not a TTY or
-  ``CI`` is set it prints one plain line every ``print_every`` steps instead.
+* :class:`ProgressBar`: a tqdm bar with the loss and ETA on a terminal; when its stream is not a TTY
+  or ``CI`` is set it prints one plain line every ``print_seconds`` (or ``print_every`` steps) instead.
 * :class:`Throughput`: tokens/s over a sliding window and MFU (model FLOP/s over peak FLOP/s).
 
 Only process 0 writes files (``jax.process_index() == 0``) unless told otherwise. Passing JAX
@@ -171,7 +171,7 @@ def _console_enabled(file: TextIO) -> bool:
     return bool(isatty and isatty())
 
 
-def _format_eta(seconds: float) -> str:
+def _format_duration(seconds: float) -> str:
     if not np.isfinite(seconds):
         return "?"
     return str(datetime.timedelta(seconds=int(round(seconds))))
@@ -182,8 +182,11 @@ class ProgressBar:
 
     On a terminal (and ``CI`` unset) this is a tqdm bar whose postfix shows the metrics named in
     ``show`` (a name matches ``show`` entry ``"loss"`` if it is ``loss`` or ends in ``/loss``).
-    Otherwise, one line per ``print_every`` steps and at the last step, e.g.
-    ``train step 200/1000 (20%) loss=0.4123 | 1.52 step/s | ETA 0:08:46``.
+    Otherwise (a log file, a pipe, a job scheduler), one line at the first step, then every
+    ``print_seconds`` of wall time (or, with ``print_every``, every that many steps instead) and at
+    the last step, e.g.
+    ``train step 200/1000 (20%) loss=0.4123 | 1.52 step/s | 3,840 tok/s | elapsed 0:02:11 | ETA 0:08:46``
+    (tokens/s when the metrics carry ``perf/tokens_per_sec``, see :class:`Throughput`).
     ``initial`` is the step training (re)starts from; rates and the ETA count only steps run here.
     """
 
@@ -194,17 +197,20 @@ class ProgressBar:
         initial: int = 0,
         desc: str = "train",
         show: Sequence[str] = ("loss",),
-        print_every: int = 100,
+        print_seconds: float = 30.0,
+        print_every: int | None = None,
         enabled: bool | None = None,
         file: TextIO | None = None,
         clock=time.monotonic,
     ):
         self.total, self.initial, self.desc = int(total), int(initial), desc
-        self.show, self.print_every = tuple(show), max(1, int(print_every))
+        self.show, self.print_seconds = tuple(show), float(print_seconds)
+        self.print_every = None if print_every is None else max(1, int(print_every))
         self.file = file if file is not None else sys.stderr
         self.enabled = _console_enabled(self.file) if enabled is None else enabled
         self._clock = clock
         self._start = clock()
+        self._printed_at: float | None = None
         self._step = self.initial
         self._bar = None
         if self.enabled:
@@ -221,21 +227,34 @@ class ProgressBar:
                 out[name] = float(np.asarray(value))
         return out
 
+    def _due(self, step: int, now: float) -> bool:
+        if step >= self.total:
+            return True
+        if self.print_every is not None:
+            return step % self.print_every == 0
+        return self._printed_at is None or now - self._printed_at >= self.print_seconds
+
     def update(self, step: int, metrics: Mapping[str, Any] | None = None) -> None:
         step = int(step)
         shown = self._shown(metrics)
+        now = self._clock()
         if self._bar is not None:
             self._bar.update(step - self._step)
             if shown:
                 self._bar.set_postfix({k: f"{v:.4g}" for k, v in shown.items()}, refresh=False)
-        elif step % self.print_every == 0 or step >= self.total:
-            elapsed = self._clock() - self._start
+        elif self._due(step, now):
+            self._printed_at = now
+            elapsed = now - self._start
             done = step - self.initial
             rate = done / elapsed if elapsed > 0 and done > 0 else float("nan")
             eta = (self.total - step) / rate if rate > 0 else float("nan")
             parts = [f"{self.desc} step {step}/{self.total} ({100 * step / max(self.total, 1):.0f}%)"]
             parts += [f"{k}={v:.4f}" for k, v in shown.items()]
-            line = " ".join(parts) + f" | {rate:.3g} step/s | ETA {_format_eta(eta)}"
+            line = " ".join(parts) + f" | {rate:.3g} step/s"
+            tokens = [v for k, v in (metrics or {}).items() if k.endswith("tokens_per_sec")]
+            if tokens:
+                line += f" | {float(tokens[0]):,.0f} tok/s"
+            line += f" | elapsed {_format_duration(elapsed)} | ETA {_format_duration(eta)}"
             print(line, file=self.file, flush=True)
         self._step = step
 
