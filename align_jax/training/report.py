@@ -20,24 +20,39 @@ CURVES = ("loss", "rewards/margins", "rewards/accuracies", "rewards/chosen", "re
           "conf/brier", "conf/expected_confidence")
 
 
-def plot_curves(workdir: Path) -> Path | None:
-    rows = read_metrics(workdir)
+# Training metrics are logged every step or few: a line. Evaluations are a handful of points: markers,
+# joined by a thin dotted line only as a guide (a solid line would invent values between them).
+SPLIT_STYLES = {
+    "train": dict(linestyle="-", linewidth=1.2),
+    "eval": dict(linestyle=":", linewidth=0.7, marker="o", markersize=5),
+}
+
+
+def curves_figure(rows: list[dict]) -> Figure | None:
+    """One panel per metric of ``CURVES`` present in ``rows`` (metrics.jsonl records)."""
     names = [n for n in CURVES if any(n in r for r in rows)]
     if not names:
         return None
     fig = Figure(figsize=(4 * len(names), 3.2))
     for i, name in enumerate(names):
         ax = fig.add_subplot(1, len(names), i + 1)
-        for split, style in (("train", "-"), ("eval", "o-")):
+        for split, style in SPLIT_STYLES.items():
             pts = [(r["step"], r[name]) for r in rows if r.get("split") == split and name in r]
             pts += [(r["step"], r[f"eval/{name}"]) for r in rows if r.get("split") == split and f"eval/{name}" in r]
             if pts:
                 xs, ys = zip(*sorted(pts))
-                ax.plot(xs, ys, style, label=split, markersize=3)
+                ax.plot(xs, ys, label=split, **style)
         ax.set_title(name)
         ax.set_xlabel("step")
         ax.legend()
     fig.tight_layout()
+    return fig
+
+
+def plot_curves(workdir: Path) -> Path | None:
+    fig = curves_figure(read_metrics(workdir))
+    if fig is None:
+        return None
     path = workdir / "curves.png"
     fig.savefig(path, dpi=90)
     return path
