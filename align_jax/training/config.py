@@ -16,8 +16,8 @@ from align_jax.models import DEFAULT_MODEL
 from align_jax.training.optimizer import OptimizerConfig
 from align_jax.training.tasks import PAIR_LAYOUTS, TASKS, did_you_mean
 
-FILE_SOURCES = ("preference", "sft", "unpaired", "hh_rlhf", "prompts")
-SOURCES = ("preference", "sft", "unpaired", "hh_rlhf", "checkable_pairs", "prompts", "toy_letters", "ifeval_constraints")
+FILE_SOURCES = ("preference", "sft", "unpaired", "hh_rlhf", "prompt")
+SOURCES = FILE_SOURCES + ("checkable_pairs", "toy_letters", "ifeval_constraints")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -174,8 +174,8 @@ class RunConfig:
         if task.reference == "none" and self.reference.mode != "none":
             raise ValueError(f"train.task={task.name!r} uses no reference: set reference.mode='none'")
         if task.online and self.reference.mode == "precomputed":
-            raise ValueError(f"train.task={task.name!r} scores its own samples: reference.mode must be 'frozen' "
-                             "(a frozen copy, or the LoRA base when lora.rank > 0) or 'none'")
+            raise ValueError(f"train.task={task.name!r} scores its own new samples, which reference.mode='precomputed' "
+                             "cannot: use 'frozen' (a frozen copy of the policy) or 'none'")
         task.check_loss(self.loss_name, dict(self.loss_options))  # before any model loads
         if task.check_config is not None:
             task.check_config(self)

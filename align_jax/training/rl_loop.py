@@ -16,7 +16,7 @@ Each step (one rollout batch of ``P`` prompts x ``G`` samples):
 Old log-probs come from the sampler (fp32: equal to the trainer's to ~1e-6, so the first
 epoch's importance ratio is 1; logged as ``rl/ratio_*_epoch0``), or from a trainer pass with
 ``rl.recompute_old_logps`` (forced when top-k / top-p truncate the sampling distribution).
-Time is split ``time/rollout``, ``time/score``, ``time/update``.
+Time is split ``perf/rollout_seconds``, ``perf/score_seconds``, ``perf/update_seconds``.
 """
 
 from __future__ import annotations
@@ -344,8 +344,8 @@ def _rl_step(cfg, engine: OnlineRL, train_step, state, step, prompt_idx, prompts
         "rl/ratio_mean_epoch0": float(np.mean([m["pg/ratio_mean"] for m in first])),
         "rl/ratio_max_epoch0": float(max(m["pg/ratio_max"] for m in first)),
         "rl/approx_kl_epoch0": float(np.mean([m["pg/approx_kl"] for m in first])),
-        "time/rollout": t1 - t0, "time/score": t2 - t1, "time/update": t3 - t2,
-        "tokens_per_second": float(batch["segment_ids"].sum()) / max(t3 - t0, 1e-9),
+        "perf/rollout_seconds": t1 - t0, "perf/score_seconds": t2 - t1, "perf/update_seconds": t3 - t2,
+        "perf/tokens_per_sec": float(batch["segment_ids"].sum()) / max(t3 - t0, 1e-9),
     })
     for k, name in enumerate(scores.names):
         metrics[f"reward/{name}"] = float(np.nanmean(scores.values[:, k])) if valid.any() else float("nan")

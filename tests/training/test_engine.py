@@ -62,12 +62,13 @@ def test_config_rejects_unknown_keys_and_options(tiny_model_dir, pairs_file):
     c.train.stepz = 3
     with pytest.raises(KeyError, match=r"config.train has unknown key\(s\) \['stepz'\]; valid keys: .*steps"):
         parse_config(c)
-    c = make_config(tiny_model_dir, pairs_file, loss__gamma=1.0)
-    cfg = parse_config(c)
-    from align_jax.training.loop import build_task_loss
-
+    # loss names and options are checked while parsing, before any model loads
     with pytest.raises(ValueError, match="unknown option.*gamma.*valid options: beta"):
-        build_task_loss(cfg)
+        parse_config(make_config(tiny_model_dir, pairs_file, loss__gamma=1.0))
+    with pytest.raises(ValueError, match=r"unknown preference loss 'dpoo'.*did you mean 'dpo'"):
+        parse_config(make_config(tiny_model_dir, pairs_file, loss__name="dpoo"))
+    with pytest.raises(ValueError, match=r"unknown train.task 'preferense'.*did you mean 'preference'"):
+        parse_config(make_config(tiny_model_dir, pairs_file, train__task="preferense"))
     with pytest.raises(ValueError, match="train.task='sft' uses no reference"):
         parse_config(make_config(tiny_model_dir, pairs_file, train__task="sft"))
 
