@@ -70,13 +70,13 @@ def _table(before: dict | None, after: dict) -> list[str]:
 
 def write_report(cfg: RunConfig, workdir: str | Path, result: dict[str, Any]) -> Path:
     workdir = Path(workdir)
+    truncation = f"; truncation {result['truncation']}" if "truncation" in result else ""  # none online
     lines = [
         f"# {cfg.train.task} run: {cfg.loss_name} on {cfg.data.source}",
         "",
         f"model `{cfg.model.name or cfg.model.path}`, {cfg.train.steps} steps, batch {cfg.data.batch_size}, "
         f"lr {cfg.optimizer.learning_rate}, reference `{cfg.reference.mode}`, LoRA rank {cfg.lora.rank}; "
-        f"{result['train_examples']} train / {result['eval_examples']} held-out examples; "
-        f"truncation {result['truncation']}.",
+        f"{result['train_examples']} train / {result['eval_examples']} held-out examples{truncation}.",
         "",
         "## Held-out metrics",
         "",
