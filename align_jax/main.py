@@ -153,7 +153,7 @@ def _train(cfg) -> None:
         jax.config.update("jax_cpu_collectives_implementation", "gloo")  # CPU collectives; no effect on GPU/TPU
         jax.distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
     from align_jax.training.loop import run
-    from align_jax.training.report import write_report
+    from align_jax.report import write_report
 
     logging.info("config: %s", cfg)
     result = run(cfg, _WORKDIR.value)

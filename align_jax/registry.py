@@ -19,6 +19,7 @@ Example::
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import functools
 import inspect
 from typing import Any, Callable, Mapping
@@ -83,9 +84,9 @@ class Registry:
 
     def entry(self, name: str) -> Entry:
         if name not in self._entries:
-            raise KeyError(
-                f"unknown {self.kind} {name!r}; valid choices: {', '.join(self.names())}"
-            )
+            close = difflib.get_close_matches(name, self.names(), n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise KeyError(f"unknown {self.kind} {name!r}; valid choices: {', '.join(self.names())}{hint}")
         return self._entries[name]
 
     def build(self, name: str, **options: Any) -> Callable[..., Any]:
@@ -94,8 +95,10 @@ class Registry:
         unknown = sorted(set(options) - set(entry.options))
         if unknown:
             valid = ", ".join(f"{k}={v!r}" for k, v in entry.options.items()) or "(none)"
+            close = difflib.get_close_matches(unknown[0], list(entry.options), n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
             raise ValueError(
-                f"{self.kind} {name!r} got unknown option(s) {unknown}; valid options: {valid}"
+                f"{self.kind} {name!r} got unknown option(s) {unknown}; valid options: {valid}{hint}"
             )
         if entry.validate is not None:
             entry.validate(**{**entry.options, **options})

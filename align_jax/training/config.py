@@ -46,7 +46,7 @@ class DataSection:
     format: str | None = None  # None: from the file suffix
     fields: tuple[tuple[str, str], ...] = ()  # record field -> file column
     on_error: str = "raise"  # malformed rows: "raise" or "skip" (counted and logged)
-    max_length: int = 256
+    max_length: int = 128
     max_prompt_length: int = 0  # 0: half of max_length
     truncation: str = "truncate"  # or "drop"
     pair_layout: str = "separate"  # one of PAIR_LAYOUTS (train.task="preference" only)
@@ -77,10 +77,10 @@ class LoraSection:
 @dataclasses.dataclass(frozen=True)
 class TrainSection:
     task: str = "preference"  # one of TASKS
-    steps: int = 100
-    eval_every: int = 25
+    steps: int = 40
+    eval_every: int = 20
     log_every: int = 1
-    checkpoint_every: int = 50
+    checkpoint_every: int = 20
     keep_checkpoints: int = 2
     best_metric: str = ""  # e.g. "eval/loss": also keep the best checkpoint by it
     best_mode: str = "min"
@@ -90,7 +90,7 @@ class TrainSection:
 
 @dataclasses.dataclass(frozen=True)
 class RLSection:
-    """Online RL (train.task = "grpo"): rollouts, rewards, advantages, KL; ``loss.*`` picks the
+    """Online RL (train.task = "grpo" or "ppo"): rollouts, rewards, advantages, KL; ``loss.*`` picks the
     policy loss (``ppo`` / ``gspo``: clip ranges, aggregation). One train step = one rollout batch."""
 
     rewards: str = "toy_letter"  # comma-separated names from align_jax.rewards.REWARDS
@@ -112,6 +112,10 @@ class RLSection:
     overlong_penalty: float = 1.0  # the penalty at max_new_tokens
     recompute_old_logps: bool = False  # old log-probs from a trainer pass instead of the sampler's
     eval_prompts: int = 32  # held-out prompts scored greedily at each evaluation
+    gamma: float = 1.0  # PPO: GAE discount
+    lam: float = 0.95  # PPO: GAE lambda
+    value_coef: float = 0.1  # PPO: weight of the value loss
+    clip_eps_value: float = 0.2  # PPO: value clipping (<= 0: none)
 
     def __post_init__(self):
         for name in ("prompts_per_step", "group_size", "max_new_tokens", "epochs", "minibatches"):

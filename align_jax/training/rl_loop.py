@@ -48,7 +48,16 @@ from align_jax.training.checkpointing import check_finite
 from align_jax.training.config import RunConfig
 from align_jax.training.loop import build_state, finish, load, open_checkpoints, stored_before
 from align_jax.training.metrics_logging import MetricsWriter, ProgressBar
-from align_jax.training.tasks.online import completion_logps, policy_gradient_loss
+from align_jax.objectives.kl import kl_penalized_rewards, masked_mean
+from align_jax.objectives.policy_gradient import gae
+from align_jax.training.tasks.online import (
+    completion_hidden,
+    completion_logps,
+    logps_from_hidden,
+    policy_gradient_loss,
+    ppo_task_loss,
+    token_values,
+)
 
 
 def _round_up(x: int, m: int) -> int:
@@ -111,6 +120,22 @@ def overlong_penalty(lengths: np.ndarray, max_new_tokens: int, buffer: int, pena
     return (-penalty * np.clip(lengths - start, 0, buffer) / buffer).astype(np.float32)
 
 
+def ppo_advantages(rl, total, valid, old, ref, values, mask) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """PPO-RLHF: per-token rewards (the score at the last token, ``-kl_coef * KL_t`` at every
+    token), GAE over them, advantages whitened over valid tokens; ``([R, M], [R, M] returns, [R] keep)``."""
+    keep = valid.astype(np.float32)
+    mask = jnp.asarray(mask * keep[:, None])
+    scores = jnp.asarray(np.where(valid, total, 0.0), jnp.float32)
+    beta = rl.kl_coef if rl.kl_in == "reward" else 0.0
+    rewards, _ = kl_penalized_rewards(scores, jnp.asarray(old), jnp.asarray(ref), mask, beta=beta,
+                                      estimator=rl.kl_estimator)
+    adv, returns = gae(rewards, jnp.asarray(values), mask, gamma=rl.gamma, lam=rl.lam)
+    mean = masked_mean(adv, mask)
+    std = jnp.sqrt(masked_mean(jnp.square(adv - mean), mask))
+    adv = jnp.where(mask > 0, (adv - mean) / (std + 1e-8), 0.0)
+    return np.asarray(adv, np.float32), np.asarray(returns, np.float32), keep
+
+
 class OnlineRL:
     """The jitted pieces of one run, bound to its config, model, mesh and shardings."""
 
@@ -123,6 +148,7 @@ class OnlineRL:
         truncating = rl.top_k > 0 or rl.top_p < 1.0
         self.recompute = rl.recompute_old_logps or truncating
         self.need_ref = rl.kl_coef > 0
+        self.ppo = cfg.task.uses_head  # a value head: per-token GAE advantages
         self.replicated = NamedSharding(mesh, PartitionSpec())
         self._rollouts = {}
         self.hoist = mesh.devices.flat[0].platform == "cpu"  # see align_jax.sampling.sampler.sample
@@ -165,9 +191,14 @@ class OnlineRL:
     def _logps_pass(self, state, batch) -> dict:
         out = {}
         temperature = self.cfg.rl.temperature
-        if self.recompute:
+        if self.recompute or self.ppo:
             policy = nnx.merge(self.spec.graphdef, S.policy_state(self.spec, state.params, state.frozen))
-            out["old_logps"] = completion_logps(policy, batch, temperature)[0]
+            hidden = completion_hidden(policy, batch)
+            if self.recompute:
+                m = batch["completion_mask"].shape[1]
+                out["old_logps"] = logps_from_hidden(policy, hidden, batch["tokens"][:, -m:], temperature)[0]
+            if self.ppo:
+                out["old_values"] = token_values(state.params["reward_head"], hidden)
         if self.need_ref:
             ref_state = state.reference if state.reference is not None else state.frozen["model"]
             ref = nnx.merge(self.spec.graphdef, ref_state)
@@ -199,20 +230,25 @@ def run_online(cfg: RunConfig, workdir: str | Path) -> dict[str, Any]:
                          f"model's {lm.model.cfg.max_position_embeddings} positions")
 
     loss_fn, aggregation = _policy_loss_options(cfg)
-    task_loss = functools.partial(
-        policy_gradient_loss, loss_fn=loss_fn, temperature=rl.temperature,
-        kl_coef=rl.kl_coef if rl.kl_in == "loss" else 0.0, kl_estimator=rl.kl_estimator, aggregation=aggregation,
-    )
+    options = dict(loss_fn=loss_fn, temperature=rl.temperature, kl_coef=rl.kl_coef if rl.kl_in == "loss" else 0.0,
+                   kl_estimator=rl.kl_estimator, aggregation=aggregation)
+    if cfg.task.uses_head:  # PPO: value head, per-token advantages
+        task_loss = functools.partial(ppo_task_loss, **options, value_coef=rl.value_coef,
+                                      clip_eps_value=rl.clip_eps_value if rl.clip_eps_value > 0 else None)
+    else:
+        task_loss = functools.partial(policy_gradient_loss, **options)
     spec, state, state_sh = build_state(cfg, lm, mesh, task_loss)
     engine = OnlineRL(cfg, lm, mesh, spec, state_sh, width)
 
     rows = rl.prompts_per_step * rl.group_size
     per_update = rows // rl.minibatches
     a = cfg.data.micro_batches
-    batch_keys = ("tokens", "positions", "segment_ids", "completion_mask", "old_logps", "ref_logps", "advantages")
-    shapes = {"tokens": (width + rl.max_new_tokens,), "positions": (width + rl.max_new_tokens,),
-              "segment_ids": (width + rl.max_new_tokens,), "completion_mask": (rl.max_new_tokens,),
-              "old_logps": (rl.max_new_tokens,), "ref_logps": (rl.max_new_tokens,), "advantages": ()}
+    m, n = (rl.max_new_tokens,), (width + rl.max_new_tokens,)
+    shapes = {"tokens": n, "positions": n, "segment_ids": n, "completion_mask": m, "old_logps": m, "ref_logps": m,
+              "advantages": m if engine.ppo else ()}
+    if engine.ppo:
+        shapes.update(returns=m, old_values=m)
+    batch_keys = tuple(shapes)
     dtypes = {"tokens": np.int32, "positions": np.int32, "segment_ids": np.int32}
     shaped = {k: np.zeros((a, per_update // a) + shapes[k], dtypes.get(k, np.float32)) for k in batch_keys}
     batch_sh = S.batch_shardings(shaped, mesh)
@@ -294,7 +330,7 @@ def _rl_step(cfg, engine: OnlineRL, train_step, state, step, prompt_idx, prompts
     lengths = batch["completion_mask"].sum(1)
     total = scores.total(rl.weights) + overlong_penalty(lengths, rl.max_new_tokens, rl.overlong_buffer,
                                                         rl.overlong_penalty)
-    extra = jax.device_get(engine.logps_pass(state, batch)) if (engine.recompute or engine.need_ref) else {}
+    extra = jax.device_get(engine.logps_pass(state, batch)) if (engine.recompute or engine.need_ref or engine.ppo) else {}
     old = extra.get("old_logps", batch["sampler_logps"])
     ref = extra.get("ref_logps", np.zeros_like(old))
     mask = batch["completion_mask"].astype(np.float32)
@@ -302,19 +338,22 @@ def _rl_step(cfg, engine: OnlineRL, train_step, state, step, prompt_idx, prompts
     if engine.need_ref:
         kl = np.asarray(KL_ESTIMATORS.build(rl.kl_estimator)(jnp.asarray(old), jnp.asarray(ref), jnp.asarray(mask)))
         metrics["rl/kl_to_reference"] = float((kl * mask).sum() / max(mask.sum(), 1.0))
-        if rl.kl_in == "reward":
+        if rl.kl_in == "reward" and not engine.ppo:  # PPO shapes per token (ppo_advantages)
             total = total - rl.kl_coef * (kl * mask).sum(1)
     if engine.recompute:
         diff = np.abs(old - batch["sampler_logps"]) * mask
         metrics["rl/sampler_trainer_logp_maxdiff"] = float(diff.max())
-    adv, keep, dropped = group_advantages(total, scores.ok, rl.group_size, rl.advantage, rl.dynamic_sampling)
+    full = {"tokens": batch["tokens"], "positions": batch["positions"], "segment_ids": batch["segment_ids"],
+            "old_logps": old.astype(np.float32), "ref_logps": ref.astype(np.float32)}
+    if engine.ppo:
+        adv, returns, keep = ppo_advantages(rl, total, scores.ok, old, ref, extra["old_values"], mask)
+        full.update(returns=returns, old_values=np.asarray(extra["old_values"], np.float32))
+        dropped = 0.0
+    else:
+        adv, keep, dropped = group_advantages(total, scores.ok, rl.group_size, rl.advantage, rl.dynamic_sampling)
+    full.update(completion_mask=mask * keep[:, None], advantages=adv.astype(np.float32))
     t2 = time.perf_counter()
 
-    full = {
-        "tokens": batch["tokens"], "positions": batch["positions"], "segment_ids": batch["segment_ids"],
-        "completion_mask": mask * keep[:, None], "old_logps": old.astype(np.float32),
-        "ref_logps": ref.astype(np.float32), "advantages": adv.astype(np.float32),
-    }
     rows = full["tokens"].shape[0]
     per_update, a = rows // rl.minibatches, cfg.data.micro_batches
     rng = np.random.default_rng([cfg.data.seed, step])

@@ -208,7 +208,7 @@ def test_progress_off_terminal_prints_a_line_every_30_seconds(monkeypatch):
 
 
 def test_report_draws_evaluations_as_markers_and_training_as_lines():
-    from align_jax.training.report import curves_figure
+    from align_jax.report import curves_figure
 
     rows = [{"step": s, "split": "train", "loss": 1.0 / s} for s in range(1, 21)]
     rows += [{"step": s, "split": "eval", "eval/loss": 1.0 / (s + 1)} for s in (0, 10, 20)]

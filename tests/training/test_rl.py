@@ -4,6 +4,7 @@ rewards that fail, and exact resume after SIGKILL."""
 
 import json
 import os
+import runpy
 import signal
 import subprocess
 import sys
@@ -30,13 +31,11 @@ from align_jax.training.rl_loop import OnlineRL, PromptSet, group_advantages, ov
 from align_jax.training.tasks.online import completion_logps, policy_gradient_loss
 
 REPO = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(REPO / "configs"))
-import grpo_toy  # noqa: E402
+grpo_toy_config = runpy.run_path(str(REPO / "configs" / "grpo_toy.py"))["get_config"]
 
 
 def toy_config(**overrides):
-    c = grpo_toy.get_config()
-    c.unlock()
+    c = grpo_toy_config()
     c.train.report = False
     for key, value in overrides.items():
         section, name = key.split("__")
@@ -186,9 +185,9 @@ def test_grpo_toy_learns_and_eight_devices_match_one(tmp_path):
 def test_sigkill_mid_run_then_same_command_resumes_exactly(tmp_path):
     config_file = tmp_path / "cfg.py"
     config_file.write_text(
-        "import sys\nsys.path.insert(0, %r)\nimport grpo_toy\n"
-        "def get_config():\n    c = grpo_toy.get_config()\n    c.train.update(steps=8, checkpoint_every=2, eval_every=4, report=False)\n"
-        "    c.rl.epochs = 2\n    c.rl.minibatches = 2\n    return c\n" % str(REPO / "configs")
+        "import runpy\n"
+        "def get_config():\n    c = runpy.run_path(%r)['get_config']()\n    c.train.update(steps=8, checkpoint_every=2, eval_every=4, report=False)\n"
+        "    c.rl.epochs = 2\n    c.rl.minibatches = 2\n    return c\n" % str(REPO / "configs" / "grpo_toy.py")
     )
     env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=1", "JAX_PLATFORMS": "cpu"}
     cmd = lambda w: [sys.executable, "-m", "align_jax.main", f"--config={config_file}", f"--workdir={w}"]  # noqa: E731

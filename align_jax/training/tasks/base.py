@@ -57,7 +57,7 @@ class Task:
         try:
             self.losses.build(loss_name, **dict(options))
         except KeyError as e:
-            raise ValueError(f"train.task={self.name!r}: {e.args[0]}{did_you_mean(loss_name, self.losses.names())}") from None
+            raise ValueError(f"train.task={self.name!r}: {e.args[0]}") from None
 
     def build_loss(self, loss_name: str, options: Mapping[str, Any], *, tokenizer=None, pair_layout: str = "separate"):
         """The task loss ``(model, batch[, head]) -> (loss, metrics, weight)`` for a config."""

@@ -69,8 +69,13 @@ def _table(before: dict | None, after: dict) -> list[str]:
 
 
 def write_report(cfg: RunConfig, workdir: str | Path, result: dict[str, Any]) -> Path:
+    """``workdir/report.md`` for the run's task (online RL runs: :mod:`align_jax.training.rl_report`)."""
+    if cfg.task.online:
+        from align_jax.training.rl_report import write_rl_report
+
+        return write_rl_report(cfg, workdir, result)
     workdir = Path(workdir)
-    truncation = f"; truncation {result['truncation']}" if "truncation" in result else ""  # none online
+    truncation = f"; truncation {result['truncation']}" if "truncation" in result else ""
     lines = [
         f"# {cfg.train.task} run: {cfg.loss_name} on {cfg.data.source}",
         "",
