@@ -16,7 +16,7 @@ Each step (one rollout batch of ``P`` prompts x ``G`` samples):
 Old log-probs come from the sampler (fp32: equal to the trainer's to ~1e-6, so the first
 epoch's importance ratio is 1; logged as ``rl/ratio_*_epoch0``), or from a trainer pass with
 ``rl.recompute_old_logps`` (forced when top-k / top-p truncate the sampling distribution).
-Time is split ``perf/rollout_seconds``, ``perf/score_seconds``, ``perf/update_seconds``.
+Time is split ``perf/rollout_seconds``, ``perf/score_seconds``, ``perf/logps_seconds``, ``perf/update_seconds``.
 """
 
 from __future__ import annotations
@@ -330,6 +330,7 @@ def _rl_step(cfg, engine: OnlineRL, train_step, state, step, prompt_idx, prompts
     lengths = batch["completion_mask"].sum(1)
     total = scores.total(rl.weights) + overlong_penalty(lengths, rl.max_new_tokens, rl.overlong_buffer,
                                                         rl.overlong_penalty)
+    t_score = time.perf_counter()
     extra = jax.device_get(engine.logps_pass(state, batch)) if (engine.recompute or engine.need_ref or engine.ppo) else {}
     old = extra.get("old_logps", batch["sampler_logps"])
     ref = extra.get("ref_logps", np.zeros_like(old))
@@ -358,7 +359,10 @@ def _rl_step(cfg, engine: OnlineRL, train_step, state, step, prompt_idx, prompts
     per_update, a = rows // rl.minibatches, cfg.data.micro_batches
     rng = np.random.default_rng([cfg.data.seed, step])
     update_metrics: list[dict] = []
-    for epoch in range(rl.epochs):
+    # Nothing to learn from (every group dropped or failed): no update at all, since AdamW would
+    # still move the parameters on a zero gradient (momentum, weight decay).
+    learn = bool(keep.any())
+    for epoch in range(rl.epochs if learn else 0):
         order = rng.permutation(rows) if rl.epochs * rl.minibatches > 1 else np.arange(rows)
         for mb in range(rl.minibatches):
             sel = order[mb * per_update:(mb + 1) * per_update]
@@ -370,20 +374,25 @@ def _rl_step(cfg, engine: OnlineRL, train_step, state, step, prompt_idx, prompts
             update_metrics.append(m)
     t3 = time.perf_counter()
 
-    last, first = update_metrics[-1], [m for m in update_metrics if m["epoch"] == 0]
     valid = scores.ok
-    metrics.update({k: v for k, v in last.items() if k != "epoch"})
+    if learn:
+        last, first = update_metrics[-1], [m for m in update_metrics if m["epoch"] == 0]
+        metrics.update({k: v for k, v in last.items() if k != "epoch"})
+        metrics.update({
+            "rl/ratio_mean_epoch0": float(np.mean([m["pg/ratio_mean"] for m in first])),
+            "rl/ratio_max_epoch0": float(max(m["pg/ratio_max"] for m in first)),
+            "rl/approx_kl_epoch0": float(np.mean([m["pg/approx_kl"] for m in first])),
+        })
     metrics.update({
+        "rl/updated": float(learn),
         "reward": float(np.mean(total[valid])) if valid.any() else float("nan"),
         "reward_std": float(np.std(total[valid])) if valid.any() else float("nan"),
         "rl/response_length": float(lengths.mean()),
         "rl/truncated_fraction": float(np.mean(lengths >= rl.max_new_tokens)),
         "rl/groups_dropped": dropped,
         "rl/reward_failures": float((~valid).sum()),
-        "rl/ratio_mean_epoch0": float(np.mean([m["pg/ratio_mean"] for m in first])),
-        "rl/ratio_max_epoch0": float(max(m["pg/ratio_max"] for m in first)),
-        "rl/approx_kl_epoch0": float(np.mean([m["pg/approx_kl"] for m in first])),
-        "perf/rollout_seconds": t1 - t0, "perf/score_seconds": t2 - t1, "perf/update_seconds": t3 - t2,
+        "perf/rollout_seconds": t1 - t0, "perf/score_seconds": t_score - t1,
+        "perf/logps_seconds": t2 - t_score, "perf/update_seconds": t3 - t2,
         "perf/tokens_per_sec": float(batch["segment_ids"].sum()) / max(t3 - t0, 1e-9),
     })
     for k, name in enumerate(scores.names):

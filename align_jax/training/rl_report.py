@@ -86,15 +86,22 @@ def write_rl_report(cfg: Any, workdir: str | Path, result: dict[str, Any]) -> Pa
         lines.append(f"| `{key}` | {b} | {after[key]:.4f} |")
     rows = read_metrics(workdir, split="train")
     if rows:
-        keys = ("perf/rollout_seconds", "perf/score_seconds", "perf/update_seconds")
+        keys = ("perf/rollout_seconds", "perf/score_seconds", "perf/logps_seconds", "perf/update_seconds")
         means = {k: sum(r.get(k, 0.0) for r in rows[1:] or rows) / max(len(rows[1:] or rows), 1) for k in keys}
         total = sum(means.values()) or 1.0
         lines += ["", "## Time per step (after the first, which compiles)", "",
-                  "| rollout | score | update |", "|---|---|---|",
+                  "| rollout | score | reference / old log-probs | update |", "|---|---|---|---|",
                   "| " + " | ".join(f"{means[k]:.2f} s ({100 * means[k] / total:.0f}%)" for k in keys) + " |",
-                  "", f"First-epoch importance ratio (sampler vs trainer log-probs): mean "
-                  f"{sum(r.get('rl/ratio_mean_epoch0', 1.0) for r in rows) / len(rows):.6f}, max "
-                  f"{max(r.get('rl/ratio_max_epoch0', 1.0) for r in rows):.6f}."]
+                  ""]
+        updated = [r for r in rows if "rl/ratio_mean_epoch0" in r]
+        if updated:
+            lines.append(f"First-epoch importance ratio (sampler vs trainer log-probs) over {len(updated)} updated "
+                         f"steps: mean {sum(r['rl/ratio_mean_epoch0'] for r in updated) / len(updated):.6f}, max "
+                         f"{max(r['rl/ratio_max_epoch0'] for r in updated):.6f}.")
+        skipped = len(rows) - len(updated)
+        if skipped:
+            lines.append(f"{skipped} step(s) had nothing to learn from (every group's rewards equal or failed) "
+                         "and made no update.")
     curves = plot_reward_curves(workdir)
     if curves:
         lines += ["", f"![reward curves]({curves.name})"]

@@ -210,3 +210,23 @@ def test_sigkill_mid_run_then_same_command_resumes_exactly(tmp_path):
 
     assert trace(tmp_path / "killed") == trace(tmp_path / "full")
     assert json.loads((tmp_path / "killed" / "result.json").read_text())["before"] is not None
+
+
+def test_ppo_with_a_value_head_learns_and_lora_rollouts_read_the_merged_policy(tmp_path):
+    """configs/ppo.py (value head, GAE, KL to a frozen reference in the reward) learns the toy
+    task; with LoRA the sampler reads the adapters merged into the base: ratio 1 at epoch 0, and
+    the base is the KL reference (no copy)."""
+    ppo = runpy.run_path(str(REPO / "configs" / "ppo.py"))["get_config"]()
+    ppo.train.update(steps=10, eval_every=100, checkpoint_every=100, report=False)
+    result = run(parse_config(ppo), tmp_path / "ppo")
+    rows = read_metrics(tmp_path / "ppo", split="train")
+    assert rows[-1]["reward"] > 0.8 and result["final"]["eval/reward"] > 0.8
+    assert all(np.isfinite(r["vf/loss"]) and r["rl/kl_to_reference"] >= -1e-6 for r in rows)
+
+    lora = toy_config(lora__rank=8, lora__alpha=16.0, rl__kl_coef=0.05, train__steps=3, train__eval_every=100,
+                      train__checkpoint_every=100)
+    run(parse_config(lora), tmp_path / "lora")
+    rows = read_metrics(tmp_path / "lora", split="train")
+    assert all(abs(r["rl/ratio_mean_epoch0"] - 1) < 1e-4 for r in rows)
+    assert rows[0]["rl/kl_to_reference"] == pytest.approx(0.0, abs=1e-6)  # adapters start at zero
+    assert rows[-1]["rl/kl_to_reference"] > 0
