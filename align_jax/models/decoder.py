@@ -163,9 +163,12 @@ class Decoder(nnx.Module):
         completions share one prompt in a row: give each completion the positions it would have
         in a row of its own. Not supported together with ``cache``.
 
-        The forward is one compiled program, cached by structure and shapes, so eager calls (in a
-        notebook) cost one compile per shape; inside an outer ``jit`` it is simply inlined.
+        Eager calls (in a notebook) run one compiled program, cached by structure and shapes (one
+        compile per shape); inside an outer ``jit`` (tracer inputs) the forward is traced directly,
+        with no split of the module and no nested jit per call.
         """
+        if isinstance(tokens, jax.core.Tracer):
+            return self.forward(tokens, positions, segment_ids, cache, return_logits, return_hidden_states, branch_ids)
         graphdef, state = nnx.split(self)
         return _compiled_forward(
             graphdef, state, tokens, positions, segment_ids, cache,

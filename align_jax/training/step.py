@@ -10,7 +10,8 @@ each group is padded to its own length and all of them add into one update.
 Parameters live in three places of one pytree, all sharded by the same logical-axis rules:
 ``params`` (trainable: the policy, or LoRA adapters; plus a reward head for reward models),
 ``frozen`` (the LoRA base, when LoRA is on) and ``reference`` (the frozen reference policy, when
-the reference mode is "frozen"). Gradients only reach ``params``.
+the reference mode is "frozen"). Gradients only reach ``params``. ``extra`` holds the few running
+statistics a loss reads back (``StepSpec.running_means``: BCO's reward shift), updated by the step.
 """
 
 from __future__ import annotations
@@ -40,6 +41,8 @@ class TrainState:
     frozen: dict[str, Any]  # {"model": State} under LoRA, else {}
     reference: Any  # nnx.State of the frozen reference policy, or None
     opt_state: Any
+    # running means the step keeps (StepSpec.running_means): {field: {"mean": [], "count": []}}, or None
+    extra: dict[str, Any] | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -57,6 +60,9 @@ class StepSpec:
     uses_head: bool = False  # reward models: task_loss(model, head, batch)
     reference_sync_every: int = 0  # TR-DPO: 0 = never update the reference
     reference_sync_alpha: float = 1.0  # 1 = hard update, < 1 = soft (Polyak) update
+    # (batch field, metric): the loss reads, as that field, the running mean over past steps of the metric
+    # (BCO's reward shift delta, arXiv:2404.04656); kept in TrainState.extra, so it is checkpointed
+    running_means: tuple[tuple[str, str], ...] = ()
 
     def __post_init__(self):
         if self.reference_mode not in REFERENCE_MODES:
@@ -89,6 +95,8 @@ def init_state(spec: StepSpec, model_state: nnx.State, *, lora_key=None, reward_
         frozen=frozen,
         reference=reference,
         opt_state=spec.optimizer.init(params),
+        extra={field: {"mean": jnp.zeros((), jnp.float32), "count": jnp.zeros((), jnp.float32)}
+               for field, _ in spec.running_means} or None,
     )
 
 
@@ -112,6 +120,32 @@ def _groups(batch) -> tuple:
     return tuple(batch) if isinstance(batch, (tuple, list)) else (batch,)
 
 
+def _with_running_means(spec: StepSpec, state: TrainState, groups: tuple) -> tuple:
+    """Each running mean as a batch field of every micro-batch (broadcast over the micro-batch axis).
+    It starts at 0, the implicit rewards' value while the policy is the reference."""
+    if not spec.running_means:
+        return groups
+    return tuple(
+        {**g, **{f: jnp.broadcast_to(state.extra[f]["mean"], jax.tree.leaves(g)[0].shape[:1]) for f, _ in spec.running_means}}
+        for g in groups
+    )
+
+
+def _update_running_means(spec: StepSpec, extra, metrics: Mapping[str, jax.Array], total: jax.Array):
+    """Adds this step's (exactly reduced) metric to each running mean; a step of weight 0 adds nothing."""
+    if not spec.running_means:
+        return extra
+    out = {}
+    for field, metric in spec.running_means:
+        if metric not in metrics:
+            raise KeyError(f"running mean {field!r}: the loss logs no metric {metric!r}; it logs {sorted(metrics)}")
+        old = extra[field]
+        count = old["count"] + 1.0
+        mean = old["mean"] + (metrics[metric] - old["mean"]) / count
+        out[field] = {"mean": jnp.where(total > 0, mean, old["mean"]), "count": jnp.where(total > 0, count, old["count"])}
+    return out
+
+
 def _accumulate(spec: StepSpec, state: TrainState, batch):
     """Gradients and metrics summed over the leading micro-batch axis (of every length group),
     then normalised by the total weight."""
@@ -124,7 +158,7 @@ def _accumulate(spec: StepSpec, state: TrainState, batch):
         sums = jax.tree.map(lambda s, m: s + m.astype(jnp.float32) * weight, sums, metrics)
         return (grads, sums, total + weight), None
 
-    groups = _groups(batch)
+    groups = _with_running_means(spec, state, _groups(batch))
     first = jax.tree.map(lambda x: x[0], groups[0])
     _, (metrics_shape, _) = jax.eval_shape(
         lambda: _loss_and_aux(spec, state.params, state.frozen, state.reference, first)
@@ -150,22 +184,24 @@ def train_step(spec: StepSpec, state: TrainState, batch) -> tuple[TrainState, di
     params = optax.apply_updates(state.params, updates)
     step = state.step + 1
     reference = state.reference
-    if spec.reference_sync_every:
-        sync = (step % spec.reference_sync_every) == 0
-        new_policy = policy_state(spec, params, state.frozen)
+    if spec.reference_sync_every:  # TR-DPO: only sync steps pay for the (LoRA-merged) policy and the blend
         a = spec.reference_sync_alpha
-        reference = jax.tree.map(
-            lambda r, p: jnp.where(sync, (a * p.astype(jnp.float32) + (1 - a) * r.astype(jnp.float32)).astype(r.dtype), r),
-            reference,
-            new_policy,
-        )
+
+        def synced(ref):
+            new_policy = policy_state(spec, params, state.frozen)
+            return jax.tree.map(
+                lambda r, p: (a * p.astype(jnp.float32) + (1 - a) * r.astype(jnp.float32)).astype(r.dtype), ref, new_policy
+            )
+
+        reference = jax.lax.cond((step % spec.reference_sync_every) == 0, synced, lambda ref: ref, reference)
+    extra = _update_running_means(spec, state.extra, metrics, total)
     metrics = {
         **metrics,
         "weight": total,
         "grad_norm": optax.tree.norm(grads),
         "param_norm": optax.tree.norm(params),
     }
-    return TrainState(step, params, state.frozen, reference, opt_state), metrics
+    return TrainState(step, params, state.frozen, reference, opt_state, extra), metrics
 
 
 def eval_step(spec: StepSpec, state: TrainState, batch) -> dict:
@@ -176,7 +212,7 @@ def eval_step(spec: StepSpec, state: TrainState, batch) -> dict:
         _, (metrics, weight) = _loss_and_aux(spec, state.params, state.frozen, state.reference, micro_batch)
         return (jax.tree.map(lambda s, m: s + m.astype(jnp.float32) * weight, sums, metrics), total + weight), None
 
-    groups = _groups(batch)
+    groups = _with_running_means(spec, state, _groups(batch))
     first = jax.tree.map(lambda x: x[0], groups[0])
     _, (metrics_shape, _) = jax.eval_shape(lambda: _loss_and_aux(spec, state.params, state.frozen, state.reference, first))
     carry = (jax.tree.map(lambda m: jnp.zeros((), jnp.float32), metrics_shape), jnp.zeros((), jnp.float32))
@@ -209,6 +245,7 @@ def train_state_shardings(state: TrainState, mesh: Mesh, rules: Rules = DEFAULT_
         frozen=of_params(state.frozen),
         reference=of_tree(state.reference),
         opt_state=opt_shardings,
+        extra=of_tree(state.extra),
     )
 
 
