@@ -4,6 +4,7 @@
 a character model learns it in a minute). ``ifeval_constraints``: the project's verifiable
 multi-constraint prompts (:mod:`align_jax.instructions.generator`), train split to learn from,
 the in-distribution split held out (the OOD splits are evaluated by the eval suites).
+``factual_qa``: the project's factual / arithmetic questions with their accepted answers.
 """
 
 from __future__ import annotations
@@ -40,7 +41,21 @@ def ifeval_constraints(seed: int = 0, *, num_train: int = 2000, num_eval: int = 
     return records("train", num_train), records("in_distribution", num_eval)
 
 
+def factual_qa(seed: int = 0) -> tuple[list, list]:
+    """(train, validation) questions of the factual QA set (:mod:`align_jax.data.factual_qa`), with
+    ``info = {"answer": [answer, *aliases]}`` for the ``exact_match`` reward (test stays unseen)."""
+    from align_jax.data.factual_qa import split_factual_qa
+
+    splits = split_factual_qa(seed=seed)
+
+    def records(items):
+        return [PromptRecord(it.question, {"answer": list(it.references), "id": it.id}) for it in items]
+
+    return records(splits["train"]), records(splits["validation"])
+
+
 GENERATED: dict[str, Callable[[int], tuple[list, list]]] = {
     "toy_letters": toy_letters,
     "ifeval_constraints": ifeval_constraints,
+    "factual_qa": factual_qa,
 }

@@ -1,61 +1,6 @@
-"""Scoring answers to the factual QA set (:mod:`align_jax.data.factual_qa`).
+"""Scoring answers to the factual QA set (:mod:`align_jax.data.factual_qa`): the matcher lives
+with the rewards (:mod:`align_jax.rewards.answers`), where online RL uses it too."""
 
-``answer_matches`` normalises both sides (Unicode accents stripped, lower case, punctuation
-and the articles a/an/the removed, thousands separators dropped, decimal points kept) and
-compares against the answer and its aliases; two numbers compare by value ("3000.0" ==
-"3000"). ``mode="contains"`` also accepts a reference that appears as a whole-word span
-inside a longer prediction ("The capital is Paris."), which is more lenient (it would also
-accept "not Paris").
-"""
+from align_jax.rewards.answers import answer_matches, normalize_answer
 
-from __future__ import annotations
-
-import re
-import unicodedata
-from decimal import Decimal
-from typing import Literal
-
-from align_jax.data.factual_qa import FactItem
-
-_ARTICLES = re.compile(r"\b(?:a|an|the)\b")
-_THOUSANDS = re.compile(r"(?<=\d),(?=\d{3}\b)")
-# punctuation, except a decimal point and a leading minus sign
-_NON_WORD = re.compile(r"(?!(?<=\d)\.(?=\d)|(?<!\w)-(?=\d))[^\w\s]")
-_NUMBER = re.compile(r"-?\d+(?:\.\d+)?")
-
-
-def normalize_answer(text: str) -> str:
-    """Lower case, accents stripped, punctuation/articles removed, decimal points and minus kept."""
-    text = unicodedata.normalize("NFKD", text)
-    text = "".join(ch for ch in text if not unicodedata.combining(ch)).lower()
-    text = _THOUSANDS.sub("", text)
-    text = _NON_WORD.sub(" ", text).replace("_", " ")
-    text = _ARTICLES.sub(" ", text)
-    return " ".join(text.split())
-
-
-def _same(pred: str, ref: str) -> bool:
-    if pred == ref:
-        return True
-    if _NUMBER.fullmatch(pred) and _NUMBER.fullmatch(ref):
-        return Decimal(pred) == Decimal(ref)
-    return False
-
-
-def _contains(pred: str, ref: str) -> bool:
-    tokens, ref_tokens = pred.split(), ref.split()
-    k = len(ref_tokens)
-    return k > 0 and any(_same(" ".join(tokens[i:i + k]), ref) for i in range(len(tokens) - k + 1))
-
-
-def answer_matches(
-    prediction: str, item: FactItem, *, mode: Literal["exact", "contains"] = "exact"
-) -> bool:
-    """Whether the prediction states the item's answer or one of its aliases."""
-    pred = normalize_answer(prediction)
-    refs = [normalize_answer(r) for r in item.references]
-    if mode == "exact":
-        return any(_same(pred, r) for r in refs)
-    if mode == "contains":
-        return any(_contains(pred, r) for r in refs)
-    raise ValueError(f"unknown match mode {mode!r}; expected 'exact' or 'contains'")
+__all__ = ["answer_matches", "normalize_answer"]

@@ -14,12 +14,12 @@ from __future__ import annotations
 
 import dataclasses
 import re
-import string
 from typing import Any, Callable, Sequence
 
 import numpy as np
 
 from align_jax.registry import Registry
+from align_jax.rewards.answers import answer_matches
 
 REWARDS = Registry("reward")
 
@@ -46,23 +46,19 @@ def instruction_following(record: Any, completion: str, *, loose: bool = False) 
     return sum(followed) / len(followed) if followed else 0.0
 
 
-def normalize_answer(text: str) -> str:
-    """Lower case, no punctuation, articles or extra spaces (SQuAD's answer normalisation)."""
-    text = "".join(c for c in text.lower() if c not in set(string.punctuation))
-    text = re.sub(r"\b(a|an|the)\b", " ", text)
-    return " ".join(text.split())
-
-
 @REWARDS.register("exact_match")
-def exact_match(record: Any, completion: str, *, first_line: bool = True) -> float:
-    """1 if the normalised completion (its first non-empty line) equals a normalised reference
-    answer (``info["answer"]``: a string or a list of accepted strings), else 0."""
+def exact_match(record: Any, completion: str, *, mode: str = "exact", first_line: bool = True) -> float:
+    """1 if the completion states a reference answer (``info["answer"]``: a string or a list of
+    accepted strings), else 0, by the factual QA checker (:func:`answers.answer_matches`:
+    accents, case, punctuation, articles and thousands separators ignored, numbers compared by
+    value); ``mode="contains"`` also accepts the answer as a whole-word span of a longer reply.
+    With ``first_line`` only the first non-empty line is judged."""
     answers = record.info["answer"]
-    answers = [answers] if isinstance(answers, str) else list(answers)
+    answers = [answers] if isinstance(answers, str) else [str(a) for a in answers]
     text = completion.strip()
     if first_line:
         text = next((line for line in text.splitlines() if line.strip()), "")
-    return float(normalize_answer(text) in {normalize_answer(str(a)) for a in answers})
+    return float(answer_matches(text, answers, mode=mode))
 
 
 @REWARDS.register("format")

@@ -17,7 +17,7 @@ from align_jax.training.optimizer import OptimizerConfig
 from align_jax.training.tasks import PAIR_LAYOUTS, TASKS, did_you_mean
 
 FILE_SOURCES = ("preference", "sft", "unpaired", "hh_rlhf", "prompt")
-SOURCES = FILE_SOURCES + ("checkable_pairs", "toy_letters", "ifeval_constraints")
+SOURCES = FILE_SOURCES + ("checkable_pairs", "toy_letters", "ifeval_constraints", "factual_qa")
 
 
 @dataclasses.dataclass(frozen=True)
