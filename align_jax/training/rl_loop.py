@@ -212,6 +212,9 @@ def _decode(tokenizer, tokens: np.ndarray, mask: np.ndarray) -> list[str]:
 
 
 def run_online(cfg: RunConfig, workdir: str | Path) -> dict[str, Any]:
+    if jax.process_count() > 1:  # prompts and rewards live on one host; a global rollout batch is not built yet
+        raise NotImplementedError("online RL (train.task='grpo'/'ppo') runs in a single process (any number of "
+                                  "devices); multi-host rollouts are not implemented")
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     rl = cfg.rl
@@ -254,7 +257,7 @@ def run_online(cfg: RunConfig, workdir: str | Path) -> dict[str, Any]:
     batch_sh = S.batch_shardings(shaped, mesh)
     train_step = S.compile_train_step(spec, state_sh, batch_sh, mesh)
 
-    prompt_cfg = dataclasses.replace(cfg.data, batch_size=rl.prompts_per_step * jax.process_count())
+    prompt_cfg = dataclasses.replace(cfg.data, batch_size=rl.prompts_per_step)
     prompt_it = D.iterator(list(range(len(train_set.records))), prompt_cfg, train=True)
 
     ckpt, state, data_state, start = open_checkpoints(cfg, workdir, state, state_sh)
