@@ -48,10 +48,9 @@ def toy():
     return load_model("toy-chars")
 
 
-@pytest.fixture(scope="module")
-def rollout(toy):
-    """One sampled rollout batch of the toy model (4 prompts x 4 samples, 12 new tokens)."""
-    cfg = parse_config(toy_config(rl__prompts_per_step=4, rl__group_size=4, rl__max_new_tokens=12))
+def _rollout(toy, temperature):
+    cfg = parse_config(toy_config(rl__prompts_per_step=4, rl__group_size=4, rl__max_new_tokens=12,
+                                  rl__temperature=temperature))
     from align_jax.training.loop import build_state
 
     mesh = make_mesh(1, 1, 1)
@@ -59,9 +58,14 @@ def rollout(toy):
     records = [PromptRecord(f"Write the letter {c}.", {"letter": c}) for c in "abab"]
     prompts = PromptSet(records, toy)
     engine = OnlineRL(cfg, toy, mesh, spec, state_sh, prompts.width)
-    params = SamplingParams(temperature=1.0, n=4, max_new_tokens=12)
-    batch = jax.device_get(engine.rollout(state, prompts.tokens, prompts.mask, jax.random.key(3), params))
-    return batch
+    params = SamplingParams(temperature=temperature, n=4, max_new_tokens=12)
+    return jax.device_get(engine.rollout(state, prompts.tokens, prompts.mask, jax.random.key(3), params))
+
+
+@pytest.fixture(scope="module")
+def rollout(toy):
+    """One sampled rollout batch of the toy model (4 prompts x 4 samples, 12 new tokens)."""
+    return _rollout(toy, 1.0)
 
 
 def test_sampler_logprobs_equal_the_trainers(toy, rollout):
@@ -74,6 +78,10 @@ def test_sampler_logprobs_equal_the_trainers(toy, rollout):
     assert diff.max() < 1e-4
     ratio = np.exp((np.asarray(logps) - rollout["sampler_logps"]) * mask)
     assert np.abs(ratio - 1).max() < 1e-4
+    # at another temperature the trainer scores softmax(logits / T), the distribution sampled from
+    tempered = _rollout(toy, 0.7)
+    logps, _ = completion_logps(toy.model, {k: jnp.asarray(v) for k, v in tempered.items()}, 0.7)
+    assert (np.abs(np.asarray(logps) - tempered["sampler_logps"]) * tempered["completion_mask"]).max() < 1e-4
 
 
 def _numpy_ppo(logits, tokens, width, mask, old, adv, eps_low, eps_high):
