@@ -65,7 +65,7 @@ def _round_up(x: int, m: int) -> int:
 
 
 class PromptSet:
-    """Tokenized prompts (left-padded to one width for the whole run) with their records."""
+    """Tokenized prompts (left-padded to one width, a multiple of 32, for the whole set) with their records."""
 
     def __init__(self, records: list[PromptRecord], lm, width: int | None = None):
         self.records = records
@@ -175,7 +175,7 @@ class OnlineRL:
         out = sample_program(
             policy, tokens, mask, key, values, jnp.int32(self.m), self.eos, stop_array(()),
             graphdef=self.spec.graphdef, structure=structure, n=n, buffer_len=self.m,
-            cache_len=self.width + self.m, pad_id=self.pad_id, shardings=shardings,
+            cache_len=tokens.shape[1] + self.m, pad_id=self.pad_id, shardings=shardings,
             hoist_weights=self.hoist,
         )
         full_mask = jnp.concatenate([out.prompt_mask, out.completion_mask], axis=1)
@@ -226,9 +226,8 @@ def run_online(cfg: RunConfig, workdir: str | Path) -> dict[str, Any]:
     eval_records = splits.eval[: rl.eval_prompts]
     train_set = PromptSet(splits.train, lm)
     eval_set = PromptSet(eval_records, lm)
-    width = max(train_set.width, eval_set.width)
-    train_set, eval_set = PromptSet(splits.train, lm, width), PromptSet(eval_records, lm, width)
-    if width + rl.max_new_tokens > lm.model.cfg.max_position_embeddings:
+    width = train_set.width  # the eval prompts have their own width (their rollout compiles apart anyway)
+    if max(width, eval_set.width) + rl.max_new_tokens > lm.model.cfg.max_position_embeddings:
         raise ValueError(f"prompts padded to {width} tokens + rl.max_new_tokens={rl.max_new_tokens} exceed the "
                          f"model's {lm.model.cfg.max_position_embeddings} positions")
 
@@ -270,7 +269,7 @@ def run_online(cfg: RunConfig, workdir: str | Path) -> dict[str, Any]:
     def evaluate(state) -> tuple[dict[str, float], list[dict]]:
         greedy = SamplingParams(temperature=0.0, n=1, max_new_tokens=rl.max_new_tokens)
         out = jax.device_get(engine.rollout(state, eval_set.tokens, eval_set.mask, base_key, greedy))
-        texts = _decode(lm.tokenizer, out["tokens"][:, width:], out["completion_mask"])
+        texts = _decode(lm.tokenizer, out["tokens"][:, eval_set.width:], out["completion_mask"])
         scores = R.score(rl.reward_names, reward_fns, eval_set.records, texts)
         total = scores.total(rl.weights)
         metrics = {"eval/reward": float(np.nanmean(total)) if scores.ok.any() else float("nan"),
@@ -287,6 +286,7 @@ def run_online(cfg: RunConfig, workdir: str | Path) -> dict[str, Any]:
         writer.write(0, before, split="eval")
         (workdir / "samples_before.json").write_text(json.dumps(before_samples, indent=2))
     metrics: dict[str, float] = {}
+    last_eval = None
     try:
         with ProgressBar(cfg.train.steps, initial=start, desc=cfg.task.name, show=("reward", "loss")) as bar:
             for step in range(start + 1, cfg.train.steps + 1):
@@ -296,9 +296,11 @@ def run_online(cfg: RunConfig, workdir: str | Path) -> dict[str, Any]:
                 if step % cfg.train.log_every == 0:
                     writer.write(step, metrics)
                 if step % cfg.train.eval_every == 0 or step == cfg.train.steps:
-                    eval_metrics, _ = evaluate(state)
+                    eval_metrics, samples = evaluate(state)
                     writer.write(step, eval_metrics, split="eval")
                     metrics.update(eval_metrics)
+                    if step == cfg.train.steps:
+                        last_eval = (eval_metrics, samples)
                 if step % cfg.train.checkpoint_every == 0 or step == cfg.train.steps:
                     ckpt.save(step, state, data_state=prompt_it.get_state(), metrics=metrics)
                 bar.update(step, metrics)
@@ -306,7 +308,7 @@ def run_online(cfg: RunConfig, workdir: str | Path) -> dict[str, Any]:
         ckpt.close()
         writer.close()
 
-    final, after_samples = evaluate(state)
+    final, after_samples = last_eval or evaluate(state)  # a resumed finished run evaluates again
     (workdir / "samples_after.json").write_text(json.dumps(after_samples, indent=2))
     result = {"final": {**metrics, **final}, "before": before, "data": splits.stats,
               "train_examples": len(train_set.records), "eval_examples": len(eval_set.records)}
