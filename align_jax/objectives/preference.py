@@ -15,16 +15,19 @@ where they differ.
 
 from __future__ import annotations
 
-from typing import Any, Callable, NamedTuple
+from typing import Any, Callable, Mapping, NamedTuple
 
 import jax
 import jax.numpy as jnp
 
 from align_jax.objectives.types import (
+    LossNeeds,
     Metrics,
     PreferenceInputs,
     SequenceLogps,
+    declare_needs,
     example_weights,
+    loss_needs,
     reduce_metrics,
     weighted_mean,
 )
@@ -180,13 +183,17 @@ def bco_reward_shift(
     """BCO's reward shift delta (arXiv:2404.04656).
 
     The paper (and TRL) uses a running mean of the rewards over training. Losses stay pure
-    by taking it as an input: pass ``reward_shift`` (e.g. an average of the logged
-    ``bco/batch_reward_mean`` over past steps, kept in the train state). When it is None
-    the current batch mean is used. Either way no gradient flows through delta.
+    by taking it as an input, ``reward_shift``: the training engine keeps the running mean of
+    the logged ``bco/batch_reward_mean`` over past steps in the train state and passes it
+    (:data:`BCO_NEEDS`). When it is None the current batch mean is used. Either way no gradient
+    flows through delta.
     """
     batch_mean = jax.lax.stop_gradient(weighted_mean(rewards, weight))
     delta = batch_mean if given is None else jax.lax.stop_gradient(jnp.asarray(given, jnp.float32))
     return delta, {"bco/delta": delta, "bco/batch_reward_mean": batch_mean}
+
+
+BCO_NEEDS = LossNeeds(reward_shift="bco/batch_reward_mean")  # delta = running mean of this metric
 
 
 def _sorted_difference(
@@ -315,6 +322,7 @@ def nca_loss(inputs: PreferenceInputs, *, beta: float = 0.1) -> LossOutput:
 
 
 @_register("bco_pair", paper="2404.04656")
+@declare_needs(BCO_NEEDS)
 def bco_pair_loss(inputs: PreferenceInputs, *, beta: float = 0.1) -> LossOutput:
     """BCO on pairs: logistic classifier of chosen vs rejected rewards shifted by delta.
 
@@ -521,6 +529,7 @@ def desensitized_sum(
 
 
 @_register("ld_dpo", paper="2409.06411", ld_alpha=interval(0.0, 1.0, "[]"))
+@declare_needs(LossNeeds(per_token_reference=True))
 def ld_dpo_loss(
     inputs: PreferenceInputs, *, beta: float = 0.1, ld_alpha: float = 0.5
 ) -> LossOutput:
@@ -562,6 +571,7 @@ def wpo_log_weight(seq: SequenceLogps, aligned: bool) -> jax.Array:  # [B]
 
 
 @_register("wpo", paper="2406.11827")
+@declare_needs(lambda aligned: LossNeeds(policy_sq_norm=aligned))
 def wpo_loss(inputs: PreferenceInputs, *, beta: float = 0.1, aligned: bool = True) -> LossOutput:
     """WPO: DPO with each pair weighted by its probability under the policy.
 
@@ -640,3 +650,74 @@ def sft_loss(inputs: PreferenceInputs) -> LossOutput:
     """
     nll = chosen_nll(inputs)
     return _finish(inputs, nll, {"nll/chosen": nll, "logps/chosen": inputs.policy_chosen.sum})
+
+
+# ---------------------------------------------------------------- weighted sums of losses
+
+MPO_COMPONENTS = {"dpo": {"weight": 0.8}, "bco_pair": {"weight": 0.2}, "sft": {"weight": 1.0}}
+
+
+def combine_losses(
+    components: Mapping[str, Mapping[str, Any]],
+    registry: Registry = PREFERENCE_LOSSES,
+) -> Callable[[Any], LossOutput]:
+    """A weighted sum of registered losses, e.g. MPO (arXiv:2411.10442)::
+
+        combine_losses({"dpo": {"weight": 0.8, "beta": 0.1}, "bco_pair": {"weight": 0.2},
+                        "sft": {"weight": 1.0}})
+
+    Each value holds ``weight`` (a number >= 0, default 1) and the loss's options (validated by
+    ``registry.build``). Metrics are prefixed by the loss name (``dpo/rewards/margins``,
+    ``dpo/loss``); ``num_examples`` is shared. The result declares the union of the parts'
+    :class:`LossNeeds` (a part's reward-shift metric prefixed like its metrics).
+    """
+    if not isinstance(components, Mapping) or not components:
+        raise ValueError(f"components must be a non-empty mapping loss name -> {{weight, options}}, got {components!r}")
+    built, needs = {}, LossNeeds()
+    for name, spec in components.items():
+        if name == "combined":
+            raise ValueError("components: a combined loss cannot contain 'combined'")
+        options = dict(spec or {})
+        weight = options.pop("weight", 1.0)
+        if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not weight >= 0:
+            raise ValueError(f"components: {name}.weight={weight!r} must be a number >= 0")
+        fn = registry.build(name, **options)
+        built[name] = (float(weight), fn)
+        needs = needs | loss_needs(fn).prefixed(name)
+
+    def combined(inputs: Any) -> LossOutput:
+        total = jnp.zeros((), jnp.float32)
+        metrics: Metrics = {}
+        for name, (weight, fn) in built.items():
+            loss, parts = fn(inputs)
+            total = total + weight * loss
+            metrics[f"{name}/loss"] = loss
+            metrics.update({f"{name}/{k}": v for k, v in parts.items() if k != "num_examples"})
+            metrics["num_examples"] = parts["num_examples"]
+        return total, metrics
+
+    combined.loss_needs = needs
+    return combined
+
+
+def _check_components(components: Mapping[str, Mapping[str, Any]]) -> None:
+    """Names, weights and every part's options (checked by the registry against its signature)."""
+    try:
+        combine_losses(components)
+    except (KeyError, ValueError) as e:
+        raise type(e)(f"preference loss 'combined': {e.args[0]}") from None
+
+
+@PREFERENCE_LOSSES.register("combined", paper="2411.10442", validate=_check_components)
+@declare_needs(lambda components: loss_needs(combine_losses(components)))
+def combined_loss(
+    inputs: PreferenceInputs, *, components: Mapping[str, Mapping[str, Any]] = MPO_COMPONENTS
+) -> LossOutput:
+    """Combined: a weighted sum of registered preference losses (default: MPO's DPO + BCO + SFT).
+
+    arXiv:2411.10442 (MPO). ``components`` maps each part's name to ``{"weight": w, **options}``
+    (``loss.components = {"dpo": {"weight": 0.8, "beta": 0.1}, "sft": {}}``); every part's
+    options are checked against its own signature. Metrics are the parts' metrics prefixed by
+    their names (``dpo/loss``, ``bco_pair/bco/delta``); see ``combine_losses``.
+    """
+    return combine_losses(components)(inputs)

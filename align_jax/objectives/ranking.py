@@ -1,25 +1,25 @@
 """Losses and schedules over more than one pair: listwise ranking (PRO), curricula over
-ranked pairs (Curry-DPO), group-robust reduction (MaxMin-RLHF) and weighted mixtures of
-registered losses (MPO-style).
+ranked pairs (Curry-DPO) and group-robust reduction (MaxMin-RLHF). Weighted mixtures of
+registered losses (MPO-style, ``combine_losses``) live next to the losses they mix, in
+:mod:`.preference`, where ``loss.name = "combined"`` selects one from a config.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable, Mapping, TypeVar
+from typing import Callable, TypeVar
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from align_jax.objectives.preference import (
+from align_jax.objectives.preference import (  # noqa: F401  (combine_losses: re-exported)
     NON_NEGATIVE,
-    PREFERENCE_LOSSES,
     LossOutput,
+    combine_losses,
     option_rules,
 )
 from align_jax.objectives.types import (
-    Metrics,
     RankingInputs,
     example_weights,
     reduce_metrics,
@@ -145,36 +145,3 @@ def maxmin_loss(
     metrics = {**metrics, "maxmin/worst_group": jnp.argmax(masked).astype(jnp.float32)}
     metrics.update({f"maxmin/group_{g}_loss": group_losses[g] for g in range(num_groups)})
     return loss, metrics
-
-
-def combine_losses(
-    components: Mapping[str, Mapping[str, Any]],
-    registry: Registry = PREFERENCE_LOSSES,
-) -> Callable[[Inputs], LossOutput]:
-    """A weighted sum of registered losses, e.g. MPO (arXiv:2411.10442)::
-
-        combine_losses({"dpo": {"weight": 0.8, "beta": 0.1}, "bco_pair": {"weight": 0.2},
-                        "sft": {"weight": 1.0}})
-
-    Each value holds ``weight`` (default 1) and the loss's options (validated by
-    ``registry.build``). Metrics are prefixed by the loss name (``dpo/rewards/margins``,
-    ``dpo/loss``); ``num_examples`` is shared.
-    """
-    built = {}
-    for name, spec in components.items():
-        options = dict(spec)
-        weight = float(options.pop("weight", 1.0))
-        built[name] = (weight, registry.build(name, **options))
-
-    def combined(inputs: Inputs) -> LossOutput:
-        total = jnp.zeros((), jnp.float32)
-        metrics: Metrics = {}
-        for name, (weight, fn) in built.items():
-            loss, parts = fn(inputs)
-            total = total + weight * loss
-            metrics[f"{name}/loss"] = loss
-            metrics.update({f"{name}/{k}": v for k, v in parts.items() if k != "num_examples"})
-            metrics["num_examples"] = parts["num_examples"]
-        return total, metrics
-
-    return combined

@@ -12,6 +12,11 @@ the end (the gradient of ``loss * num_examples`` is the gradient of the weighted
 
 from __future__ import annotations
 
+import dataclasses
+import functools
+import inspect
+from typing import Any, Callable, Mapping
+
 import jax
 import jax.numpy as jnp
 from flax import struct
@@ -129,3 +134,73 @@ def reduce_metrics(
     metrics.update(extra or {})
     metrics["num_examples"] = jnp.sum(weight)
     return metrics
+
+
+@dataclasses.dataclass(frozen=True)
+class LossNeeds:
+    """What a loss reads beyond the policy's per-token log-probs and summed reference log-probs,
+    declared next to the loss (:func:`declare_needs`) so that the engine computes and checks it:
+
+    * ``policy_sq_norm``: ``SequenceLogps.token_log_sq_norm`` of the policy (WPO's aligned weights),
+      a second chunked pass over the vocabulary, computed only for the losses that read it;
+    * ``per_token_reference``: ``reference_chosen`` / ``reference_rejected`` (LD-DPO), which only a
+      reference model held in the state gives (precomputed caches keep one sum per completion);
+    * ``reward_shift``: the name of a metric whose running mean over past steps the engine feeds
+      back as ``inputs.reward_shift`` (BCO's delta); None: the loss reads no shift.
+    """
+
+    policy_sq_norm: bool = False
+    per_token_reference: bool = False
+    reward_shift: str | None = None
+
+    def __or__(self, other: LossNeeds) -> LossNeeds:
+        """Everything either loss needs (a weighted sum of losses needs the union)."""
+        shifts = {s for s in (self.reward_shift, other.reward_shift) if s is not None}
+        if len(shifts) > 1:
+            raise ValueError(f"at most one part may read the reward shift, got {sorted(shifts)}")
+        return LossNeeds(
+            self.policy_sq_norm or other.policy_sq_norm,
+            self.per_token_reference or other.per_token_reference,
+            shifts.pop() if shifts else None,
+        )
+
+    def prefixed(self, prefix: str) -> LossNeeds:
+        """The same needs for a loss whose metrics are logged as ``{prefix}/{name}``."""
+        shift = None if self.reward_shift is None else f"{prefix}/{self.reward_shift}"
+        return dataclasses.replace(self, reward_shift=shift)
+
+    @property
+    def running_means(self) -> tuple[tuple[str, str], ...]:  # (batch field, metric) for the train step
+        return () if self.reward_shift is None else (("reward_shift", self.reward_shift),)
+
+
+def declare_needs(needs: LossNeeds | Callable[..., LossNeeds]):
+    """Declares a loss's :class:`LossNeeds`: a constant, or a function of some of the loss's
+    options (by name, e.g. ``lambda aligned: LossNeeds(policy_sq_norm=aligned)``)."""
+
+    def decorator(fn: Callable[..., Any]) -> Callable[..., Any]:
+        fn.loss_needs = needs
+        return fn
+
+    return decorator
+
+
+def loss_needs(fn: Callable[..., Any], options: Mapping[str, Any] | None = None) -> LossNeeds:
+    """The needs that ``fn`` (a loss, or a built loss: a ``functools.partial`` of one) declares
+    with ``options`` (the function's defaults for the options not given); none declared: none."""
+    bound: dict[str, Any] = {}
+    while isinstance(fn, functools.partial):
+        bound = {**fn.keywords, **bound}
+        fn = fn.func
+    declared = getattr(fn, "loss_needs", None)
+    if declared is None:
+        return LossNeeds()
+    if isinstance(declared, LossNeeds):
+        return declared
+    defaults = {
+        name: p.default
+        for name, p in inspect.signature(fn).parameters.items()
+        if p.kind is inspect.Parameter.KEYWORD_ONLY and p.default is not inspect.Parameter.empty
+    }
+    values = {**defaults, **bound, **dict(options or {})}
+    return declared(**{name: values[name] for name in inspect.signature(declared).parameters})

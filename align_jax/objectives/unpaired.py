@@ -14,12 +14,13 @@ import jax
 import jax.numpy as jnp
 
 from align_jax.objectives.preference import (
+    BCO_NEEDS,
     NON_NEGATIVE,
     LossOutput,
     bco_reward_shift,
     option_rules,
 )
-from align_jax.objectives.types import Metrics, UnpairedInputs, example_weights, weighted_mean
+from align_jax.objectives.types import Metrics, UnpairedInputs, declare_needs, example_weights, weighted_mean
 from align_jax.registry import Registry
 
 UNPAIRED_LOSSES = Registry("unpaired loss")
@@ -91,6 +92,7 @@ def kto_loss(
 
 
 @UNPAIRED_LOSSES.register("bco", paper="2404.04656", validate=option_rules("unpaired loss 'bco'"))
+@declare_needs(BCO_NEEDS)
 def bco_loss(inputs: UnpairedInputs, *, beta: float = 0.1) -> LossOutput:
     """BCO: logistic classifier of desirable vs undesirable rewards shifted by delta.
 

@@ -54,11 +54,21 @@ def load(cfg: RunConfig):
     return mesh, lm
 
 
+def frozen_reference_fn(cfg: RunConfig):
+    """The step's reference pass in reference mode "frozen" (None otherwise): the reference log-probs
+    the task's loss reads, per token too when the loss declares it needs them (LD-DPO)."""
+    if cfg.reference.mode != "frozen":
+        return None
+    per_token = cfg.task.loss_needs(cfg.loss_name, dict(cfg.loss_options)).per_token_reference
+    return functools.partial(reference_logps, kind=cfg.task.record_kind, per_token=per_token)
+
+
 def build_state(cfg: RunConfig, lm: LoadedModel, mesh, task_loss, *, reference_fn=None):
     """(spec, sharded fresh state, state shardings) for the config's task; the loaded model
     stays intact (the "before" policy)."""
     task = cfg.task
     lora = LoraConfig(rank=cfg.lora.rank, alpha=cfg.lora.alpha, targets=cfg.lora.targets) if cfg.lora.rank else None
+    needs = task.loss_needs(cfg.loss_name, dict(cfg.loss_options))
     graphdef, model_state = nnx.split(lm.model)
     spec = S.StepSpec(
         graphdef=graphdef,
@@ -70,6 +80,7 @@ def build_state(cfg: RunConfig, lm: LoadedModel, mesh, task_loss, *, reference_f
         uses_head=task.uses_head,
         reference_sync_every=cfg.reference.sync_every,
         reference_sync_alpha=cfg.reference.sync_alpha,
+        running_means=needs.running_means,  # BCO: delta = running mean of the batch reward means
     )
     state = S.init_state(
         spec,
@@ -190,8 +201,7 @@ def run(cfg: RunConfig, workdir: str | Path) -> dict[str, Any]:
                 eval_ex = D.attach(examples, values)
 
     # -- state and steps ------------------------------------------------------------------
-    reference_fn = functools.partial(reference_logps, kind=kind) if cfg.reference.mode == "frozen" else None
-    spec, state, state_sh = build_state(cfg, lm, mesh, task_loss, reference_fn=reference_fn)
+    spec, state, state_sh = build_state(cfg, lm, mesh, task_loss, reference_fn=frozen_reference_fn(cfg))
 
     packer = D.pair_packer(cfg.data, train_ex + eval_ex, tokenize.pad_id)  # None: separate layout
     train_it = D.iterator(train_ex, cfg.data, train=True, transform=packer)

@@ -15,6 +15,7 @@ import difflib
 import functools
 from typing import Any, Callable, Mapping, Sequence
 
+from align_jax.objectives.types import LossNeeds, loss_needs
 from align_jax.registry import Registry
 
 # Preference-pair batch layouts (align_jax.data.pair_packing): two padded rows per pair, or
@@ -58,6 +59,11 @@ class Task:
             self.losses.build(loss_name, **dict(options))
         except KeyError as e:
             raise ValueError(f"train.task={self.name!r}: {e.args[0]}") from None
+
+    def loss_needs(self, loss_name: str, options: Mapping[str, Any]) -> LossNeeds:
+        """What the named loss reads beyond the policy's log-probs and summed reference log-probs
+        (declared by the loss, see :class:`align_jax.objectives.types.LossNeeds`)."""
+        return loss_needs(self.losses.entry(loss_name).fn, options)
 
     def build_loss(self, loss_name: str, options: Mapping[str, Any], *, tokenizer=None, pair_layout: str = "separate"):
         """The task loss ``(model, batch[, head]) -> (loss, metrics, weight)`` for a config."""

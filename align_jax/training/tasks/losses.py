@@ -36,27 +36,36 @@ def token_logps(
     loss_mask: jax.Array,  # [B, L] 1 on scored (completion) tokens
     positions: jax.Array,  # [B, L]
     segment_ids: jax.Array,  # [B, L] 0 = padding
+    *,
+    with_sq_norm: bool = False,  # also log sum_v p_v^2 per token (WPO)
 ) -> SequenceLogps:  # [B, L - 1]: log p(tokens[t + 1] | tokens[: t + 1])
     logits = model(tokens, positions, segment_ids).logits
-    return sequence_logps(logits[:, :-1], tokens[:, 1:], loss_mask[:, 1:])
+    return sequence_logps(logits[:, :-1], tokens[:, 1:], loss_mask[:, 1:], with_sq_norm=with_sq_norm)
 
 
-def sides_logps(model: Decoder, batch: Batch, sides: tuple[str, ...]) -> dict[str, SequenceLogps]:
+def sides_logps(
+    model: Decoder, batch: Batch, sides: tuple[str, ...], *, with_sq_norm: bool = False
+) -> dict[str, SequenceLogps]:
     """Log-probs of several completion sides in ONE forward (sides stacked on the batch axis)."""
     fields = ("tokens", "loss_mask", "positions", "segment_ids")
     stacked = [jnp.concatenate([batch[f"{s}_{f}"] for s in sides], axis=0) for f in fields]
-    logps = token_logps(model, *stacked)
+    logps = token_logps(model, *stacked, with_sq_norm=with_sq_norm)
     n = batch[f"{sides[0]}_tokens"].shape[0]
     return {s: jax.tree.map(lambda x, i=i: x[i * n : (i + 1) * n], logps) for i, s in enumerate(sides)}
 
 
-def reference_logps(model: Decoder, batch: Batch, kind: str) -> dict[str, jax.Array]:
-    """Summed reference log-probs per side, as the batch fields the losses read.
+def reference_logps(model: Decoder, batch: Batch, kind: str, *, per_token: bool = False) -> dict[str, Any]:
+    """Reference log-probs per side, as the batch fields the losses read: summed
+    (``reference_{side}_logps``) and, with ``per_token``, per token (``reference_{side}``, a
+    :class:`SequenceLogps` aligned with the policy's; LD-DPO in reference mode "frozen").
 
     Preference batches may be in the separate or the prefix-shared/packed layout (then ``[P]``)."""
     sides = PAIR_SIDES if kind == "preference" else ("completion",)
     logps = packed_sides_logps(model, batch) if is_packed(batch) else sides_logps(model, batch, sides)
-    return {f"reference_{s}_logps": jax.lax.stop_gradient(logps[s].sum) for s in sides}
+    out = {f"reference_{s}_logps": jax.lax.stop_gradient(logps[s].sum) for s in sides}
+    if per_token:
+        out.update({f"reference_{s}": jax.lax.stop_gradient(logps[s]) for s in sides})
+    return out
 
 
 def _weight(batch: Batch, n: int) -> jax.Array:
@@ -84,14 +93,25 @@ def sft_loss(model: Decoder, batch: Batch, *, label_smoothing: float = 0.0) -> t
     return loss, {"loss": loss, "sft/nll": metrics["cal/nll"], "sft/tokens": n_tokens}, n_tokens
 
 
-def preference_loss(model: Decoder, batch: Batch, loss_fn: Callable) -> tuple[jax.Array, dict, jax.Array]:
-    logps = sides_logps(model, batch, PAIR_SIDES)
+def _reference_inputs(batch: Batch) -> dict[str, Any]:
+    """The PreferenceInputs fields that come with the batch rather than from the policy: reference
+    log-probs (summed, or per token in reference mode "frozen" when the loss needs them) and the
+    running reward shift (BCO), each None when absent."""
+    names = ("reference_chosen_logps", "reference_rejected_logps", "reference_chosen", "reference_rejected", "reward_shift")
+    return {name: batch.get(name) for name in names}
+
+
+def preference_loss(
+    model: Decoder, batch: Batch, loss_fn: Callable, *, with_sq_norm: bool = False
+) -> tuple[jax.Array, dict, jax.Array]:
+    """A preference loss on a separate-layout batch. ``with_sq_norm``: the policy's log-probs also
+    carry ``log sum_v p_v^2`` (set by the task when the loss declares it needs them: WPO)."""
+    logps = sides_logps(model, batch, PAIR_SIDES, with_sq_norm=with_sq_norm)
     inputs = PreferenceInputs(
         policy_chosen=logps["chosen"],
         policy_rejected=logps["rejected"],
-        reference_chosen_logps=batch.get("reference_chosen_logps"),
-        reference_rejected_logps=batch.get("reference_rejected_logps"),
         example_weight=_weight(batch, logps["chosen"].token_logps.shape[0]),
+        **_reference_inputs(batch),
     )
     loss, metrics = loss_fn(inputs)
     return loss, {"loss": loss, **metrics}, metrics["num_examples"]
@@ -101,15 +121,15 @@ def packed_preference_loss(
     model: Decoder, batch: Batch, loss_fn: Callable, *, token_chunk_size: int | None = None
 ) -> tuple[jax.Array, dict, jax.Array]:
     """``preference_loss`` on a prefix-shared/packed batch (:mod:`align_jax.data.pair_packing`):
-    per-pair inputs ``[P]`` (``reference_*_logps``, ``example_weight``), weighted by ``pair_mask``.
+    per-pair inputs ``[P]`` (``reference_*_logps``, ``example_weight``; per-token reference values
+    ``[P, T]`` from :func:`reference_logps` of the same layout), weighted by ``pair_mask``.
     With ``token_chunk_size``, only scored positions are unembedded (opt-in; see packed_pairs)."""
     logps = packed_sides_logps(model, batch, token_chunk_size=token_chunk_size)
     inputs = PreferenceInputs(
         policy_chosen=logps["chosen"],
         policy_rejected=logps["rejected"],
-        reference_chosen_logps=batch.get("reference_chosen_logps"),
-        reference_rejected_logps=batch.get("reference_rejected_logps"),
         example_weight=packed_example_weight(batch),
+        **_reference_inputs(batch),
     )
     loss, metrics = loss_fn(inputs)
     return loss, {"loss": loss, **metrics}, metrics["num_examples"]
@@ -122,6 +142,7 @@ def unpaired_loss(model: Decoder, batch: Batch, loss_fn: Callable) -> tuple[jax.
         reference_logps=batch.get("reference_completion_logps"),
         desirable=batch["desirable"].astype(bool),
         example_weight=_weight(batch, logps.token_logps.shape[0]),
+        reward_shift=batch.get("reward_shift"),  # BCO's running mean, fed by the train step
     )
     loss, metrics = loss_fn(inputs)
     return loss, {"loss": loss, **metrics}, metrics["num_examples"]

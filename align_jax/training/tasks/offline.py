@@ -7,6 +7,7 @@ import functools
 
 from align_jax.data.records import pairs_to_sft, pairs_to_unpaired
 from align_jax.objectives.preference import PREFERENCE_LOSSES
+from align_jax.objectives.types import loss_needs
 from align_jax.objectives.unpaired import UNPAIRED_LOSSES
 from align_jax.registry import Registry
 from align_jax.training.tasks.base import PAIR_LAYOUTS, TASKS, Task
@@ -28,8 +29,23 @@ CALIBRATION_TASK_LOSSES.register("confidence_brier", paper="2508.18847")(calibra
 
 
 def _preference_task_loss(loss_fn, pair_layout: str):
-    task_fn = preference_loss if pair_layout == "separate" else packed_preference_loss
-    return functools.partial(task_fn, loss_fn=loss_fn)
+    if pair_layout == "separate":  # WPO's squared norms cost a second vocabulary pass: only when declared
+        return functools.partial(preference_loss, loss_fn=loss_fn, with_sq_norm=loss_needs(loss_fn).policy_sq_norm)
+    return functools.partial(packed_preference_loss, loss_fn=loss_fn)
+
+
+def _check_loss_needs(cfg) -> None:
+    """What the loss declares it reads must be something this config's reference and layout give
+    (before any model loads)."""
+    needs = cfg.task.loss_needs(cfg.loss_name, dict(cfg.loss_options))
+    loss = f"loss.name={cfg.loss_name!r}"
+    if needs.per_token_reference and cfg.reference.mode != "frozen":
+        raise ValueError(f"{loss} needs per-token reference log-probs, which reference.mode={cfg.reference.mode!r} "
+                         "does not give (the precomputed cache keeps one sum per completion): set reference.mode='frozen'")
+    if needs.policy_sq_norm and cfg.data.pair_layout != "separate":
+        raise ValueError(f"{loss} needs the policy's per-token log sum_v p_v^2 (WPO's aligned weights), computed for "
+                         f"data.pair_layout='separate' only, not {cfg.data.pair_layout!r}: use the separate layout "
+                         "or WPO's aligned=False")
 
 
 def _unpaired_task_loss(loss_fn, pair_layout: str):
@@ -59,12 +75,12 @@ TASKS.register(Task(
 TASKS.register(Task(
     name="preference", summary="the DPO family on (prompt, chosen, rejected) pairs",
     record_kind="preference", losses=PREFERENCE_LOSSES, reference="summed", pair_layouts=PAIR_LAYOUTS,
-    wrap_loss=_preference_task_loss,
+    wrap_loss=_preference_task_loss, check_config=_check_loss_needs,
 ))
 TASKS.register(Task(
     name="unpaired", summary="KTO / BCO on replies labelled desirable or not (pairs are split)",
     record_kind="unpaired", losses=UNPAIRED_LOSSES, reference="summed", prepare_records=pairs_to_unpaired,
-    wrap_loss=_unpaired_task_loss,
+    wrap_loss=_unpaired_task_loss, check_config=_check_loss_needs,
 ))
 TASKS.register(Task(
     name="reward_model", summary="Bradley-Terry reward model: decoder + linear head on the last token",
