@@ -96,6 +96,7 @@ def test_scan_unrolled_and_remat_agree(pair):
         np.testing.assert_allclose(np.asarray(variant(tokens).logits), ref, atol=1e-5, err_msg=str(changes))
 
 
+@pytest.mark.slow  # eight compiled gradients
 @pytest.mark.parametrize("family", ["llama", "gemma3"])  # Gemma 3 adds windows, QK-norm and softcaps
 def test_remat_policies_give_the_same_gradients(family):
     """Every remat policy (attention recomputed, dots saved, full) changes memory, not gradients.

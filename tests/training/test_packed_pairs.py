@@ -7,6 +7,7 @@ import functools
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 from flax import nnx
 
@@ -203,73 +204,96 @@ def test_dpo_loss_and_gradients_equal_separate(family, pack):
         np.testing.assert_allclose(y, x, atol=1e-6, rtol=1e-4)
 
 
+def _keep_gradient():
+    """An identity optax transformation whose state is the last gradient it was given."""
+    return optax.GradientTransformation(lambda params: jax.tree.map(jnp.zeros_like, params),
+                                        lambda grads, state, params=None: (grads, grads))
+
+
 def _spec(mode, task):
+    """-> (a DPO step spec, its initial state); the optimizer state's first entry is the step's gradient."""
     graphdef, params = nnx.split(init_decoder(LLAMA, seed=0))
+    optimizer = make_optimizer(OptimizerConfig(learning_rate=1e-2, schedule="constant", total_steps=10))
     spec = S.StepSpec(
         graphdef=graphdef,
         task_loss=functools.partial(task, loss_fn=DPO),
-        optimizer=make_optimizer(OptimizerConfig(learning_rate=1e-2, schedule="constant", total_steps=10)),
+        optimizer=optax.chain(_keep_gradient(), optimizer),
         reference_mode=mode,
         reference_fn=functools.partial(reference_logps, kind="preference") if mode == "frozen" else None,
     )
     return spec, S.init_state(spec, params)
 
 
+STEP_PAIRS = make_pairs(4, seed=5)  # the batch of the three-step comparisons below
+
+
+def _micro(batch):
+    return jax.tree.map(lambda x: x[None], batch)
+
+
+@functools.cache
+def _separate_steps(mode):
+    """Three steps of the separate two-row layout, the reference of the packed and length-grouped
+    steps (computed once per mode) -> (per-pair reference log-probs ({} when frozen), each
+    step's metrics, the first step's gradient, the final parameters)."""
+    sep = separate_batch(STEP_PAIRS)
+    per_pair = reference_logps(init_decoder(LLAMA, seed=9), sep, "preference") if mode == "precomputed" else {}
+    spec, state = _spec(mode, preference_loss)
+    step = jax.jit(functools.partial(S.train_step, spec))
+    metrics = []
+    for i in range(3):
+        state, m = step(state, _micro({**sep, **per_pair}))
+        metrics.append(m)
+        if i == 0:
+            grads = state.opt_state[0]
+    assert float(metrics[-1]["loss"]) < np.log(2) - 1e-3  # it moved: the steps compared are not trivial
+    return per_pair, metrics, grads, state.params
+
+
+def _steps_like_separate(mode, task, batch, keys, params_atol):
+    """Three steps of `task` on `batch` give the separate layout's metrics at every step and its
+    parameters at the end; -> (the spec, the final state, the first step's metrics and gradient)."""
+    _, want, _, params_a = _separate_steps(mode)
+    spec, state = _spec(mode, task)
+    step = jax.jit(functools.partial(S.train_step, spec))
+    for i in range(3):
+        state, m = step(state, batch)
+        if i == 0:
+            first, grads = m, state.opt_state[0]
+        for k in keys:
+            np.testing.assert_allclose(m[k], want[i][k], atol=1e-5, rtol=1e-5, err_msg=f"step {i} {k}")
+    for x, y in zip(jax.tree.leaves(params_a), jax.tree.leaves(state.params)):
+        np.testing.assert_allclose(y, x, atol=params_atol)
+    return spec, state, first, grads
+
+
+@pytest.mark.slow  # three Adam steps; one step's loss and gradients: test_dpo_loss_and_gradients_equal_separate
 @pytest.mark.parametrize("mode", ["frozen", "precomputed"])
 def test_reference_modes_train_like_separate(mode):
-    pairs = make_pairs(4, seed=5)
-    sep, packed = separate_batch(pairs), packed_batch(pairs)
-    if mode == "precomputed":
-        ref_model = init_decoder(LLAMA, seed=9)
-        sep = {**sep, **reference_logps(ref_model, sep, "preference")}
-        packed = {**packed, **reference_logps(ref_model, packed, "preference")}
-    micro = lambda b: jax.tree.map(lambda x: x[None], b)  # noqa: E731
-    (spec_a, a), (spec_b, b) = _spec(mode, preference_loss), _spec(mode, packed_preference_loss)
-    step_a, step_b = jax.jit(functools.partial(S.train_step, spec_a)), jax.jit(functools.partial(S.train_step, spec_b))
-    for _ in range(3):
-        a, ma = step_a(a, micro(sep))
-        b, mb = step_b(b, micro(packed))
-        for k in ("loss", "rewards/margins", "weight"):
-            np.testing.assert_allclose(mb[k], ma[k], atol=1e-5, rtol=1e-5)
-    assert float(ma["loss"]) < np.log(2) - 1e-3  # it moved: the steps compared were not trivial
-    for x, y in zip(jax.tree.leaves(a.params), jax.tree.leaves(b.params)):
-        np.testing.assert_allclose(y, x, atol=1e-5)
+    packed = packed_batch(STEP_PAIRS)
+    if mode == "precomputed":  # the packed layout's own reference pass (equal per pair: see above)
+        packed = {**packed, **reference_logps(init_decoder(LLAMA, seed=9), packed, "preference")}
+    _steps_like_separate(mode, packed_preference_loss, _micro(packed), ("loss", "rewards/margins", "weight"), 1e-5)
 
 
 @pytest.mark.parametrize("mode", ["frozen", "precomputed"])
 def test_length_grouped_steps_train_like_separate(mode):
     """A batch split into length groups (a tuple of differently shaped batches) gives the same
-    update as the plain one-shape batch: weights, metrics and parameters after three steps."""
-    pairs = make_pairs(6, seed=11)
-    sep = separate_batch(pairs)
-    per_pair = {}
-    if mode == "precomputed":
-        per_pair = reference_logps(init_decoder(LLAMA, seed=9), sep, "preference")
-        sep = {**sep, **per_pair}
-    groups = pack_length_groups(pairs, multiple=4, per_pair={k: np.asarray(v) for k, v in per_pair.items()})
+    update as the plain one-shape batch: gradients, weights, metrics and parameters after three steps."""
+    per_pair, (ma, *_), grads_a, _ = _separate_steps(mode)
+    groups = pack_length_groups(STEP_PAIRS, multiple=4, per_pair={k: np.asarray(v) for k, v in per_pair.items()})
     assert len({g["packed_tokens"].shape for g in groups}) >= 2  # the groups really differ in shape
-    assert sum(int(g["pair_mask"].sum()) for g in groups) == len(pairs)
+    assert sum(int(g["pair_mask"].sum()) for g in groups) == len(STEP_PAIRS)
     groups = tuple({k: jnp.asarray(v) for k, v in g.items()} for g in groups)
-    micro = lambda b: jax.tree.map(lambda x: x[None], b)  # noqa: E731
-    (spec_a, a), (spec_b, b) = _spec(mode, preference_loss), _spec(mode, packed_preference_loss)
-    ga, _, wa = jax.jit(functools.partial(S._accumulate, spec_a))(a, micro(sep))
-    gb, _, wb = jax.jit(functools.partial(S._accumulate, spec_b))(b, groups)
-    assert float(wa) == float(wb) == len(pairs)
-    for x, y in zip(jax.tree.leaves(ga), jax.tree.leaves(gb)):
-        np.testing.assert_allclose(y, x, atol=1e-6, rtol=1e-4)
-    step_a, step_b = jax.jit(functools.partial(S.train_step, spec_a)), jax.jit(functools.partial(S.train_step, spec_b))
-    for _ in range(3):
-        a, ma = step_a(a, micro(sep))
-        b, mb = step_b(b, groups)
-        for k in ("loss", "rewards/margins", "logps/chosen", "weight", "grad_norm"):
-            np.testing.assert_allclose(mb[k], ma[k], atol=1e-5, rtol=1e-5)
-    assert float(ma["loss"]) < np.log(2) - 1e-3
     # Adam divides by sqrt(v): on coordinates whose gradient is ~1e-6, float rounding of the
-    # gradients (checked tightly above) moves an lr=1e-2 update by ~1e-4.
-    for x, y in zip(jax.tree.leaves(a.params), jax.tree.leaves(b.params)):
-        np.testing.assert_allclose(y, x, atol=3e-4)
-    metrics = jax.jit(functools.partial(S.eval_step, spec_b))(b, groups)
-    np.testing.assert_allclose(metrics["weight"], len(pairs))
+    # gradients (checked tightly below) moves an lr=1e-2 update by ~1e-4.
+    spec, state, mb, grads_b = _steps_like_separate(
+        mode, packed_preference_loss, groups, ("loss", "rewards/margins", "logps/chosen", "weight", "grad_norm"), 3e-4)
+    assert float(ma["weight"]) == float(mb["weight"]) == len(STEP_PAIRS)
+    for x, y in zip(jax.tree.leaves(grads_a), jax.tree.leaves(grads_b)):
+        np.testing.assert_allclose(y, x, atol=1e-6, rtol=1e-4)
+    metrics = jax.jit(functools.partial(S.eval_step, spec))(state, groups)
+    np.testing.assert_allclose(metrics["weight"], len(STEP_PAIRS))
 
 
 def test_length_groups_round_up_and_keep_every_pair():
@@ -360,48 +384,50 @@ def test_config_rejects_unknown_pair_layout(tmp_path):
     with pytest.raises(ValueError, match="group_multiple must be >= 1"):
         parse_config(make_config(tmp_path, tmp_path / "x.jsonl", data__pair_layout="length_grouped",
                                  data__group_multiple=0))
-    with pytest.raises(ValueError, match="pair_layout='packed' needs train.task='preference'"):
+    with pytest.raises(ValueError, match=r"data.pair_layout='packed' is not valid for train.task='unpaired'"):
         parse_config(make_config(tmp_path, tmp_path / "x.jsonl", data__pair_layout="packed", train__task="unpaired"))
 
 
-def test_engine_packed_dpo_matches_separate(tiny_model_dir, pairs_file, tmp_path):
+ENGINE_STEPS = dict(train__steps=3, train__eval_every=3, train__checkpoint_every=3, optimizer__total_steps=3)
+
+
+def _engine_run(tiny_model_dir, pairs_file, workdir, **overrides):
+    """-> (the per-step train losses, the final eval loss) of a three-step DPO run of the engine."""
+    from engine_config import make_config
+    from test_engine import train_losses
+
+    from align_jax.training.config import parse_config
+    from align_jax.training.loop import run
+
+    result = run(parse_config(make_config(tiny_model_dir, pairs_file, **ENGINE_STEPS, **overrides)), workdir)
+    return train_losses(workdir), result["final"]["eval/loss"]
+
+
+@pytest.fixture(scope="module")
+def separate_engine_run(tiny_model_dir, pairs_file, tmp_path_factory):
+    """The separate layout on one device with 2 micro-batches: the engine runs below must equal it."""
+    train, final = _engine_run(tiny_model_dir, pairs_file, tmp_path_factory.mktemp("separate"), data__micro_batches=2)
+    assert len(train) == 3 and train[-1] != train[0]
+    return train, final
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("layout", ["packed", "length_grouped"])
+def test_engine_packed_dpo_matches_separate(tiny_model_dir, pairs_file, separate_engine_run, tmp_path, layout):
     """A few DPO steps (2 micro-batches, precomputed reference) give the same train and eval losses."""
-    from engine_config import make_config
-    from test_engine import train_losses
-
-    from align_jax.training.config import parse_config
-    from align_jax.training.loop import run
-
-    results = {}
-    for layout in ("separate", "packed", "length_grouped"):
-        cfg = parse_config(make_config(tiny_model_dir, pairs_file, data__pair_layout=layout, data__micro_batches=2,
-                                       data__group_multiple=4, train__steps=3, train__eval_every=3,
-                                       train__checkpoint_every=3, optimizer__total_steps=3))
-        results[layout] = run(cfg, tmp_path / layout)
-        results[layout]["train"] = train_losses(tmp_path / layout)
-    a = results["separate"]
-    assert len(a["train"]) == 3 and a["train"][-1] != a["train"][0]
-    for layout in ("packed", "length_grouped"):
-        b = results[layout]
-        np.testing.assert_allclose(b["train"], a["train"], rtol=1e-5, err_msg=layout)
-        np.testing.assert_allclose(b["final"]["eval/loss"], a["final"]["eval/loss"], rtol=1e-5, err_msg=layout)
+    train, final = _engine_run(tiny_model_dir, pairs_file, tmp_path, data__pair_layout=layout, data__micro_batches=2,
+                               data__group_multiple=4)
+    np.testing.assert_allclose(train, separate_engine_run[0], rtol=1e-5)
+    np.testing.assert_allclose(final, separate_engine_run[1], rtol=1e-5)
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(len(jax.devices()) < 8, reason="needs 8 (forced CPU) devices")
-def test_engine_length_grouped_on_eight_devices_matches_one_device_separate(tiny_model_dir, pairs_file, tmp_path):
+def test_engine_length_grouped_on_eight_devices_matches_one_device_separate(tiny_model_dir, pairs_file,
+                                                                            separate_engine_run, tmp_path):
     """Length groups sharded over a 2x2x2 mesh (rows over the data axes where they divide, else
-    replicated) train like the separate layout on one device."""
-    from engine_config import make_config
-    from test_engine import train_losses
-
-    from align_jax.training.config import parse_config
-    from align_jax.training.loop import run
-
-    common = dict(train__steps=3, train__eval_every=3, train__checkpoint_every=3, optimizer__total_steps=3)
-    run(parse_config(make_config(tiny_model_dir, pairs_file, **common)), tmp_path / "one")
-    run(parse_config(make_config(tiny_model_dir, pairs_file, data__pair_layout="length_grouped",
-                                 data__group_multiple=8, mesh__data=2, mesh__fsdp=2, mesh__tensor=2, **common)),
-        tmp_path / "eight")
-    one, eight = train_losses(tmp_path / "one"), train_losses(tmp_path / "eight")
-    assert len(one) == 3 and one[-1] != one[0]
-    np.testing.assert_allclose(eight, one, rtol=1e-4)
+    replicated) train like the separate layout on one device (run with 2 micro-batches, shared with
+    the test above: accumulation is exact, see test_train_step.py)."""
+    train, _ = _engine_run(tiny_model_dir, pairs_file, tmp_path, data__pair_layout="length_grouped",
+                           data__group_multiple=8, mesh__data=2, mesh__fsdp=2, mesh__tensor=2)
+    np.testing.assert_allclose(train, separate_engine_run[0], rtol=1e-4)

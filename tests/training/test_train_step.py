@@ -47,25 +47,32 @@ def micro(batch, a):
     return jax.tree.map(lambda x: x.reshape((a, x.shape[0] // a) + x.shape[1:]), batch)
 
 
-def make(reference_mode="frozen", lr=1e-2, sync_every=0, alpha=1.0, optimizer=None):
+@functools.cache
+def make(reference_mode="frozen", sync_every=0, alpha=1.0, sgd=False):
+    """-> (spec, initial state, model, the jitted step), built once per setting: tests that share a
+    setting (and batch shapes) share one compiled step. sgd: plain SGD with learning rate 1, so that
+    the update is the gradient itself and two updates can be compared tightly (Adam's first step
+    is ~lr * sign(gradient), which hides small gradient differences and amplifies rounding on
+    coordinates whose gradient is ~0); otherwise Adam, lr 1e-2."""
     model = init_decoder(CFG, seed=0)
     graphdef, params = nnx.split(model)
+    optimizer = optax.sgd(1.0) if sgd else make_optimizer(OptimizerConfig(learning_rate=1e-2, schedule="constant",
+                                                                           total_steps=10))
     spec = S.StepSpec(
         graphdef=graphdef,
         task_loss=functools.partial(preference_loss, loss_fn=PREFERENCE_LOSSES.build("dpo", beta=0.1)),
-        optimizer=optimizer or make_optimizer(OptimizerConfig(learning_rate=lr, schedule="constant", total_steps=10)),
+        optimizer=optimizer,
         reference_mode=reference_mode,
         reference_fn=functools.partial(reference_logps, kind="preference") if reference_mode == "frozen" else None,
         reference_sync_every=sync_every,
         reference_sync_alpha=alpha,
     )
-    return spec, S.init_state(spec, params), model
+    return spec, S.init_state(spec, params), model, jax.jit(functools.partial(S.train_step, spec))
 
 
 def test_first_step_dpo_loss_is_ln2_and_learns():
-    spec, state, _ = make()
+    _, state, _, step = make()
     batch = micro(pair_batch(4), 1)
-    step = jax.jit(functools.partial(S.train_step, spec))
     state, m0 = step(state, batch)
     np.testing.assert_allclose(m0["loss"], np.log(2), atol=1e-6)
     np.testing.assert_allclose(m0["rewards/margins"], 0.0, atol=1e-6)
@@ -75,22 +82,22 @@ def test_first_step_dpo_loss_is_ln2_and_learns():
 
 
 def test_gradient_accumulation_is_exact():
-    spec, state, _ = make(optimizer=optax.sgd(1.0))  # the update is the gradient itself
+    _, state, _, step = make(sgd=True)  # the update is the gradient itself
     batch = pair_batch(4)
-    one, m1 = S.train_step(spec, state, micro(batch, 1))
-    two, m2 = S.train_step(spec, state, micro(batch, 2))
+    one, m1 = step(state, micro(batch, 1))
+    two, m2 = step(state, micro(batch, 2))
     for a, b in zip(jax.tree.leaves(one.params), jax.tree.leaves(two.params)):
         np.testing.assert_allclose(a, b, atol=2e-6)
     np.testing.assert_allclose(m1["loss"], m2["loss"], rtol=1e-6)
 
 
 def test_precomputed_reference_equals_frozen_reference():
-    spec_f, state_f, model = make("frozen")
-    spec_p, state_p, _ = make("precomputed")
+    _, state_f, model, step_f = make("frozen", sgd=True)  # the update is the gradient: compare it tightly
+    _, state_p, _, step_p = make("precomputed", sgd=True)
     batch = pair_batch(4, seed=3)
     ref = reference_logps(model, batch, "preference")
-    a, ma = S.train_step(spec_f, state_f, micro(batch, 1))
-    b, mb = S.train_step(spec_p, state_p, micro({**batch, **ref}, 1))
+    a, ma = step_f(state_f, micro(batch, 1))
+    b, mb = step_p(state_p, micro({**batch, **ref}, 1))
     for k in ("loss", "rewards/chosen", "rewards/margins"):
         np.testing.assert_allclose(ma[k], mb[k], atol=1e-6)
     for x, y in zip(jax.tree.leaves(a.params), jax.tree.leaves(b.params)):
@@ -98,31 +105,31 @@ def test_precomputed_reference_equals_frozen_reference():
 
 
 def test_tr_dpo_hard_and_soft_reference_updates():
-    spec, state, _ = make(sync_every=2, alpha=1.0)
+    _, state, _, step = make(sync_every=2, alpha=1.0)
     batch = micro(pair_batch(4), 1)
-    s1, _ = S.train_step(spec, state, batch)
+    s1, _ = step(state, batch)
     leaves = lambda t: jax.tree.leaves(t)  # noqa: E731
     assert all(np.array_equal(r, p) for r, p in zip(leaves(s1.reference), leaves(state.reference)))  # step 1: no sync
-    s2, _ = S.train_step(spec, s1, batch)
+    s2, _ = step(s1, batch)
     assert all(np.array_equal(r, p) for r, p in zip(leaves(s2.reference), leaves(s2.params["model"])))  # hard sync
-    spec_soft, state, _ = make(sync_every=1, alpha=0.25)
-    s1, _ = S.train_step(spec_soft, state, batch)
+    _, state, _, step_soft = make(sync_every=1, alpha=0.25)
+    s1, _ = step_soft(state, batch)
     for r, p, r0 in zip(leaves(s1.reference), leaves(s1.params["model"]), leaves(state.reference)):
         np.testing.assert_allclose(r, 0.25 * np.asarray(p) + 0.75 * np.asarray(r0), atol=1e-6)
 
 
 @pytest.mark.skipif(len(jax.devices()) < 8, reason="needs 8 (forced CPU) devices")
 def test_sharded_step_equals_single_device():
-    spec, state, _ = make(optimizer=optax.sgd(1.0))  # the update is the gradient: compare it tightly
+    spec, state, _, step = make(sgd=True)  # the update is the gradient: compare it tightly
     batch = micro(pair_batch(8), 2)
-    ref_state, ref_m = S.train_step(spec, state, batch)
+    ref_state, ref_m = step(state, batch)
     mesh = make_mesh(data=2, fsdp=2, tensor=2)
     state_sh = S.train_state_shardings(state, mesh)
     batch_sh = S.batch_shardings(batch, mesh)
-    step = S.compile_train_step(spec, state_sh, batch_sh, mesh)
+    sharded_step = S.compile_train_step(spec, state_sh, batch_sh, mesh)
     sharded = S.shard_state(state, state_sh)
     assert sharded.params["model"]["blocks"]["mlp"]["gate"][...].sharding.spec == jax.sharding.PartitionSpec(None, "fsdp", "tensor")
-    new, m = step(sharded, jax.device_put(batch, batch_sh))
+    new, m = sharded_step(sharded, jax.device_put(batch, batch_sh))
     np.testing.assert_allclose(m["loss"], ref_m["loss"], rtol=1e-5)
     for a, b in zip(jax.tree.leaves(new.params), jax.tree.leaves(ref_state.params)):
         np.testing.assert_allclose(a, b, atol=1e-5)
@@ -130,7 +137,7 @@ def test_sharded_step_equals_single_device():
 
 @pytest.mark.skipif(len(jax.devices()) < 8, reason="needs 8 (forced CPU) devices")
 def test_optimizer_moments_are_sharded_like_params():
-    _, state, _ = make()
+    _, state, _, _ = make()
     state_sh = S.train_state_shardings(state, make_mesh(data=1, fsdp=4, tensor=2))
     adam = state_sh.opt_state[1][0]
     for mu, p in zip(jax.tree.leaves(adam.mu), jax.tree.leaves(state_sh.params)):
