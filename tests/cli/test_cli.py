@@ -20,6 +20,8 @@ from ml_collections import config_dict
 from align_jax import main as cli
 from align_jax.training.metrics_logging import ProgressBar
 
+pytestmark = pytest.mark.slow  # align_jax.main run in subprocesses
+
 REPO = pathlib.Path(__file__).resolve().parents[2]
 TRAINING_CONFIGS = sorted(p for p in (REPO / "configs").glob("*.py") if p.name != "common.py")
 NOWHERE = "/nonexistent/model"  # loading it would fail with a different error

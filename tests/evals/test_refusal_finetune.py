@@ -16,6 +16,8 @@ from align_jax.models.decoder import init_decoder
 from align_jax.training import step as S
 from refusal_tiny import TINY, CharTokenizer
 
+pytestmark = pytest.mark.slow  # a classifier trained through the engine (~20 s)
+
 
 def test_weighted_logistic_loss_matches_numpy():
     rng = np.random.default_rng(0)

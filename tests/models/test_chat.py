@@ -11,6 +11,8 @@ from align_jax.models.tokenizer import Tokenizer
 transformers = pytest.importorskip("transformers")
 from test_tokenizer import _gguf, hf_reference, with_smollm2_upstream_pretokenizer  # noqa: E402
 
+pytestmark = pytest.mark.slow  # real models' tokenizers built by transformers
+
 # Gemma 3's chat template as published in google/gemma-3-*-it tokenizer_config.json (text-only
 # branches kept). The packaged Gemma GGUF is the base model and carries no template.
 GEMMA3_OFFICIAL_TEMPLATE = """{{ bos_token }}

@@ -21,6 +21,8 @@ from align_jax.models import load_model, save_hf_dir  # noqa: E402
 from align_jax.models.chat import encode_chat  # noqa: E402
 from align_jax.sampling import SamplingParams, sample  # noqa: E402
 
+pytestmark = pytest.mark.slow  # real pretrained weights
+
 TOL = 1e-3
 PROMPTS = [
     "What is the capital of France?",

@@ -20,6 +20,8 @@ from align_jax.models.tokenizer import Tokenizer
 transformers = pytest.importorskip("transformers")
 from tokenizers import pre_tokenizers  # noqa: E402
 
+pytestmark = pytest.mark.slow  # real models' tokenizers built by transformers
+
 CORPUS = [
     "", " ", "  ", "\n", "\n\n\n", "\t", "Hello world", " Hello world", "Hello  world   again",
     "Café naïve façade résumé Ångström", "日本語のテキストです。中文字符测试", "مرحبا بالعالم",

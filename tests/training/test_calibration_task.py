@@ -30,6 +30,8 @@ REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(Path(__file__).parent))
 from engine_config import make_config  # noqa: E402
 
+pytestmark = pytest.mark.slow  # an engine training run (~15 s)
+
 
 class FixedLogits:
     """A stand-in model returning given logits [B, L, V]."""

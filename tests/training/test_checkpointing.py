@@ -16,6 +16,8 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 
 from align_jax.training.checkpointing import Checkpointer, NonFiniteLossError, check_finite
 
+pytestmark = pytest.mark.slow  # a subprocess SIGKILLed mid-save
+
 
 @jax.tree_util.register_dataclass
 @dataclasses.dataclass

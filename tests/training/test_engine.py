@@ -26,6 +26,8 @@ REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(Path(__file__).parent))
 from engine_config import make_config  # noqa: E402
 
+pytestmark = pytest.mark.slow  # engine runs, SIGKILL and two-process subprocess runs
+
 QUESTIONS = ["What is {} plus {}?", "Name a color that is not {}.", "Is {} larger than {}?", "Spell the number {}."]
 
 

@@ -33,6 +33,8 @@ from align_jax.training.tasks import TASKS
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "configs"))
 from common import base_config  # noqa: E402
 
+pytestmark = pytest.mark.slow  # one compiled engine step per registered objective (~60 s)
+
 SWEEP = [("preference", name) for name in TASKS["preference"].losses.names()] + [
     ("unpaired", name) for name in TASKS["unpaired"].losses.names()
 ]

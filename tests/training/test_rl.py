@@ -30,6 +30,8 @@ from align_jax.training.metrics_logging import read_metrics
 from align_jax.training.rl_loop import OnlineRL, PromptSet, group_advantages, overlong_penalty
 from align_jax.training.tasks.online import completion_logps, policy_gradient_loss
 
+pytestmark = pytest.mark.slow  # training runs and a SIGKILL subprocess run
+
 REPO = Path(__file__).resolve().parents[2]
 grpo_toy_config = runpy.run_path(str(REPO / "configs" / "grpo_toy.py"))["get_config"]
 
