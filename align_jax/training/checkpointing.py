@@ -3,8 +3,10 @@
 One checkpoint step directory holds two items:
 
 * ``state``: the train state, any JAX pytree (params, optimizer state, step, PRNG key), written by
-  Orbax's ``StandardSave`` shard by shard. Typed PRNG keys (``jax.random.key``) are stored as their
-  key data by Orbax and come back typed when the abstract target says so.
+  Orbax's PyTree handler shard by shard, uncompressed (zstd saved ~7% of the disk on fp32 weights
+  but buffered the whole compressed state in memory during the save: +1.4 GB RSS on SmolLM2-135M's
+  1.5 GB fp32 train state). Typed PRNG keys (``jax.random.key``) are stored as their key data by
+  Orbax and come back typed when the abstract target says so.
 * ``data``: the data iterator state (grain's ``DatasetIterator.get_state()``), a JSON-able dict.
 
 Saves are asynchronous: ``save`` returns once the arrays are copied off the device and the writing
@@ -143,7 +145,8 @@ class Checkpointer:
             cleanup_tmp_directories=True,
             enable_async_checkpointing=async_save,
         )
-        self._manager = ocp.CheckpointManager(self.directory, options=options)
+        handlers = {_STATE: ocp.PyTreeCheckpointHandler(use_compression=False), _DATA: ocp.JsonCheckpointHandler()}
+        self._manager = ocp.CheckpointManager(self.directory, options=options, item_handlers=handlers)
 
     # -- saving -------------------------------------------------------------------------
     def save(
@@ -168,7 +171,7 @@ class Checkpointer:
             return False
         args = ocp.args.Composite(
             **{
-                _STATE: ocp.args.StandardSave(state),
+                _STATE: ocp.args.PyTreeSave(state),
                 _DATA: ocp.args.JsonSave(None if data_state is None else dict(data_state)),
             }
         )
@@ -219,11 +222,13 @@ class Checkpointer:
             raise FileNotFoundError(
                 f"no checkpoint for step {step} in {self.directory}; available: {self.all_steps()}"
             )
-        target = None if abstract_state is None else jax.tree.map(_as_abstract, abstract_state)
+        if abstract_state is None:
+            state_args = ocp.args.PyTreeRestore()
+        else:
+            target = jax.tree.map(_as_abstract, abstract_state)
+            restore_args = ocp.checkpoint_utils.construct_restore_args(target)  # each array to its target sharding
+            state_args = ocp.args.PyTreeRestore(target, restore_args=restore_args)
         restored = self._manager.restore(
-            int(step),
-            args=ocp.args.Composite(
-                **{_STATE: ocp.args.StandardRestore(target), _DATA: ocp.args.JsonRestore()}
-            ),
+            int(step), args=ocp.args.Composite(**{_STATE: state_args, _DATA: ocp.args.JsonRestore()})
         )
         return restored[_STATE], restored[_DATA]

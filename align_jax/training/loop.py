@@ -4,10 +4,17 @@ Resuming: the same command on the same workdir restores the newest complete chec
 data-iterator position) and truncates the metric trace after it, so an interrupted run continues
 exactly where the uninterrupted one would be. A non-finite loss stops the run before anything is
 saved for that step, so the last checkpoint on disk is the last good state.
+
+Memory: the loaded weights are dropped once the train state holds its own copy (the "before" policy
+is read again from the weights file at the end, for the report), checkpoint saves are waited for when
+the state lives in host memory (CPU: Orbax's host copy would otherwise coexist with the next step),
+and the C heap's free pages go back to the OS after each phase (``release_free_memory``).
 """
 
 from __future__ import annotations
 
+import ctypes
+import dataclasses
 import functools
 import json
 import logging
@@ -32,7 +39,7 @@ from align_jax.training.flops import measure_matmul_peak, model_flops_per_token
 from align_jax.training.lora import LoraConfig
 from align_jax.training.metrics_logging import MetricsWriter, ProgressBar, Throughput, read_metrics
 from align_jax.training.optimizer import make_optimizer
-from align_jax.training.reference_cache import cached_reference_logps
+from align_jax.training.reference_cache import cached_reference_logps, model_fingerprint
 from align_jax.training.tasks import init_reward_head, reference_logps
 
 
@@ -51,6 +58,7 @@ def load(cfg: RunConfig):
     m = cfg.model
     lm = load_model(m.name if m.path is None else None, m.path, param_dtype=m.param_dtype, dtype=m.dtype,
                     remat=m.remat, scan_layers=m.scan_layers, mesh=mesh)
+    release_free_memory()  # the loader's dequantised copies
     return mesh, lm
 
 
@@ -170,6 +178,7 @@ def run(cfg: RunConfig, workdir: str | Path) -> dict[str, Any]:
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     mesh, lm = load(cfg)
+    fingerprint = model_fingerprint(lm.source, lm.model)
     task_loss, _ = build_task_loss(cfg, lm.tokenizer)
 
     # -- data ---------------------------------------------------------------------------
@@ -199,9 +208,13 @@ def run(cfg: RunConfig, workdir: str | Path) -> dict[str, Any]:
                 train_ex = D.attach(examples, values)
             else:
                 eval_ex = D.attach(examples, values)
+        release_free_memory()
 
     # -- state and steps ------------------------------------------------------------------
     spec, state, state_sh = build_state(cfg, lm, mesh, task_loss, reference_fn=frozen_reference_fn(cfg))
+    model_cfg = lm.model.cfg
+    del lm  # frees the loaded weights (the state holds a copy); the "before" policy is reloaded at the end
+    host_state = all(d.platform == "cpu" for d in mesh.devices.flat)
 
     packer = D.pair_packer(cfg.data, train_ex + eval_ex, tokenize.pad_id)  # None: separate layout
     train_it = D.iterator(train_ex, cfg.data, train=True, transform=packer)
@@ -235,7 +248,7 @@ def run(cfg: RunConfig, workdir: str | Path) -> dict[str, Any]:
     writer = MetricsWriter(workdir, resume_step=start if start else None)
     (workdir / "config.json").write_text(json.dumps(_jsonable(cfg), indent=2))
 
-    flops_per_token = model_flops_per_token(lm.model.cfg, cfg.data.max_length, training=True)
+    flops_per_token = model_flops_per_token(model_cfg, cfg.data.max_length, training=True)
     throughput = Throughput(flops_per_token=flops_per_token, peak_flops=_peak_flops())
     before = evaluate(state) if start == 0 else stored_before(workdir)
     if start == 0:
@@ -258,6 +271,9 @@ def run(cfg: RunConfig, workdir: str | Path) -> dict[str, Any]:
                     metrics.update(eval_metrics)
                 if step % cfg.train.checkpoint_every == 0 or step == cfg.train.steps:
                     ckpt.save(step, state, data_state=train_it.get_state(), metrics=metrics)
+                    if host_state:  # its host copy must not coexist with the next step's buffers
+                        ckpt.wait()
+                        release_free_memory()
                 bar.update(step, metrics)
     finally:  # a stopped run still finishes writing its last good checkpoint and metrics
         ckpt.close()
@@ -267,7 +283,31 @@ def run(cfg: RunConfig, workdir: str | Path) -> dict[str, Any]:
         metrics = evaluate(state)
     result = {"final": metrics, "before": before, "truncation": truncation, "data": splits.stats,
               "train_examples": len(train_ex), "eval_examples": len(eval_ex)}
+    state = dataclasses.replace(state, opt_state=None)  # finish() reads the parameters only
+    release_free_memory()
+    _, lm = load(cfg)  # the "before" policy, for the report and notebooks
+    if model_fingerprint(lm.source, lm.model) != fingerprint:
+        logging.warning("%s changed during the run: the reloaded 'before' policy is the new file", lm.source)
     return finish(cfg, spec, state, lm, workdir, result)
+
+
+@functools.lru_cache(maxsize=None)
+def _malloc_trim():
+    try:
+        return ctypes.CDLL(None).malloc_trim  # glibc
+    except (OSError, AttributeError):
+        return None
+
+
+def release_free_memory() -> None:
+    """Hands the C heap's free pages back to the OS (glibc's ``malloc_trim``; a no-op elsewhere).
+
+    glibc keeps freed memory in its arenas (e.g. ~0.4 GB of dequantised copies after loading SmolLM2-135M
+    from GGUF; less after the reference pass or a checkpoint save). On CPU, where the arrays are host
+    memory too, that slack adds to the next phase's peak RSS (measured: benchmarks/memory.py)."""
+    trim = _malloc_trim()
+    if trim is not None:
+        trim(0)
 
 
 def _lr(cfg: RunConfig, step: int) -> float:
@@ -282,6 +322,4 @@ def _peak_flops() -> float:
 
 
 def _jsonable(cfg: RunConfig) -> dict:
-    import dataclasses
-
     return json.loads(json.dumps(dataclasses.asdict(cfg), default=str))

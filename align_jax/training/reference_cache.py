@@ -7,6 +7,7 @@ tokenization never reads stale values, and a rerun of the same experiment skips 
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 from pathlib import Path
@@ -15,6 +16,7 @@ from typing import Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
+from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec
 from tqdm import tqdm
 
@@ -46,7 +48,7 @@ def compute_reference_logps(
     model: Decoder, examples: Sequence[dict], kind: str, *, batch_size: int = 16
 ) -> dict[str, np.ndarray]:
     """Summed reference log-probs of every example, in order (``reference_<side>_logps`` [N])."""
-    fn = jax.jit(lambda batch: reference_logps(model, batch, kind))
+    graphdef, state = nnx.split(model)
     replicated = _replicated_like(model)
     outputs: dict[str, list[np.ndarray]] = {}
     for start in tqdm(range(0, len(examples), batch_size), desc="reference log-probs", leave=False):
@@ -58,9 +60,17 @@ def compute_reference_logps(
             for k in chunk[0]
             if k.endswith(("_tokens", "_loss_mask", "_positions", "_segment_ids"))
         }
-        for name, value in fn(batch).items():
+        for name, value in reference_program(state, batch, graphdef=graphdef, kind=kind).items():
             outputs.setdefault(name, []).append(np.asarray(value)[:n])
     return {name: np.concatenate(parts) for name, parts in outputs.items()}
+
+
+@functools.partial(jax.jit, static_argnames=("graphdef", "kind"))
+def reference_program(state, batch: dict[str, jax.Array], *, graphdef, kind: str) -> dict[str, jax.Array]:
+    """The compiled reference pass of one batch. The parameters are an argument, not captured by a
+    closure: captured, they were compiled into the executable as constants, a second copy of the
+    weights (peak RSS 3.6 GB instead of 2.1 GB on SmolLM2-135M), and every call recompiled."""
+    return reference_logps(nnx.merge(graphdef, state), batch, kind)
 
 
 def _replicated_like(model: Decoder):
