@@ -30,3 +30,13 @@ def test_every_shipped_config_parses():
             continue
         cfg = parse_config(runpy.run_path(str(path))["get_config"]())
         assert cfg.optimizer.total_steps >= cfg.train.steps, path.name
+
+
+def test_configs_readme_names_every_config_and_only_those():
+    import re
+
+    text = (CONFIGS / "README.md").read_text()
+    named = set(re.findall(r"`((?:eval/)?[a-z_]+\.py)`", text))
+    files = {p.relative_to(CONFIGS).as_posix() for p in CONFIGS.rglob("*.py")}
+    assert named - files == set(), "configs/README.md names configs that do not exist"
+    assert files - named == set(), "configs/README.md does not list every config"
