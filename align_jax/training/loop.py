@@ -232,14 +232,13 @@ def run(cfg: RunConfig, workdir: str | Path) -> dict[str, Any]:
         to_device = functools.partial(D.to_global, data=cfg.data, shardings=batch_sh)
 
     def evaluate(state) -> dict[str, float]:
-        sums, total = {}, 0.0
+        sums, total = None, 0.0
         for batch in D.iterator(eval_ex, cfg.data, train=False, transform=packer):
-            metrics = jax.device_get(eval_step(state, to_device(batch)))
-            w = float(metrics.pop("weight"))
-            for k, v in metrics.items():
-                sums[k] = sums.get(k, 0.0) + float(v) * w
+            metrics = {k: float(v) for k, v in jax.device_get(eval_step(state, to_device(batch))).items()}
+            w = metrics.pop("weight")
+            sums = S.add_metrics(sums or dict.fromkeys(metrics, 0.0), metrics, w)
             total += w
-        return {f"eval/{k}": v / max(total, 1e-9) for k, v in sums.items()}
+        return {f"eval/{k}": v for k, v in S.finish_metrics(sums or {}, total).items()}
 
     # -- resume -----------------------------------------------------------------------------
     ckpt, state, data_state, start = open_checkpoints(cfg, workdir, state, state_sh)

@@ -32,6 +32,22 @@ from align_jax.training import lora as lora_lib
 
 REFERENCE_MODES = ("frozen", "precomputed", "none")
 
+# Metrics that count something (examples, tokens: the reduction denominators the losses log) are summed
+# over micro-batches and evaluation batches; every other metric is a weighted mean. ``eval/num_examples``
+# is then the number of examples evaluated (32), not the mean batch size (8).
+COUNT_METRICS = frozenset({"num_examples", "sft/tokens", "pg/loss_weight", "vf/loss_weight"})
+
+
+def add_metrics(sums: Mapping[str, Any], metrics: Mapping[str, Any], weight) -> dict[str, Any]:
+    """``sums`` plus one (micro-)batch's metrics: weighted by the batch's weight, counts as they are."""
+    return {k: sums[k] + metrics[k] * (1.0 if k in COUNT_METRICS else weight) for k in sums}
+
+
+def finish_metrics(sums: Mapping[str, Any], total) -> dict[str, Any]:
+    """Summed metrics -> weighted means over ``total`` weight (counts stay sums)."""
+    denom = jnp.maximum(total, 1e-9) if isinstance(total, jax.Array) else max(float(total), 1e-9)
+    return {k: s if k in COUNT_METRICS else s / denom for k, s in sums.items()}
+
 
 @jax.tree_util.register_dataclass
 @dataclasses.dataclass
@@ -155,7 +171,7 @@ def _accumulate(spec: StepSpec, state: TrainState, batch):
         grads, sums, total = carry
         (_, (metrics, weight)), g = grad_fn(spec, state.params, state.frozen, state.reference, micro_batch)
         grads = jax.tree.map(jnp.add, grads, g)
-        sums = jax.tree.map(lambda s, m: s + m.astype(jnp.float32) * weight, sums, metrics)
+        sums = add_metrics(sums, _as_float32(metrics), weight)
         return (grads, sums, total + weight), None
 
     groups = _with_running_means(spec, state, _groups(batch))
@@ -173,8 +189,7 @@ def _accumulate(spec: StepSpec, state: TrainState, batch):
     grads, sums, total = carry
     denom = jnp.maximum(total, 1e-9)
     grads = jax.tree.map(lambda g: g / denom, grads)
-    metrics = jax.tree.map(lambda s: s / denom, sums)
-    return grads, metrics, total
+    return grads, finish_metrics(sums, total), total
 
 
 def train_step(spec: StepSpec, state: TrainState, batch) -> tuple[TrainState, dict]:
@@ -210,7 +225,7 @@ def eval_step(spec: StepSpec, state: TrainState, batch) -> dict:
     def micro(carry, micro_batch):
         sums, total = carry
         _, (metrics, weight) = _loss_and_aux(spec, state.params, state.frozen, state.reference, micro_batch)
-        return (jax.tree.map(lambda s, m: s + m.astype(jnp.float32) * weight, sums, metrics), total + weight), None
+        return (add_metrics(sums, _as_float32(metrics), weight), total + weight), None
 
     groups = _with_running_means(spec, state, _groups(batch))
     first = jax.tree.map(lambda x: x[0], groups[0])
@@ -219,7 +234,11 @@ def eval_step(spec: StepSpec, state: TrainState, batch) -> dict:
     for group in groups:
         carry, _ = jax.lax.scan(micro, carry, group)
     sums, total = carry
-    return {**jax.tree.map(lambda s: s / jnp.maximum(total, 1e-9), sums), "weight": total}
+    return {**finish_metrics(sums, total), "weight": total}
+
+
+def _as_float32(metrics: Mapping[str, jax.Array]) -> dict[str, jax.Array]:
+    return {k: jnp.asarray(v).astype(jnp.float32) for k, v in metrics.items()}
 
 
 # -- shardings and compilation ------------------------------------------------------------

@@ -89,6 +89,16 @@ def test_gradient_accumulation_is_exact():
     for a, b in zip(jax.tree.leaves(one.params), jax.tree.leaves(two.params)):
         np.testing.assert_allclose(a, b, atol=2e-6)
     np.testing.assert_allclose(m1["loss"], m2["loss"], rtol=1e-6)
+    assert float(m1["num_examples"]) == float(m2["num_examples"]) == 4.0  # a count: summed, not averaged
+
+
+def test_counts_add_up_and_means_are_weighted():
+    """Host-side reduction of evaluation batches (the loop's evaluate): counts sum, other metrics are
+    means weighted by each batch's weight."""
+    sums = None
+    for metrics, weight in (({"loss": 1.0, "num_examples": 8.0}, 8.0), ({"loss": 4.0, "num_examples": 2.0}, 2.0)):
+        sums = S.add_metrics(sums or dict.fromkeys(metrics, 0.0), metrics, weight)
+    assert S.finish_metrics(sums, 10.0) == {"loss": 1.6, "num_examples": 10.0}
 
 
 def test_precomputed_reference_equals_frozen_reference():
