@@ -27,8 +27,10 @@ def base_config() -> ml_collections.ConfigDict:
                   max_train_examples=0, max_eval_examples=64, seed=0)
     c.reference = dict(mode="precomputed", sync_every=0, sync_alpha=1.0, cache_dir=optional_str())
     c.lora = dict(rank=0, alpha=16.0, targets=r"attn/(q|k|v|o)|mlp/(gate|up|down)", seed=0)
+    # checkpoints every `checkpoint_every` steps and at least every `checkpoint_every_seconds` (5 min of work at risk)
     c.train = dict(task="preference", steps=40, eval_every=20, log_every=1, checkpoint_every=20,
-                   keep_checkpoints=2, best_metric="", best_mode="min", export_hf=True, report=True)
+                   checkpoint_every_seconds=300.0, keep_checkpoints=2, best_metric="", best_mode="min", export_hf=True,
+                   report=True)
     # total_steps=0: the schedule follows train.steps (times rl.epochs * rl.minibatches for online tasks)
     c.optimizer = dict(learning_rate=5e-6, schedule="cosine", warmup_steps=0, total_steps=0, weight_decay=0.0,
                        b1=0.9, b2=0.999, eps=1e-8, max_grad_norm=1.0)

@@ -19,6 +19,11 @@ checkpoint as the latest; the partial directory is ignored and deleted when the 
 Retention: the ``keep_last`` most recent steps, plus (with ``best_metric``) the ``keep_best`` best
 steps by that metric, which must then be passed in ``metrics`` at the steps that should compete.
 
+Cadence (:class:`SaveCadence`, shared by the offline and the online loop): every
+``train.checkpoint_every`` steps, at the last step, and whenever ``train.checkpoint_every_seconds`` of
+wall time have passed since the last save, so a killed run loses at most that much work however slow
+its steps are.
+
 A step whose guarded metrics (by default every metric named ``*loss``) are NaN or infinite is never
 saved: ``save`` raises :class:`NonFiniteLossError` naming the step and metric (see
 :func:`check_finite`).
@@ -28,7 +33,8 @@ from __future__ import annotations
 
 import math
 import pathlib
-from collections.abc import Iterable, Mapping
+import time
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import jax
@@ -48,6 +54,26 @@ class NonFiniteLossError(FloatingPointError):
         super().__init__(
             f"non-finite {name}={value} at step {step}; the state of this step was not saved"
         )
+
+
+class SaveCadence:
+    """When a run saves: at every ``every_steps``-th step, at ``last_step``, and at the first step that
+    ends ``every_seconds`` or more after the previous save (or after the cadence was made, at the
+    start or resume of the run). 0 turns either interval off. ``clock``: seconds (monotonic)."""
+
+    def __init__(self, every_steps: int, every_seconds: float, last_step: int,
+                 clock: Callable[[], float] = time.monotonic):
+        self.every_steps, self.every_seconds, self.last_step, self.clock = every_steps, every_seconds, last_step, clock
+        self._since = clock()
+
+    def due(self, step: int) -> bool:
+        """Whether to save after ``step``; a yes restarts the wall-time interval."""
+        now = self.clock()
+        due = (step == self.last_step or (self.every_steps > 0 and step % self.every_steps == 0)
+               or (self.every_seconds > 0 and now - self._since >= self.every_seconds))
+        if due:
+            self._since = now
+        return due
 
 
 def _is_loss_name(name: str) -> bool:

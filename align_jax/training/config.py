@@ -80,7 +80,8 @@ class TrainSection:
     steps: int = 40
     eval_every: int = 20
     log_every: int = 1
-    checkpoint_every: int = 20
+    checkpoint_every: int = 20  # steps (0: off)
+    checkpoint_every_seconds: float = 300.0  # also save once this much wall time passed since the last save (0: off)
     keep_checkpoints: int = 2
     best_metric: str = ""  # e.g. "eval/loss": also keep the best checkpoint by it
     best_mode: str = "min"

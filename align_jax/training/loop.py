@@ -33,7 +33,7 @@ from align_jax.models import LoadedModel, load_model, save_hf_dir
 from align_jax.parallel.mesh import make_mesh
 from align_jax.training import data_setup as D
 from align_jax.training import step as S
-from align_jax.training.checkpointing import Checkpointer, check_finite
+from align_jax.training.checkpointing import Checkpointer, SaveCadence, check_finite
 from align_jax.training.config import RunConfig
 from align_jax.training.flops import measure_matmul_peak, model_flops_per_token
 from align_jax.training.lora import LoraConfig
@@ -112,6 +112,11 @@ def open_checkpoints(cfg: RunConfig, workdir: Path, state, state_sh):
         state, data_state = ckpt.restore(start, abstract_state=abstract)
         logging.info("resumed from step %d", start)
     return ckpt, state, data_state, start
+
+
+def save_cadence(cfg: RunConfig) -> SaveCadence:
+    """Checkpoints every ``train.checkpoint_every`` steps or ``train.checkpoint_every_seconds``, and at the end."""
+    return SaveCadence(cfg.train.checkpoint_every, cfg.train.checkpoint_every_seconds, cfg.train.steps)
 
 
 def stored_before(workdir: Path) -> dict | None:
@@ -253,6 +258,7 @@ def run(cfg: RunConfig, workdir: str | Path) -> dict[str, Any]:
     if start == 0:
         writer.write(0, before, split="eval")
     metrics: dict[str, float] = {}
+    cadence = save_cadence(cfg)
     try:
         with ProgressBar(cfg.train.steps, initial=start, desc=cfg.train.task, show=("loss",)) as bar:
             for step in range(start + 1, cfg.train.steps + 1):
@@ -268,7 +274,7 @@ def run(cfg: RunConfig, workdir: str | Path) -> dict[str, Any]:
                     eval_metrics = evaluate(state)
                     writer.write(step, eval_metrics, split="eval")
                     metrics.update(eval_metrics)
-                if step % cfg.train.checkpoint_every == 0 or step == cfg.train.steps:
+                if cadence.due(step):
                     ckpt.save(step, state, data_state=train_it.get_state(), metrics=metrics)
                     if host_state:  # its host copy must not coexist with the next step's buffers
                         ckpt.wait()

@@ -46,7 +46,7 @@ from align_jax.training import data_setup as D
 from align_jax.training import step as S
 from align_jax.training.checkpointing import check_finite
 from align_jax.training.config import RunConfig
-from align_jax.training.loop import build_state, finish, load, open_checkpoints, stored_before
+from align_jax.training.loop import build_state, finish, load, open_checkpoints, save_cadence, stored_before
 from align_jax.training.metrics_logging import MetricsWriter, ProgressBar
 from align_jax.objectives.kl import kl_penalized_rewards, masked_mean
 from align_jax.objectives.policy_gradient import gae
@@ -287,6 +287,7 @@ def run_online(cfg: RunConfig, workdir: str | Path) -> dict[str, Any]:
         (workdir / "samples_before.json").write_text(json.dumps(before_samples, indent=2))
     metrics: dict[str, float] = {}
     last_eval = None
+    cadence = save_cadence(cfg)
     try:
         with ProgressBar(cfg.train.steps, initial=start, desc=cfg.task.name, show=("reward", "loss")) as bar:
             for step in range(start + 1, cfg.train.steps + 1):
@@ -301,7 +302,7 @@ def run_online(cfg: RunConfig, workdir: str | Path) -> dict[str, Any]:
                     metrics.update(eval_metrics)
                     if step == cfg.train.steps:
                         last_eval = (eval_metrics, samples)
-                if step % cfg.train.checkpoint_every == 0 or step == cfg.train.steps:
+                if cadence.due(step):
                     ckpt.save(step, state, data_state=prompt_it.get_state(), metrics=metrics)
                 bar.update(step, metrics)
     finally:

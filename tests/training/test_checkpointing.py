@@ -14,7 +14,7 @@ import pytest
 from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from align_jax.training.checkpointing import Checkpointer, NonFiniteLossError, check_finite
+from align_jax.training.checkpointing import Checkpointer, NonFiniteLossError, SaveCadence, check_finite
 
 pytestmark = pytest.mark.slow  # a subprocess SIGKILLed mid-save
 
@@ -155,6 +155,20 @@ def test_check_finite_key_selection():
         check_finite(3, {"loss": 1.0, "grad_norm": float("nan")}, keys=["grad_norm"])
     with pytest.raises(NonFiniteLossError, match="eval/dpo_loss"):
         check_finite(3, {"eval/dpo_loss": np.array([1.0, np.inf])})
+
+
+def test_save_cadence_by_steps_by_wall_time_and_at_the_end():
+    now = [0.0]
+    cadence = SaveCadence(every_steps=10, every_seconds=300.0, last_step=25, clock=lambda: now[0])
+    saved = []
+    for step in range(1, 26):
+        now[0] += 130.0 if step <= 6 else 1.0  # six slow steps (compiling, a busy machine), then fast ones
+        if cadence.due(step):
+            saved.append(step)
+    # by time: step 3 (390 s since the start) and step 6 (390 s since step 3); by steps: 10, 20; the last: 25
+    assert saved == [3, 6, 10, 20, 25]
+    off = SaveCadence(every_steps=0, every_seconds=0.0, last_step=5, clock=lambda: now[0])
+    assert [s for s in range(1, 6) if off.due(s)] == [5]
 
 
 def test_interval_force_duplicates_and_missing(tmp_path):
