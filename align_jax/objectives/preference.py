@@ -9,8 +9,11 @@ Notation: ``ratio_w = log pi(y_w|x) - log pi_ref(y_w|x)`` (summed over tokens), 
 the weighted mean over examples (see ``types``); every loss logs
 ``rewards/{chosen,rejected,margins,accuracies}`` (implicit rewards, ``beta * ratio`` unless
 the docstring says otherwise), ``logps/{chosen,rejected}`` (summed policy log-probs) and
-``num_examples``. Formulas follow the papers; TRL's ``DPOTrainer.dpo_loss`` names are given
-where they differ.
+``num_examples``. Formulas follow the papers; where TRL (1.16) follows another convention, the
+loss has an option that reproduces TRL exactly, with our default stated in its docstring
+(``ipo(normalize=)``, ``nll_reduction=``, ``wpo(cap=)``, ``bco_pair(shift=)``); docs/objectives.md
+tables each loss's TRL name and settings, and tests/objectives/test_trl_agreement.py checks them
+against TRL's own code.
 """
 
 from __future__ import annotations
@@ -66,6 +69,10 @@ def interval(low: float, high: float, brackets: str = "[)") -> Rule:
 
 def one_of(*choices: str) -> Rule:
     return Rule(lambda v: v in choices, f"must be one of {', '.join(map(repr, choices))}")
+
+
+NLL_REDUCTION = one_of("sequence", "token")  # see chosen_nll
+BCO_SHIFT = one_of("running", "batch", "none")  # see bco_reward_shift
 
 
 def option_rules(what: str, **rules: Rule) -> Callable[..., None]:
@@ -170,30 +177,66 @@ def smoothed_sigmoid_loss(logits: jax.Array, label_smoothing: float = 0.0) -> ja
     return -(1.0 - eps) * jax.nn.log_sigmoid(logits) - eps * jax.nn.log_sigmoid(-logits)
 
 
-def chosen_nll(inputs: PreferenceInputs) -> jax.Array:  # [B]
-    """Per-token-averaged negative log-likelihood of the chosen response."""
-    return -inputs.policy_chosen.mean
+def chosen_nll(inputs: PreferenceInputs, reduction: str = "sequence") -> jax.Array:  # [B]
+    """Negative log-likelihood of the chosen responses, per example, for the loss's weighted mean.
+
+    ``"sequence"`` (our default; RPO's form, arXiv:2405.16436): each response's per-token mean, so
+    that every example counts equally. ``"token"`` (TRL's ``sft`` loss type and the NLL of its CPO
+    and ORPO trainers): every chosen token of the batch counts equally; each example's summed NLL
+    is scaled by ``sum(w) / sum(w * length)``, so that the weighted mean over examples is the
+    token mean. The token mean is per batch: micro-batches with different token counts do not
+    add up exactly (as in TRL).
+    """
+    seq = inputs.policy_chosen
+    if reduction == "sequence":
+        return -seq.mean
+    weight = example_weights(inputs.example_weight, seq.sum)
+    tokens = jnp.sum(jnp.where(weight > 0, weight * seq.length, 0.0))
+    return -seq.sum * jnp.sum(weight) / jnp.maximum(tokens, 1.0)
 
 
 def bco_reward_shift(
     rewards: jax.Array,  # [N] implicit rewards beta * ratio
     weight: jax.Array,  # [N]
     given: jax.Array | None,  # [] the caller's running mean, or None
+    shift: str = "running",
 ) -> tuple[jax.Array, Metrics]:
-    """BCO's reward shift delta (arXiv:2404.04656).
+    """BCO's reward shift delta (arXiv:2404.04656), by ``shift``:
 
-    The paper (and TRL) uses a running mean of the rewards over training. Losses stay pure
-    by taking it as an input, ``reward_shift``: the training engine keeps the running mean of
-    the logged ``bco/batch_reward_mean`` over past steps in the train state and passes it
-    (:data:`BCO_NEEDS`). When it is None the current batch mean is used. Either way no gradient
-    flows through delta.
+    * ``"running"`` (our default; the paper's form): a running mean of the rewards over training.
+      Losses stay pure by taking it as an input, ``reward_shift``: the training engine keeps the
+      running mean of the logged ``bco/batch_reward_mean`` over past steps in the train state and
+      passes it (:func:`bco_needs`). When it is None (a direct call) the batch mean is used.
+    * ``"batch"``: the current batch mean, always (no state).
+    * ``"none"``: delta = 0 (TRL 1.16's ``bco_pair``).
+
+    No gradient flows through delta.
     """
     batch_mean = jax.lax.stop_gradient(weighted_mean(rewards, weight))
-    delta = batch_mean if given is None else jax.lax.stop_gradient(jnp.asarray(given, jnp.float32))
+    if shift == "none":
+        delta = jnp.zeros((), jnp.float32)
+    elif shift == "batch" or given is None:
+        delta = batch_mean
+    else:
+        delta = jax.lax.stop_gradient(jnp.asarray(given, jnp.float32))
     return delta, {"bco/delta": delta, "bco/batch_reward_mean": batch_mean}
 
 
 BCO_NEEDS = LossNeeds(reward_shift="bco/batch_reward_mean")  # delta = running mean of this metric
+
+
+def bco_needs(shift: str) -> LossNeeds:
+    """What a BCO loss reads: the engine's running reward mean only with ``shift="running"``."""
+    return BCO_NEEDS if shift == "running" else LossNeeds()
+
+
+def length_normalized(ratios: LogRatios, inputs: PreferenceInputs) -> LogRatios:  # [B] each
+    """Each log-ratio divided by its response's scored-token count (at least 1), as TRL's ``ipo``
+    and ``sigmoid_norm`` do."""
+    return LogRatios(
+        ratios.chosen / jnp.maximum(inputs.policy_chosen.length, 1.0),
+        ratios.rejected / jnp.maximum(inputs.policy_rejected.length, 1.0),
+    )
 
 
 def _sorted_difference(
@@ -232,7 +275,8 @@ def _aot(
 def dpo_loss(inputs: PreferenceInputs, *, beta: float = 0.1) -> LossOutput:
     """DPO: -log sigmoid(beta * margin).
 
-    arXiv:2305.18290 (TRL: ``sigmoid``)."""
+    arXiv:2305.18290 (TRL: ``sigmoid``). ``cdpo`` adds label smoothing, which TRL 1.16's
+    ``sigmoid`` no longer reads."""
     return _reference_loss(inputs, beta, lambda r: smoothed_sigmoid_loss(beta * r.margin))
 
 
@@ -267,14 +311,35 @@ def robust_dpo_loss(
     return _reference_loss(inputs, beta, losses_of)
 
 
-@_register("ipo", paper="2310.12036")
-def ipo_loss(inputs: PreferenceInputs, *, beta: float = 0.1) -> LossOutput:
+@_register("ipo", paper="2310.12036", normalize=one_of("sum", "length"))
+def ipo_loss(inputs: PreferenceInputs, *, beta: float = 0.1, normalize: str = "sum") -> LossOutput:
     """IPO: squared distance of the margin to 1/(2 beta).
 
     arXiv:2310.12036. ``(margin - 1/(2 beta))^2`` (beta is the paper's tau), minimal at
-    margin 1/(2 beta). Uses summed log-probs as in the paper (TRL averages them per token).
+    margin 1/(2 beta). ``normalize="sum"`` (our default; the paper's equation as written) uses the
+    summed log-ratios; ``"length"`` divides each log-ratio by its response's token count before the
+    difference (TRL's ``ipo``, which its authors confirmed with the IPO authors). The two differ by
+    orders of magnitude on long responses: with ``"sum"`` choose beta accordingly.
     """
-    return _reference_loss(inputs, beta, lambda r: (r.margin - 1.0 / (2.0 * beta)) ** 2)
+
+    def losses_of(r: LogRatios) -> jax.Array:
+        r = length_normalized(r, inputs) if normalize == "length" else r
+        return (r.margin - 1.0 / (2.0 * beta)) ** 2
+
+    return _reference_loss(inputs, beta, losses_of)
+
+
+@_register("sigmoid_norm", paper="2411.15124")
+def sigmoid_norm_loss(inputs: PreferenceInputs, *, beta: float = 0.1) -> LossOutput:
+    """Length-normalised DPO: DPO on per-token mean log-ratios.
+
+    arXiv:2411.15124 (Tulu 3's length-normalised DPO). ``-log sigma(beta (ratio_w / |y_w| -
+    ratio_l / |y_l|))``, ``|y|`` the response's scored tokens. TRL: ``sigmoid_norm``. Rewards are
+    DPO's ``beta * ratio`` (summed), as TRL logs them.
+    """
+    return _reference_loss(
+        inputs, beta, lambda r: smoothed_sigmoid_loss(beta * length_normalized(r, inputs).margin)
+    )
 
 
 @_register("hinge", paper="2305.10425")
@@ -321,19 +386,21 @@ def nca_loss(inputs: PreferenceInputs, *, beta: float = 0.1) -> LossOutput:
     return _reference_loss(inputs, beta, losses_of)
 
 
-@_register("bco_pair", paper="2404.04656")
-@declare_needs(BCO_NEEDS)
-def bco_pair_loss(inputs: PreferenceInputs, *, beta: float = 0.1) -> LossOutput:
+@_register("bco_pair", paper="2404.04656", shift=BCO_SHIFT)
+@declare_needs(bco_needs)
+def bco_pair_loss(inputs: PreferenceInputs, *, beta: float = 0.1, shift: str = "running") -> LossOutput:
     """BCO on pairs: logistic classifier of chosen vs rejected rewards shifted by delta.
 
-    arXiv:2404.04656. ``-log sigma(r_w - delta) - log sigma(-(r_l - delta))``, ``r = beta * ratio``;
-    delta is ``inputs.reward_shift`` or, if None, the batch mean of all rewards.
+    arXiv:2404.04656. ``-log sigma(r_w - delta) - log sigma(-(r_l - delta))``, ``r = beta * ratio``.
+    delta by ``shift`` (see ``bco_reward_shift``): ``"running"`` (default; the paper's running mean,
+    ``inputs.reward_shift``, or the batch mean of all rewards when that is None), ``"batch"``, or
+    ``"none"`` (delta = 0: TRL 1.16's ``bco_pair``).
     """
     ratios = log_ratios(inputs)
     weight = example_weights(inputs.example_weight, ratios.chosen)
     rw, rl = beta * ratios.chosen, beta * ratios.rejected
     delta, shift_metrics = bco_reward_shift(
-        jnp.concatenate([rw, rl]), jnp.concatenate([weight, weight]), inputs.reward_shift
+        jnp.concatenate([rw, rl]), jnp.concatenate([weight, weight]), inputs.reward_shift, shift
     )
     losses = -jax.nn.log_sigmoid(rw - delta) - jax.nn.log_sigmoid(-(rl - delta))
     return _finish(inputs, losses, reward_metrics(inputs, rw, rl), shift_metrics)
@@ -375,7 +442,7 @@ def aot_unpaired_loss(
     """AOT (unpaired): sigmoid loss on sorted chosen minus sorted rejected log-ratios.
 
     arXiv:2406.05882. Sigmoid loss on ``sort(ratio_w) - sort(ratio_l)`` across the batch, so
-    chosen and rejected need not share prompts. TRL: ``aot_pair``.
+    chosen and rejected need not share prompts. TRL: ``aot_unpaired``.
     """
     ratios = log_ratios(inputs)
     return _aot(inputs, beta, label_smoothing, ratios.chosen, ratios.rejected)
@@ -454,8 +521,18 @@ def f_dpo_loss(
     """f-DPO: DPO with the reverse KL replaced by another f-divergence.
 
     arXiv:2309.16240. ``-log sigma(beta (f'(u_w) - f'(u_l)))`` with ``u = pi/pi_ref``; the
-    reverse KL gives DPO. ``alpha`` is read by the alpha-divergence only; exponents are
-    capped for stability.
+    reverse KL gives DPO. ``f'`` up to additive constants, which cancel in the difference:
+
+    * ``reverse_kl``: ``log u`` (DPO);  ``forward_kl``: ``-1/u``;  ``js``: ``log(2u / (1 + u))``;
+    * ``alpha``: ``(1 - u^-alpha) / alpha`` with ``alpha`` in (0, 1] (read by this divergence only;
+      alpha -> 0 tends to the reverse KL, alpha = 1 is the forward KL).
+
+    TRL: ``sigmoid`` with ``f_divergence_type`` = ``reverse_kl`` / ``forward_kl`` /
+    ``js_divergence`` / ``alpha_divergence``; TRL writes the alpha-divergence's
+    ``f'(u) = (u^(a-1) - 1) / (a - 1)`` with ``a = f_alpha_divergence_coef``, so TRL's ``a`` is our
+    ``1 - alpha`` (the two agree at 0.5 only). Exponents are capped at 50 for float32 (TRL: no cap for
+    ``forward_kl``, 80 for ``alpha_divergence``), so the two differ only where a log-ratio is beyond
+    -50 (forward KL) or -50 / alpha.
     """
 
     def losses_of(r: LogRatios) -> jax.Array:
@@ -485,14 +562,22 @@ def dpo_positive_loss(
     )
 
 
-@_register("rpo", paper="2405.16436", sft_weight=NON_NEGATIVE)
-def rpo_loss(inputs: PreferenceInputs, *, beta: float = 0.1, sft_weight: float = 1.0) -> LossOutput:
+@_register("rpo", paper="2405.16436", sft_weight=NON_NEGATIVE, nll_reduction=NLL_REDUCTION)
+def rpo_loss(
+    inputs: PreferenceInputs,
+    *,
+    beta: float = 0.1,
+    sft_weight: float = 1.0,
+    nll_reduction: str = "sequence",
+) -> LossOutput:
     """RPO: DPO plus an SFT (NLL) term on the chosen response.
 
     arXiv:2405.16436. DPO plus ``sft_weight`` times the chosen response's per-token NLL
     (the SFT term acts as an implicit adversarial regulariser against over-optimisation).
+    ``nll_reduction`` (``chosen_nll``): ``"sequence"`` (default; the paper's per-sequence mean) or
+    ``"token"`` (TRL: ``loss_type=["sigmoid", "sft"]``, ``loss_weights=[1, sft_weight]``).
     """
-    nll = chosen_nll(inputs)
+    nll = chosen_nll(inputs, nll_reduction)
     return _reference_loss(
         inputs,
         beta,
@@ -572,16 +657,21 @@ def wpo_log_weight(seq: SequenceLogps, aligned: bool) -> jax.Array:  # [B]
 
 @_register("wpo", paper="2406.11827")
 @declare_needs(lambda aligned: LossNeeds(policy_sq_norm=aligned))
-def wpo_loss(inputs: PreferenceInputs, *, beta: float = 0.1, aligned: bool = True) -> LossOutput:
+def wpo_loss(
+    inputs: PreferenceInputs, *, beta: float = 0.1, aligned: bool = True, cap: bool = True
+) -> LossOutput:
     """WPO: DPO with each pair weighted by its probability under the policy.
 
-    arXiv:2406.11827. DPO with each pair weighted by ``min(1, exp(w_w + w_l))`` (no gradient), where
-    ``w`` is the length-normalised policy log-prob of the response, so off-policy pairs
-    count less.
+    arXiv:2406.11827. DPO with each pair weighted by ``exp(w_w + w_l)`` (no gradient), where ``w``
+    is the length-normalised policy log-prob of the response (``aligned``: relative to the
+    policy's own sampling distribution, eq. 2), so off-policy pairs count less. ``cap=True`` (our
+    default) bounds the weight by 1 (aligned weights can exceed 1), so that WPO only ever
+    down-weights DPO's pairs; ``cap=False`` is the weight as written in eq. 2 and TRL's
+    (``loss_type="sigmoid"``, ``use_weighting=True``; TRL's weights are always aligned).
     """
     log_weight = wpo_log_weight(inputs.policy_chosen, aligned)
     log_weight += wpo_log_weight(inputs.policy_rejected, aligned)
-    pair_weight = jax.lax.stop_gradient(jnp.exp(jnp.minimum(log_weight, 0.0)))
+    pair_weight = jax.lax.stop_gradient(jnp.exp(jnp.minimum(log_weight, 0.0 if cap else _EXP_CAP)))
     return _reference_loss(
         inputs,
         beta,
@@ -604,35 +694,87 @@ def simpo_loss(inputs: PreferenceInputs, *, beta: float = 2.0, gamma: float = 1.
     return _finish(inputs, smoothed_sigmoid_loss(rw - rl - gamma), reward_metrics(inputs, rw, rl))
 
 
-@_register("cpo", paper="2401.08417", sft_weight=NON_NEGATIVE)
-def cpo_loss(inputs: PreferenceInputs, *, beta: float = 0.1, sft_weight: float = 1.0) -> LossOutput:
+def cpo_pair_losses(
+    pair_loss: str,
+    beta: float,
+    chosen: jax.Array,  # [B] policy log-probs of the chosen responses (summed, or mean for "ipo")
+    rejected: jax.Array,  # [B]
+) -> jax.Array:  # [B]
+    """CPO's preference term on the reference-free margin ``h = chosen - rejected``: ``"sigmoid"``
+    ``-log sigma(beta h)``, ``"hinge"`` ``max(0, 1 - beta h)`` (SLiC, arXiv:2305.10425), ``"ipo"``
+    ``(h - 1/(2 beta))^2`` (arXiv:2310.12036)."""
+    margin = chosen - rejected
+    if pair_loss == "hinge":
+        return jax.nn.relu(1.0 - beta * margin)
+    if pair_loss == "ipo":
+        return (margin - 1.0 / (2.0 * beta)) ** 2
+    return smoothed_sigmoid_loss(beta * margin)
+
+
+@_register(
+    "cpo",
+    paper="2401.08417",
+    sft_weight=NON_NEGATIVE,
+    pair_loss=one_of("sigmoid", "hinge", "ipo"),
+    nll_reduction=NLL_REDUCTION,
+)
+def cpo_loss(
+    inputs: PreferenceInputs,
+    *,
+    beta: float = 0.1,
+    sft_weight: float = 1.0,
+    pair_loss: str = "sigmoid",
+    nll_reduction: str = "sequence",
+) -> LossOutput:
     """CPO: reference-free sigmoid loss on summed log-probs plus the chosen NLL.
 
     arXiv:2401.08417. ``-log sigma(beta (logp_w - logp_l))`` (summed, no reference) plus
-    ``sft_weight`` times the chosen per-token NLL. Rewards are ``beta * summed log-prob``.
+    ``sft_weight`` times the chosen NLL (``chosen_nll``: ``nll_reduction="sequence"``, our default,
+    or ``"token"``, TRL's). ``pair_loss`` swaps the preference term as TRL's ``CPOTrainer``
+    ``loss_type`` does (``cpo_pair_losses``): ``"hinge"`` on summed log-probs, ``"ipo"`` on per-token
+    mean log-probs. Rewards are ``beta`` times those log-probs. TRL: ``CPOTrainer`` with
+    ``loss_type=pair_loss``, ``cpo_alpha=sft_weight`` and ``nll_reduction="token"``.
     """
-    rw, rl = beta * inputs.policy_chosen.sum, beta * inputs.policy_rejected.sum
-    nll = chosen_nll(inputs)
-    losses = smoothed_sigmoid_loss(rw - rl) + sft_weight * nll
+    logps = (lambda seq: seq.mean) if pair_loss == "ipo" else (lambda seq: seq.sum)
+    rw, rl = beta * logps(inputs.policy_chosen), beta * logps(inputs.policy_rejected)
+    nll = chosen_nll(inputs, nll_reduction)
+    pair = cpo_pair_losses(pair_loss, beta, logps(inputs.policy_chosen), logps(inputs.policy_rejected))
+    losses = pair + sft_weight * nll
     return _finish(inputs, losses, {**reward_metrics(inputs, rw, rl), "nll/chosen": nll})
 
 
+_LN2 = 0.6931471805599453
+
+
 def log1m_exp(x: jax.Array) -> jax.Array:
-    """``log(1 - exp(x))`` for ``x < 0``, stable (x is clipped just below 0)."""
-    return jnp.log(-jnp.expm1(jnp.minimum(x, -1e-6)))
+    """``log(1 - exp(x))`` for ``x <= 0``, exact to float rounding everywhere (Maechler 2012):
+    ``log(-expm1(x))`` for ``x > -ln 2``, ``log1p(-exp(x))`` below. Each branch is evaluated on
+    inputs where it is finite, so neither leaks NaN into the other's gradient. ``x = 0`` (p = 1,
+    where the value is -inf) is evaluated at the largest float32 below 0 instead, so the value
+    stays finite (-87.3) there."""
+    x = jnp.minimum(x.astype(jnp.float32), -jnp.finfo(jnp.float32).tiny)
+    near_zero = x > -_LN2
+    small = jnp.log(-jnp.expm1(jnp.where(near_zero, x, -_LN2)))
+    large = jnp.log1p(-jnp.exp(jnp.where(near_zero, -_LN2, x)))
+    return jnp.where(near_zero, small, large)
 
 
-@_register("orpo", paper="2403.07691")
-def orpo_loss(inputs: PreferenceInputs, *, beta: float = 0.1) -> LossOutput:
+@_register("orpo", paper="2403.07691", nll_reduction=NLL_REDUCTION)
+def orpo_loss(
+    inputs: PreferenceInputs, *, beta: float = 0.1, nll_reduction: str = "sequence"
+) -> LossOutput:
     """ORPO: chosen NLL minus beta * log sigmoid(log odds ratio); reference-free.
 
     arXiv:2403.07691. Chosen NLL ``- beta * log sigma(log odds_w - log odds_l)`` with
     ``odds = p / (1 - p)`` of the per-token mean log-prob; no reference (beta is lambda).
+    ``nll_reduction`` (``chosen_nll``): ``"sequence"`` (default) or ``"token"`` (TRL's
+    ``ORPOTrainer``, whose NLL also counts the prompt tokens: equal to ours when the prompt
+    contributes no scored token, i.e. is one token long).
     """
     mw, ml = inputs.policy_chosen.mean, inputs.policy_rejected.mean
     log_odds = (mw - ml) - (log1m_exp(mw) - log1m_exp(ml))
     ratio = jax.nn.log_sigmoid(log_odds)
-    nll = chosen_nll(inputs)
+    nll = chosen_nll(inputs, nll_reduction)
     per_example = {
         **reward_metrics(inputs, beta * mw, beta * ml),
         "nll/chosen": nll,
@@ -642,13 +784,14 @@ def orpo_loss(inputs: PreferenceInputs, *, beta: float = 0.1) -> LossOutput:
     return _finish(inputs, nll - beta * ratio, per_example)
 
 
-@_register("sft", paper=None)
-def sft_loss(inputs: PreferenceInputs) -> LossOutput:
+@_register("sft", paper=None, nll_reduction=NLL_REDUCTION)
+def sft_loss(inputs: PreferenceInputs, *, nll_reduction: str = "sequence") -> LossOutput:
     """SFT: per-token NLL of the chosen response (a component for combine_losses).
 
-    MPO (arXiv:2411.10442), for example, is DPO + BCO + SFT.
+    MPO (arXiv:2411.10442), for example, is DPO + BCO + SFT. ``nll_reduction`` (``chosen_nll``):
+    ``"sequence"`` (default) or ``"token"`` (TRL's ``sft`` loss type).
     """
-    nll = chosen_nll(inputs)
+    nll = chosen_nll(inputs, nll_reduction)
     return _finish(inputs, nll, {"nll/chosen": nll, "logps/chosen": inputs.policy_chosen.sum})
 
 

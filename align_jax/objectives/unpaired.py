@@ -14,9 +14,10 @@ import jax
 import jax.numpy as jnp
 
 from align_jax.objectives.preference import (
-    BCO_NEEDS,
+    BCO_SHIFT,
     NON_NEGATIVE,
     LossOutput,
+    bco_needs,
     bco_reward_shift,
     option_rules,
 )
@@ -59,12 +60,26 @@ def kl_reference_point(
     return jax.lax.stop_gradient(jnp.maximum(weighted_mean(ratio, weight), 0.0))
 
 
+def _weighted_by_label(
+    inputs: UnpairedInputs,
+    desirable_losses: jax.Array,  # [B]
+    undesirable_losses: jax.Array,  # [B]
+    desirable_weight: float,
+    undesirable_weight: float,
+) -> jax.Array:  # [B]
+    """Each example's loss by its label, times lambda_D or lambda_U (KTO's class weights)."""
+    return jnp.where(
+        inputs.desirable.astype(bool),
+        desirable_weight * desirable_losses,
+        undesirable_weight * undesirable_losses,
+    )
+
+
+CLASS_WEIGHTS = {"desirable_weight": NON_NEGATIVE, "undesirable_weight": NON_NEGATIVE}
+
+
 @UNPAIRED_LOSSES.register(
-    "kto",
-    paper="2402.01306",
-    validate=option_rules(
-        "unpaired loss 'kto'", desirable_weight=NON_NEGATIVE, undesirable_weight=NON_NEGATIVE
-    ),
+    "kto", paper="2402.01306", validate=option_rules("unpaired loss 'kto'", **CLASS_WEIGHTS)
 )
 def kto_loss(
     inputs: UnpairedInputs,
@@ -82,28 +97,63 @@ def kto_loss(
     ratio = inputs.policy.sum - inputs.reference_logps.astype(jnp.float32)
     weight = example_weights(inputs.example_weight, ratio)
     z0 = kl_reference_point(inputs, ratio, weight)
-    losses = jnp.where(
-        inputs.desirable.astype(bool),
-        desirable_weight * (1.0 - jax.nn.sigmoid(beta * (ratio - z0))),
-        undesirable_weight * (1.0 - jax.nn.sigmoid(beta * (z0 - ratio))),
+    losses = _weighted_by_label(
+        inputs,
+        1.0 - jax.nn.sigmoid(beta * (ratio - z0)),
+        1.0 - jax.nn.sigmoid(beta * (z0 - ratio)),
+        desirable_weight,
+        undesirable_weight,
     )
     metrics = {**_unpaired_metrics(inputs, beta * ratio, weight), "kl": z0}
     return weighted_mean(losses, weight), metrics
 
 
-@UNPAIRED_LOSSES.register("bco", paper="2404.04656", validate=option_rules("unpaired loss 'bco'"))
-@declare_needs(BCO_NEEDS)
-def bco_loss(inputs: UnpairedInputs, *, beta: float = 0.1) -> LossOutput:
+@UNPAIRED_LOSSES.register(
+    "apo_zero_unpaired",
+    paper="2408.06266",
+    validate=option_rules("unpaired loss 'apo_zero_unpaired'", **CLASS_WEIGHTS),
+)
+def apo_zero_unpaired_loss(
+    inputs: UnpairedInputs,
+    *,
+    beta: float = 0.1,
+    desirable_weight: float = 1.0,
+    undesirable_weight: float = 1.0,
+) -> LossOutput:
+    """APO-zero (unpaired): raise desirable and lower undesirable likelihoods against the reference.
+
+    arXiv:2408.06266. ``lambda_D (1 - sigma(beta ratio))`` for desirable responses and
+    ``lambda_U sigma(beta ratio)`` for undesirable ones: ``apo_zero`` without the pairing (KTO
+    without the reference point). TRL: ``KTOTrainer`` with ``loss_type="apo_zero_unpaired"``.
+    """
+    ratio = inputs.policy.sum - inputs.reference_logps.astype(jnp.float32)
+    weight = example_weights(inputs.example_weight, ratio)
+    losses = _weighted_by_label(
+        inputs,
+        1.0 - jax.nn.sigmoid(beta * ratio),
+        jax.nn.sigmoid(beta * ratio),
+        desirable_weight,
+        undesirable_weight,
+    )
+    return weighted_mean(losses, weight), _unpaired_metrics(inputs, beta * ratio, weight)
+
+
+@UNPAIRED_LOSSES.register(
+    "bco", paper="2404.04656", validate=option_rules("unpaired loss 'bco'", shift=BCO_SHIFT)
+)
+@declare_needs(bco_needs)
+def bco_loss(inputs: UnpairedInputs, *, beta: float = 0.1, shift: str = "running") -> LossOutput:
     """BCO: logistic classifier of desirable vs undesirable rewards shifted by delta.
 
     arXiv:2404.04656. A binary classifier on the implicit reward ``r = beta * ratio``:
-    ``-log sigma(r - delta)`` if desirable else ``-log sigma(-(r - delta))``; delta is
-    ``inputs.reward_shift`` or the batch mean (see ``preference.bco_reward_shift``). The
-    paper's optional density-ratio (UDM) reweighting is not included.
+    ``-log sigma(r - delta)`` if desirable else ``-log sigma(-(r - delta))``; delta by ``shift``
+    (``preference.bco_reward_shift``): ``"running"`` (default; the paper's running mean,
+    ``inputs.reward_shift``, or the batch mean when that is None), ``"batch"`` or ``"none"``. The
+    paper's optional density-ratio (UDM) reweighting is not included. TRL 1.16 has no unpaired BCO.
     """
     rewards = beta * (inputs.policy.sum - inputs.reference_logps.astype(jnp.float32))
     weight = example_weights(inputs.example_weight, rewards)
-    delta, shift_metrics = bco_reward_shift(rewards, weight, inputs.reward_shift)
+    delta, shift_metrics = bco_reward_shift(rewards, weight, inputs.reward_shift, shift)
     sign = jnp.where(inputs.desirable.astype(bool), 1.0, -1.0)
     losses = -jax.nn.log_sigmoid(sign * (rewards - delta))
     metrics = {**_unpaired_metrics(inputs, rewards, weight), **shift_metrics}

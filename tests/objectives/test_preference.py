@@ -13,7 +13,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from align_jax.objectives.preference import PREFERENCE_LOSSES
+from align_jax.objectives.preference import PREFERENCE_LOSSES, log1m_exp
 from align_jax.objectives.ranking import RANKING_LOSSES
 from align_jax.objectives.types import PreferenceInputs, SequenceLogps
 from align_jax.objectives.unpaired import UNPAIRED_LOSSES
@@ -21,7 +21,7 @@ from align_jax.objectives.unpaired import UNPAIRED_LOSSES
 EXPECTED = {
     "dpo", "cdpo", "robust_dpo", "ipo", "hinge", "exo", "nca", "bco_pair", "sppo_hard",
     "aot_paired", "aot_unpaired", "apo_zero", "apo_down", "discopop", "f_dpo", "dpop", "rpo",
-    "rdpo", "ld_dpo", "wpo", "simpo", "cpo", "orpo", "sft",
+    "rdpo", "ld_dpo", "wpo", "simpo", "cpo", "orpo", "sft", "sigmoid_norm",
 }  # fmt: skip
 BATCH_COUPLED = {"bco_pair", "aot_paired", "aot_unpaired"}  # losses that look across examples
 
@@ -60,6 +60,15 @@ def f_prime(u, divergence, alpha):
     }[divergence]
 
 
+def np_nll(d, w, reduction):
+    """Chosen NLL per example: the per-token mean, or ("token") scaled so that the weighted mean
+    over examples is the mean over every chosen token of the batch."""
+    if reduction == "sequence":
+        return -d.mw
+    keep = w > 0
+    return -d.pw * np.sum(w[keep]) / np.sum(w[keep] * d.lw[keep])
+
+
 def np_loss(name, d, w, **o):
     """Scalar loss for loss ``name`` on data ``d`` with example weights ``w``; ``o`` holds
     every option of the loss."""
@@ -67,6 +76,7 @@ def np_loss(name, d, w, **o):
     a, b = d.pw - d.rw, d.pl - d.rl  # chosen / rejected log-ratios
     h = a - b
     eps = o.get("label_smoothing")
+    nll = np_nll(d, w, o.get("nll_reduction"))
     if name == "dpo":
         per = -logsig(beta * h)
     elif name == "cdpo":
@@ -74,7 +84,10 @@ def np_loss(name, d, w, **o):
     elif name == "robust_dpo":
         per = ((1 - eps) * -logsig(beta * h) - eps * -logsig(-beta * h)) / (1 - 2 * eps)
     elif name == "ipo":
-        per = (h - 1 / (2 * beta)) ** 2
+        hn = a / d.lw - b / d.ll if o["normalize"] == "length" else h
+        per = (hn - 1 / (2 * beta)) ** 2
+    elif name == "sigmoid_norm":
+        per = -logsig(beta * (a / d.lw - b / d.ll))
     elif name == "hinge":
         per = np.maximum(0.0, 1 - beta * h)
     elif name == "exo":
@@ -84,7 +97,7 @@ def np_loss(name, d, w, **o):
         per = -logsig(beta * a) - 0.5 * (logsig(-beta * a) + logsig(-beta * b))
     elif name == "bco_pair":
         rewards, both = np.concatenate([beta * a, beta * b]), np.concatenate([w, w])
-        delta = wmean(rewards, both)
+        delta = 0.0 if o["shift"] == "none" else wmean(rewards, both)
         per = -logsig(beta * a - delta) - logsig(-(beta * b - delta))
     elif name == "sppo_hard":
         per = (a - 1 / (2 * beta)) ** 2 + (b + 1 / (2 * beta)) ** 2
@@ -107,7 +120,7 @@ def np_loss(name, d, w, **o):
     elif name == "dpop":
         per = -logsig(beta * (h - o["dpop_lambda"] * np.maximum(0.0, d.rw - d.pw)))
     elif name == "rpo":
-        per = -logsig(beta * h) + o["sft_weight"] * -d.mw
+        per = -logsig(beta * h) + o["sft_weight"] * nll
     elif name == "rdpo":
         per = -logsig(beta * h + o["length_alpha"] * (d.lw - d.ll))
     elif name == "ld_dpo":
@@ -121,16 +134,23 @@ def np_loss(name, d, w, **o):
             weight_l = np.exp(((d.tl - d.sql) * d.mkl).sum(1) / d.ll)
         else:
             weight_w, weight_l = np.exp(d.mw), np.exp(d.ml)
-        per = np.minimum(1.0, weight_w * weight_l) * -logsig(beta * h)
+        cap = 1.0 if o["cap"] else np.inf
+        per = np.minimum(cap, weight_w * weight_l) * -logsig(beta * h)
     elif name == "simpo":
         per = -logsig(beta * (d.mw - d.ml) - o["gamma"])
     elif name == "cpo":
-        per = -logsig(beta * (d.pw - d.pl)) + o["sft_weight"] * -d.mw
+        hs, hm = d.pw - d.pl, d.mw - d.ml
+        pair = {
+            "sigmoid": -logsig(beta * hs),
+            "hinge": np.maximum(0.0, 1 - beta * hs),
+            "ipo": (hm - 1 / (2 * beta)) ** 2,
+        }[o["pair_loss"]]
+        per = pair + o["sft_weight"] * nll
     elif name == "orpo":
         odds_w, odds_l = np.exp(d.mw) / (1 - np.exp(d.mw)), np.exp(d.ml) / (1 - np.exp(d.ml))
-        per = -d.mw - beta * logsig(np.log(odds_w / odds_l))
+        per = nll - beta * logsig(np.log(odds_w / odds_l))
     elif name == "sft":
-        per = -d.mw
+        per = nll
     else:
         raise KeyError(name)
     return wmean(per, w)
@@ -197,6 +217,17 @@ OPTION_CASES = [(name, {}) for name in sorted(EXPECTED)] + [
     ("discopop", {"tau": 0.5, "beta": 1.0}),
     ("simpo", {"beta": 1.0, "gamma": 0.3}),
     ("orpo", {"beta": 0.5}),
+    # the TRL conventions (tests/objectives/test_trl_agreement.py checks them against TRL itself)
+    ("ipo", {"normalize": "length"}),
+    ("wpo", {"cap": False}),
+    ("bco_pair", {"shift": "none"}),
+    ("bco_pair", {"shift": "batch"}),
+    ("rpo", {"nll_reduction": "token"}),
+    ("sft", {"nll_reduction": "token"}),
+    ("orpo", {"nll_reduction": "token"}),
+    ("cpo", {"nll_reduction": "token", "sft_weight": 0.5}),
+    ("cpo", {"pair_loss": "hinge"}),
+    ("cpo", {"pair_loss": "ipo", "beta": 0.5}),
 ]
 
 
@@ -288,6 +319,48 @@ def test_ipo_minimum_at_margin_one_over_two_beta():
 
     assert float(loss_of(inputs.policy_chosen.token_logps)) == pytest.approx(0.0, abs=1e-8)
     np.testing.assert_allclose(jax.grad(loss_of)(inputs.policy_chosen.token_logps), 0.0, atol=1e-6)
+
+
+# ------------------------------------------------------------------ ORPO near log p = 0
+
+
+@pytest.mark.parametrize("x", [-1e-9, -1e-7, -1e-6, -1e-4, -0.3, -0.6931, -0.6932, -2.0, -30.0, -100.0])
+def test_log1m_exp_value_and_gradient_are_exact(x):
+    """log(1 - e^x) and its derivative -e^x / (1 - e^x), against float64 closed forms, on both
+    sides of the branch at -ln 2 and close to 0 (where a clip used to freeze both)."""
+    value, grad = jax.value_and_grad(log1m_exp)(jnp.float32(x))
+    x64 = float(np.float32(x))  # the float32 input, exactly
+    # atol: XLA's float32 log1p of -e^-30 is off by 2e-4 relative, 2e-17 absolute
+    np.testing.assert_allclose(float(value), np.log(-np.expm1(x64)), rtol=2e-6, atol=1e-12)
+    np.testing.assert_allclose(float(grad), -np.exp(x64) / -np.expm1(x64), rtol=2e-6, atol=1e-12)
+
+
+def test_log1m_exp_stays_finite_at_zero():
+    value, grad = jax.value_and_grad(log1m_exp)(jnp.float32(0.0))
+    assert np.isfinite(float(value)) and np.isfinite(float(grad))
+
+
+def test_orpo_gradient_near_log_p_zero_is_finite_and_exact():
+    """Chosen responses the policy is nearly sure of (mean log-prob -1e-7 .. -1e-4): the gradient
+    w.r.t. each chosen token equals the closed form, float64, within float32 rounding."""
+    beta, length = 0.1, 4
+    mw = np.array([-1e-7, -1e-6, -1e-5, -1e-4])
+    ml = np.array([-0.5, -1.0, -2.0, -0.01])
+    chosen = SequenceLogps(jnp.asarray(np.repeat(mw[:, None], length, 1), jnp.float32), jnp.ones((4, length)))
+    rejected = SequenceLogps(jnp.asarray(np.repeat(ml[:, None], length, 1), jnp.float32), jnp.ones((4, length)))
+    loss_fn = PREFERENCE_LOSSES.build("orpo", beta=beta)
+
+    def loss_of(tokens):
+        return loss_fn(PreferenceInputs(chosen.replace(token_logps=tokens), rejected))[0]
+
+    grad = np.asarray(jax.grad(loss_of)(chosen.token_logps), np.float64)
+    mw32 = np.float32(mw).astype(np.float64)
+    ml32 = np.float32(ml).astype(np.float64)
+    log_odds = (mw32 - ml32) - (np.log(-np.expm1(mw32)) - np.log(-np.expm1(ml32)))
+    d_mean = -1.0 - beta * sig(-log_odds) / -np.expm1(mw32)  # d loss_b / d mean_w, per example
+    expected = d_mean / (len(mw) * length)  # batch mean over examples, token mean within one
+    assert np.all(np.isfinite(grad))
+    np.testing.assert_allclose(grad, np.repeat(expected[:, None], length, 1), rtol=1e-4)
 
 
 def test_sppo_minimum_at_plus_minus_one_over_two_beta():
@@ -447,6 +520,10 @@ def test_unknown_name_lists_valid_choices():
         ("dpo", {"beta": 0.0}, r"beta=0.0 must be > 0"),
         ("f_dpo", {"divergence": "hell"}, r"must be one of 'reverse_kl', 'forward_kl', 'js', 'alpha'"),
         ("ipo", {"label_smoothing": 0.1}, r"valid options: beta=0.1"),
+        ("ipo", {"normalize": "mean"}, r"normalize='mean' must be one of 'sum', 'length'"),
+        ("rpo", {"nll_reduction": "batch"}, r"nll_reduction='batch' must be one of 'sequence', 'token'"),
+        ("cpo", {"pair_loss": "simpo"}, r"pair_loss='simpo' must be one of 'sigmoid', 'hinge', 'ipo'"),
+        ("bco_pair", {"shift": "mean"}, r"shift='mean' must be one of 'running', 'batch', 'none'"),
     ],
 )
 def test_invalid_options_fail_clearly(name, options, match):

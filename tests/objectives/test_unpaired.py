@@ -1,4 +1,5 @@
-"""KTO and unpaired BCO vs NumPy formulas from the papers, gradient signs, padding, registry."""
+"""KTO, unpaired APO-zero and unpaired BCO vs NumPy formulas from the papers, gradient signs,
+padding, registry."""
 
 import pathlib
 
@@ -99,20 +100,37 @@ def test_kto_reference_point_is_clamped_at_zero_and_has_no_gradient():
     np.testing.assert_allclose(grad, expected, rtol=1e-4, atol=1e-7)
 
 
-@pytest.mark.parametrize("delta", [None, 0.3])
-def test_bco_matches_numpy(delta):
+@pytest.mark.parametrize("options", [{}, {"beta": 0.5, "desirable_weight": 1.3, "undesirable_weight": 0.7}])
+def test_apo_zero_unpaired_matches_numpy(options):
+    ratio, desirable, _, inputs = make_batch(7)
+    w = np.array([1.0, 1.0, 0.0, 2.0, 0.5, 1.0])
+    opts = {**UNPAIRED_LOSSES.entry("apo_zero_unpaired").options, **options}
+    loss, _ = UNPAIRED_LOSSES.build("apo_zero_unpaired", **options)(inputs.replace(example_weight=jnp.asarray(w)))
+    beta = opts["beta"]
+    per = np.where(desirable, opts["desirable_weight"] * (1 - sig(beta * ratio)),
+                   opts["undesirable_weight"] * sig(beta * ratio))  # fmt: skip
+    np.testing.assert_allclose(float(loss), np.average(per[w > 0], weights=w[w > 0]), rtol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "delta,shift,expected_delta",
+    [(None, "running", None), (0.3, "running", 0.3), (0.3, "batch", None), (0.3, "none", 0.0)],
+)
+def test_bco_matches_numpy(delta, shift, expected_delta):
+    """shift="running" reads the given running mean (the batch mean without one), "batch" always
+    the batch mean, "none" no shift (TRL 1.16's bco_pair convention)."""
     ratio, desirable, _, inputs = make_batch(3)
     w = np.array([1.0, 2.0, 1.0, 0.0, 1.0, 0.5])
-    shift = None if delta is None else jnp.float32(delta)
-    inputs = inputs.replace(example_weight=jnp.asarray(w), reward_shift=shift)
-    loss, metrics = UNPAIRED_LOSSES.build("bco", beta=0.2)(inputs)
-    np.testing.assert_allclose(float(loss), np_bco(ratio, desirable, w, 0.2, delta), rtol=1e-5)
+    given = None if delta is None else jnp.float32(delta)
+    inputs = inputs.replace(example_weight=jnp.asarray(w), reward_shift=given)
+    loss, metrics = UNPAIRED_LOSSES.build("bco", beta=0.2, shift=shift)(inputs)
+    np.testing.assert_allclose(float(loss), np_bco(ratio, desirable, w, 0.2, expected_delta), rtol=1e-5)
     keep = w > 0
     batch_mean = np.average(0.2 * ratio[keep], weights=w[keep])
     np.testing.assert_allclose(float(metrics["bco/batch_reward_mean"]), batch_mean, rtol=1e-5)
 
 
-@pytest.mark.parametrize("name", ["kto", "bco"])
+@pytest.mark.parametrize("name", ["kto", "bco", "apo_zero_unpaired"])
 def test_gradient_signs(name):
     """Raising a desirable response's log-prob lowers the loss; an undesirable one's raises it."""
     _, desirable, _, inputs = make_batch(4)
@@ -124,7 +142,7 @@ def test_gradient_signs(name):
     assert np.all(per_example[desirable] < 0) and np.all(per_example[~desirable] > 0)
 
 
-@pytest.mark.parametrize("name", ["kto", "bco"])
+@pytest.mark.parametrize("name", ["kto", "bco", "apo_zero_unpaired"])
 def test_padding_tokens_and_examples_are_ignored(name):
     fn = UNPAIRED_LOSSES.build(name)
     *_, clean = make_batch(5)
@@ -140,10 +158,12 @@ def test_padding_tokens_and_examples_are_ignored(name):
 
 
 def test_registry_and_validation():
-    assert UNPAIRED_LOSSES.names() == ["bco", "kto"]
+    assert UNPAIRED_LOSSES.names() == ["apo_zero_unpaired", "bco", "kto"]
     with pytest.raises(ValueError, match="desirable_weight=-1.0 must be >= 0"):
         UNPAIRED_LOSSES.build("kto", desirable_weight=-1.0)
-    with pytest.raises(KeyError, match="valid choices: bco, kto"):
+    with pytest.raises(ValueError, match="shift='mean' must be one of 'running', 'batch', 'none'"):
+        UNPAIRED_LOSSES.build("bco", shift="mean")
+    with pytest.raises(KeyError, match="valid choices: apo_zero_unpaired, bco, kto"):
         UNPAIRED_LOSSES.build("kto_pair")
 
 
