@@ -43,6 +43,9 @@ from align_jax.training.reference_cache import cached_reference_logps, model_fin
 from align_jax.training.tasks import init_reward_head, reference_logps
 
 
+REFERENCE_CACHE = "reference_cache"  # precomputed reference log-probs, under the workdir unless reference.cache_dir
+
+
 def build_task_loss(cfg: RunConfig, tokenizer=None):
     """(task loss function, whether it takes a reward head) for the configured task and loss.
 
@@ -112,6 +115,17 @@ def open_checkpoints(cfg: RunConfig, workdir: Path, state, state_sh):
         state, data_state = ckpt.restore(start, abstract_state=abstract)
         logging.info("resumed from step %d", start)
     return ckpt, state, data_state, start
+
+
+def reference_layout(cfg: RunConfig, packer) -> tuple[D.PairPacker | None, int]:
+    """(layout, batch size) of the precomputed reference pass. Prefix-shared layouts: one micro-batch
+    of the steps' own rows, so the reference equals the step-0 policy bit for bit (margins exactly 0,
+    checked in tests/training/test_engine.py). The separate layout, and length groups (whose shapes
+    change with every batch), use separate rows of 16 pairs."""
+    if not isinstance(packer, D.PairPacker):
+        return None, 16
+    pairs = cfg.data.batch_size // jax.process_count() // cfg.data.micro_batches
+    return dataclasses.replace(packer, micro_batches=1, pair_offset=0), pairs
 
 
 def save_cadence(cfg: RunConfig) -> SaveCadence:
@@ -204,10 +218,14 @@ def run(cfg: RunConfig, workdir: str | Path) -> dict[str, Any]:
     if not train_ex or not eval_ex:
         raise ValueError(f"no examples left after truncation policy {cfg.data.truncation!r}: {truncation}")
 
+    packer = D.pair_packer(cfg.data, train_ex + eval_ex, tokenize.pad_id)  # None: separate layout
     kind = cfg.task.record_kind
     if cfg.reference.mode == "precomputed":
+        cache_dir = cfg.reference.cache_dir or workdir / REFERENCE_CACHE
+        layout, batch_size = reference_layout(cfg, packer)
         for name, examples in (("train", train_ex), ("eval", eval_ex)):
-            values, path, hit = cached_reference_logps(lm.model, lm.source, examples, kind, cfg.reference.cache_dir)
+            values, path, hit = cached_reference_logps(lm.model, lm.source, examples, kind, cache_dir,
+                                                       batch_size=batch_size, layout=layout)
             logging.info("%s reference log-probs: %s (%s)", name, path, "cache hit" if hit else "computed")
             if name == "train":
                 train_ex = D.attach(examples, values)
@@ -221,7 +239,6 @@ def run(cfg: RunConfig, workdir: str | Path) -> dict[str, Any]:
     del lm  # frees the loaded weights (the state holds a copy); the "before" policy is reloaded at the end
     host_state = all(d.platform == "cpu" for d in mesh.devices.flat)
 
-    packer = D.pair_packer(cfg.data, train_ex + eval_ex, tokenize.pad_id)  # None: separate layout
     train_it = D.iterator(train_ex, cfg.data, train=True, transform=packer)
     if isinstance(packer, D.LengthGrouper):  # a tuple of differently shaped groups per batch
         train_step = _ShapeKeyedStep(functools.partial(S.compile_train_step, spec, state_sh), mesh)

@@ -3,6 +3,8 @@
 The cache key hashes the model's identity (its source files' paths, sizes and modification times,
 and the dtypes) and the tokenized examples themselves, so a changed model, dataset or
 tokenization never reads stale values, and a rerun of the same experiment skips the pass.
+The training loop keeps the cache in the run folder (``<workdir>/reference_cache``) unless
+``reference.cache_dir`` names another (a folder shared by several runs of the same model and data).
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ import functools
 import hashlib
 import os
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -23,9 +25,6 @@ from tqdm import tqdm
 from align_jax.models.decoder import Decoder
 from align_jax.training.tasks import reference_logps
 
-DEFAULT_CACHE_DIR = Path(os.environ.get("ALIGN_JAX_CACHE", Path.home() / ".cache" / "align_jax")) / "reference_logps"
-
-
 def model_fingerprint(source: str, model: Decoder) -> str:
     """Paths, sizes and mtimes of the weight files, plus the runtime dtypes."""
     path = Path(source)
@@ -35,8 +34,8 @@ def model_fingerprint(source: str, model: Decoder) -> str:
     return "|".join(parts)
 
 
-def cache_key(fingerprint: str, kind: str, examples: Sequence[dict]) -> str:
-    h = hashlib.sha256(f"{fingerprint}|{kind}".encode())
+def cache_key(fingerprint: str, kind: str, examples: Sequence[dict], layout: Callable | None = None) -> str:
+    h = hashlib.sha256(f"{fingerprint}|{kind}".encode() + (b"" if layout is None else f"|{layout!r}".encode()))
     for ex in examples:
         for name in sorted(ex):
             h.update(name.encode())
@@ -45,9 +44,14 @@ def cache_key(fingerprint: str, kind: str, examples: Sequence[dict]) -> str:
 
 
 def compute_reference_logps(
-    model: Decoder, examples: Sequence[dict], kind: str, *, batch_size: int = 16
+    model: Decoder, examples: Sequence[dict], kind: str, *, batch_size: int = 16, layout: Callable | None = None
 ) -> dict[str, np.ndarray]:
-    """Summed reference log-probs of every example, in order (``reference_<side>_logps`` [N])."""
+    """Summed reference log-probs of every example, in order (``reference_<side>_logps`` [N]).
+
+    ``layout``: a batch transform of the run (a :class:`align_jax.training.data_setup.PairPacker`
+    over ``batch_size`` pairs, one micro-batch): the pass then reads the rows the train and eval
+    steps read, so while the policy is the reference its log-probs equal these bit for bit and every
+    margin at step 0 is exactly 0 (computed in the separate layout they differ by ~1e-6)."""
     graphdef, state = nnx.split(model)
     replicated = _replicated_like(model)
     outputs: dict[str, list[np.ndarray]] = {}
@@ -55,11 +59,12 @@ def compute_reference_logps(
         chunk = list(examples[start : start + batch_size])
         n = len(chunk)
         chunk += [chunk[-1]] * (batch_size - n)  # fixed shape: one compile
-        batch = {
-            k: _place(np.stack([ex[k] for ex in chunk]), replicated)
-            for k in chunk[0]
-            if k.endswith(("_tokens", "_loss_mask", "_positions", "_segment_ids"))
-        }
+        if layout is None:
+            host = {k: np.stack([ex[k] for ex in chunk]) for k in chunk[0]
+                    if k.endswith(("_tokens", "_loss_mask", "_positions", "_segment_ids"))}
+        else:
+            host = layout({k: np.stack([ex[k] for ex in chunk]) for k in chunk[0]})
+        batch = {k: _place(np.asarray(v), replicated) for k, v in host.items()}
         for name, value in reference_program(state, batch, graphdef=graphdef, kind=kind).items():
             outputs.setdefault(name, []).append(np.asarray(value)[:n])
     return {name: np.concatenate(parts) for name, parts in outputs.items()}
@@ -92,15 +97,19 @@ def cached_reference_logps(
     source: str,
     examples: Sequence[dict],
     kind: str,
-    cache_dir: str | os.PathLike | None = None,
+    cache_dir: str | os.PathLike,
+    *,
+    batch_size: int = 16,
+    layout: Callable | None = None,
 ) -> tuple[dict[str, np.ndarray], Path, bool]:
-    """(log-probs, cache file, whether it was a cache hit)."""
-    cache_dir = Path(cache_dir) if cache_dir else DEFAULT_CACHE_DIR
-    path = cache_dir / f"{cache_key(model_fingerprint(source, model), kind, examples)}.npz"
+    """(log-probs, cache file under ``cache_dir``, whether it was a cache hit); ``batch_size`` and
+    ``layout`` as in :func:`compute_reference_logps` (the layout is part of the cache key)."""
+    cache_dir = Path(cache_dir)
+    path = cache_dir / f"{cache_key(model_fingerprint(source, model), kind, examples, layout)}.npz"
     if path.exists():
         with np.load(path) as f:
             return {k: f[k] for k in f.files}, path, True
-    values = compute_reference_logps(model, examples, kind)
+    values = compute_reference_logps(model, examples, kind, batch_size=batch_size, layout=layout)
     cache_dir.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp.npz")
     np.savez(tmp, **values)

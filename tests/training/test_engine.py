@@ -84,6 +84,17 @@ def test_dpo_run_learns_and_same_seed_same_metrics(tiny_model_dir, pairs_file, t
     assert train_losses(tmp_path / "a") == train_losses(tmp_path / "b")
 
 
+@pytest.mark.parametrize("layout", ["separate", "shared_prefix"])
+def test_step_zero_margins_are_exactly_zero(layout, tiny_model_dir, pairs_file, tmp_path):
+    """While the policy is the reference, every implicit reward is 0: the precomputed reference is
+    computed in the rows the steps read (loop.reference_layout), so not even rounding tells them apart."""
+    cfg = parse_config(make_config(tiny_model_dir, pairs_file, data__pair_layout=layout, train__steps=1,
+                                   data__max_eval_examples=12))
+    before = run(cfg, tmp_path / layout)["before"]
+    assert before["eval/rewards/chosen"] == before["eval/rewards/rejected"] == before["eval/rewards/margins"] == 0.0
+    assert before["eval/num_examples"] == 4.0  # a count: all held-out pairs (4 of 40), not a batch mean
+
+
 @pytest.mark.skipif(len(jax.devices()) < 8, reason="needs 8 (forced CPU) devices")
 def test_one_device_and_eight_devices_give_the_same_losses(tiny_model_dir, pairs_file, tmp_path):
     one = parse_config(make_config(tiny_model_dir, pairs_file))
@@ -100,8 +111,8 @@ def test_nan_stops_the_run_and_keeps_the_last_good_checkpoint(tiny_model_dir, pa
 
     real = loop.cached_reference_logps
 
-    def corrupt(model, source, examples, kind, cache_dir):
-        values, path, hit = real(model, source, examples, kind, cache_dir)
+    def corrupt(model, source, examples, kind, cache_dir, **layout):
+        values, path, hit = real(model, source, examples, kind, cache_dir, **layout)
         if len(examples) > 8:  # the train split
             values = {k: v.copy() for k, v in values.items()}
             values["reference_chosen_logps"][5] = np.nan
