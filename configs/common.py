@@ -22,6 +22,7 @@ def base_config() -> ml_collections.ConfigDict:
                    dtype="float32", remat="none", scan_layers=True)
     c.mesh = dict(data=1, fsdp=-1, tensor=1)
     c.data = dict(source="checkable_pairs", train_path=optional_str(), eval_path=optional_str(), eval_fraction=0.1,
+                  tfds_data_dir=optional_str(), manual_dir=optional_str(), train_split="train", eval_split="",
                   format=optional_str(), fields={}, on_error="raise", max_length=128, max_prompt_length=0,
                   truncation="truncate", pair_layout="separate", group_multiple=64, batch_size=8, micro_batches=1,
                   max_train_examples=0, max_eval_examples=64, seed=0)

@@ -5,8 +5,10 @@
 * :mod:`hh_rlhf`: Anthropic HH transcripts -> preference records.
 * :mod:`tokenization`: records -> fixed-length token arrays with a truncation policy.
 * :mod:`packing`: padding and first-fit packing with segment ids / positions.
-* :mod:`pipeline`: grain pipeline (shuffle, tokenize, pad/pack, global batch, host rows, resumable state).
-* :mod:`tfds_builders`: tfds array_record builders over local files (no TensorFlow).
+* :mod:`pipeline`: the one pipeline: a source's records -> tokenized examples -> this host's slices of
+  seeded global batches (grain, resumable state); the training engine reads its data through it.
+* :mod:`tfds_builders`: the project's datasets (HH-RLHF, IFEval, TruthfulQA, refusal prompts) as
+  registered tfds builders over local files, read back from array_record without TensorFlow.
 
 Submodules are imported on use (``from align_jax.data import sources``) so that importing the
 package does not pull in tensorflow-datasets.

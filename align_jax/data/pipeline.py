@@ -1,96 +1,114 @@
-"""Records -> batches: a grain pipeline with deterministic order and resumable state.
+"""The data pipeline: a source's records -> tokenized examples -> this host's slices of global batches.
 
-``records`` (any random-access sequence: a list from :func:`sources.load_records` or an
-``ArrayRecordDataSource`` / tfds data source mapped to records) go through
+    source ──> records ──> tokenized examples (+ columns) ──> host_batches: shuffle(seed), batch
+    file (sources.load_records)          tokenize_all, attach          global batches, this host's slice
+    tfds dataset (tfds_records, grain)
+    generated set (prompt_sets, ...)
 
-    shuffle(seed) -> repeat(num_epochs) -> tokenize -> drop ``None`` -> [SFT: pad or pack]
-    -> global batch -> this host's rows
+The training engine reads its data through here (``align_jax.training.data_setup`` maps a run
+config's ``data`` section onto these functions). Records are tokenized once, up front, so that
+reference log-probs can be computed and attached per example, and the layouts that pack pairs
+can size their rows from every example.
 
-The batch sequence depends only on the records and the seed, never on the number of
-processes: every host builds the same global batches of ``batch_size`` rows and keeps its
-contiguous ``batch_size / shard_count`` rows (:func:`host_rows`), so the host slices
-concatenated in process order are exactly the single-process batches, and every host runs
-the same number of steps. The training engine uses the same rule
-(:func:`align_jax.training.data_setup.iterator`). The shuffle draws a new order each epoch.
-
-The returned :class:`grain.IterDataset` gives a :class:`grain.DatasetIterator` on ``iter()``;
-``it.get_state()`` / ``it.set_state(state)`` (a small JSON-able dict) resume exactly: a fresh
-iterator restored to a saved state yields the same following batches. Save it with the
-model checkpoint (orbax has ``grain.checkpoint`` handlers for it).
+The batch rule (:func:`host_batches`): the global batch sequence depends only on the examples and
+the seed, never on the number of processes. Host ``h`` of ``H`` takes every H-th host-sized batch
+starting at ``h``; concatenated in process order they are exactly the single-process batches, so
+losses do not change with the number of hosts and every host runs the same number of steps. The
+returned grain iterator's ``get_state()`` / ``set_state()`` resume exactly (the loop checkpoints it).
 """
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 
-import grain
+import numpy as np
 
-from align_jax.data import packing
-from align_jax.data.records import SFTRecord
-from align_jax.data.tokenization import Tokenize
+if TYPE_CHECKING:  # grain is imported where it runs: the config parser reads this module's names
+    import grain
 
+    from align_jax.data.tokenization import Tokenize
 
-def host_shard() -> tuple[int, int]:
-    """``(jax.process_index(), jax.process_count())``."""
-    import jax
-
-    return jax.process_index(), jax.process_count()
-
-
-def host_rows(batch_size: int, shard_index: int, shard_count: int) -> slice:
-    """The rows of a global batch that host ``shard_index`` of ``shard_count`` keeps."""
-    if not 0 <= shard_index < shard_count:
-        raise ValueError(f"need 0 <= shard_index ({shard_index}) < shard_count ({shard_count})")
-    if batch_size % shard_count:
-        raise ValueError(f"global batch_size {batch_size} is not divisible by {shard_count} processes")
-    per_host = batch_size // shard_count
-    return slice(shard_index * per_host, (shard_index + 1) * per_host)
+TFDS_PREFIX = "tfds:"
+# The registered tfds builders of align_jax.data.tfds_builders and their record kinds, named here so
+# that a config is checked without importing tensorflow-datasets (a test keeps the two equal).
+TFDS_RECORD_KINDS = {
+    "align_jax_hh_rlhf": "preference",
+    "align_jax_ifeval": "prompt",
+    "align_jax_truthfulqa": "preference",
+    "align_jax_refusal": "prompt",
+}
 
 
-def make_dataset(
-    records: Sequence[Any],
-    tokenize: Tokenize,
-    *,
+def tfds_name(source: str) -> str | None:
+    """``"tfds:align_jax_hh_rlhf"`` -> ``"align_jax_hh_rlhf"``; None for other sources."""
+    return source[len(TFDS_PREFIX):] if source.startswith(TFDS_PREFIX) else None
+
+
+def tfds_records(name: str, split: str, *, data_dir: str | None = None, manual_dir: str | None = None) -> list:
+    """The records of a split (any tfds split string: ``"train"``, ``"train[:90%]"``) of a registered
+    tfds dataset, read through grain from its ``array_record`` data source; prepared first from the
+    files in ``manual_dir`` when ``data_dir`` does not hold it yet."""
+    import grain
+
+    from align_jax.data.tfds_builders import BUILDERS, prepared_builder
+
+    builder = prepared_builder(name, data_dir=data_dir, manual_dir=manual_dir)
+    source = builder.as_data_source(split=split)
+    return list(grain.MapDataset.source(source).map(BUILDERS[name].to_record))
+
+
+def hold_out(records: Sequence[Any], fraction: float, seed: int) -> tuple[list, list]:
+    """(train, eval): a seeded random ``fraction`` of the records (at least one) held out for eval."""
+    order = np.random.RandomState(seed).permutation(len(records))
+    n_eval = max(1, int(round(len(records) * fraction)))
+    return [records[i] for i in order[n_eval:]], [records[i] for i in order[:n_eval]]
+
+
+def tokenize_all(tokenize: Tokenize, records: Sequence[Any]) -> list[dict]:
+    """Token arrays of every record the truncation policy keeps (``tokenize.stats`` counts the rest)."""
+    examples = [tokenize(r) for r in records]
+    return [ex for ex in examples if ex is not None]
+
+
+def attach(examples: list[dict], columns: Mapping[str, np.ndarray]) -> list[dict]:
+    """Adds per-example values (e.g. reference log-probs ``[N]``) to each example dict."""
+    return [{**ex, **{k: np.float32(v[i]) for k, v in columns.items()}} for i, ex in enumerate(examples)]
+
+
+def host_batches(
+    examples: Sequence[dict],
     batch_size: int,
-    seed: int = 0,
-    shuffle: bool = True,
-    num_epochs: int | None = 1,
-    shard_index: int | None = None,
-    shard_count: int | None = None,
-    pack: bool = False,
-    num_packing_bins: int = 8,
-    drop_remainder: bool = True,
-) -> grain.IterDataset:
-    """This host's rows of global batches of tokenized records (``[batch_size / shard_count, ...]``).
+    *,
+    seed: int,
+    train: bool,
+    transform: Callable[[dict], Any] | None = None,
+    process_index: int | None = None,
+    process_count: int | None = None,
+) -> grain.DatasetIterator:
+    """This host's ``[batch_size / process_count, ...]`` slices of the global batches (the module's rule).
 
-    ``batch_size`` is the global batch; ``shard_index`` / ``shard_count`` default to this JAX
-    process. ``pack=True`` (SFT only)
-    packs conversations padding-free into rows of ``tokenize.max_length``; otherwise SFT rows
-    are padded. Other kinds come out of ``tokenize`` already padded.
+    Train: forever, each epoch a fresh seeded permutation of the examples (``shuffle`` before
+    ``repeat``: grain reshuffles every pass; shuffling the infinite repeated dataset instead, as the
+    engine did before, drew examples twice within an epoch and skipped others). Eval: one pass in
+    order, the remainder dropped. ``transform`` (e.g. a pair packer) maps each host batch after
+    batching.
+    ``process_index`` / ``process_count`` default to this JAX process.
     """
-    if len(records) == 0:
-        raise ValueError("make_dataset got no records")
-    if shard_index is None or shard_count is None:
-        shard_index, shard_count = host_shard()
-    sft = isinstance(records[0], SFTRecord)
-    if pack and not sft:
-        raise ValueError(f"packing is for SFT records, got {type(records[0]).__name__}")
-    rows = host_rows(batch_size, shard_index, shard_count)
-    if shard_count > 1 and not drop_remainder:
-        raise ValueError("several processes need drop_remainder=True: a short last batch would split unevenly")
-    ds = grain.MapDataset.source(records)
-    if shuffle:
-        ds = ds.shuffle(seed=seed)
-    if num_epochs != 1:
-        ds = ds.repeat(num_epochs)
-    ds = ds.map(tokenize).filter(lambda ex: ex is not None)
-    length = tokenize.max_length
-    if sft and not pack:
-        ds = ds.map(lambda ex: packing.pad(ex, length, tokenize.pad_id))
-    it = ds.to_iter_dataset()
-    if pack:
-        it = packing.pack(it, length, num_packing_bins=num_packing_bins, seed=seed)
-    batches = it.batch(batch_size, drop_remainder=drop_remainder)
-    if shard_count == 1:
-        return batches
-    return batches.map(lambda batch: {k: v[rows] for k, v in batch.items()})
+    import grain
+
+    if process_index is None or process_count is None:
+        import jax
+
+        process_index, process_count = jax.process_index(), jax.process_count()
+    if batch_size % process_count:
+        raise ValueError(f"global batch_size {batch_size} is not divisible by {process_count} processes")
+    ds = grain.MapDataset.source(list(examples))
+    if train:
+        ds = ds.shuffle(seed=seed).repeat(None)
+    ds = ds.batch(batch_size // process_count, drop_remainder=True)
+    if not train:  # whole global batches only: every host runs the same number of steps
+        ds = ds[: len(examples) // batch_size * process_count]
+    ds = ds[process_index::process_count]
+    if transform is not None:
+        ds = ds.map(transform)
+    return iter(ds.to_iter_dataset())

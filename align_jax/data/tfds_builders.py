@@ -1,154 +1,259 @@
-"""tensorflow-datasets builders over local files, written as ``array_record`` (no TensorFlow).
+"""The project's datasets as registered tensorflow-datasets builders over local files.
 
-One builder, :class:`LocalRecords`, with a config per record kind (``sft``, ``preference``,
-``ranked``, ``unpaired``, ``prompt``). It reads local files through
-:func:`align_jax.data.sources.load_records` (any format, field mapping, ``on_error``), so the
-prepared dataset holds exactly the records a direct load gives, typed as tfds features:
+Each builder reads files the user already has (``manual_dir``; nothing is downloaded) and writes
+``array_record`` shards under ``data_dir``, which tfds reads back without TensorFlow. Once
+prepared, the usual tfds calls are a way in::
 
-    builder = build("preference", {"train": "pairs.jsonl"}, data_dir, fields={...})
-    records = RecordsSource(builder, "train")   # random access, yields PreferenceRecord
-    ds = pipeline.make_dataset(records, tokenize, batch_size=8)
+    import align_jax.data.tfds_builders  # registers the builders
+    builder = tfds.builder("align_jax_hh_rlhf", data_dir=data_dir)
+    builder.download_and_prepare(download_config=tfds.download.DownloadConfig(manual_dir=folder))
+    source = builder.as_data_source(split="train")          # random access, decoded with numpy
+    record = AlignJaxHhRlhf.to_record(source[0])            # a PreferenceRecord
 
-tfds writes ``array_record`` shards under ``data_dir/local_records/<kind>/1.0.0`` and reads them
-back through ``array_record`` without TensorFlow (tfds 4.9 decodes with numpy; text comes back
-as bytes, decoded here). Give different ``data_dir`` s for different inputs of one kind:
-tfds reuses a prepared dataset it finds there.
+and a training config reads them with ``data.source="tfds:align_jax_hh_rlhf"`` (``data.manual_dir``,
+``data.tfds_data_dir``, ``data.train_split`` / ``data.eval_split``; see
+:func:`align_jax.data.pipeline.tfds_records`).
+
+=====================  ===========  ========================================================
+builder                record kind  manual_dir holds (split = the file name's last ``-`` part)
+=====================  ===========  ========================================================
+``align_jax_hh_rlhf``   preference   Anthropic HH-RLHF ``<subset>-<split>.jsonl.gz`` (or
+                                     ``<split>.jsonl[.gz]``); malformed pairs skipped, counted
+``align_jax_ifeval``    prompt       IFEval ``input_data.jsonl`` (split ``test``) or
+                                     ``<split>.jsonl``; ``info`` = the instruction ids and kwargs
+                                     (what the ``ifeval`` reward checks)
+``align_jax_truthfulqa`` preference  ``TruthfulQA.csv`` (split ``validation``): best answer over
+                                     the first incorrect answer; every answer kept as features
+``align_jax_refusal``   prompt       refusal_direction's ``harmful_<split>.json`` and
+                                     ``harmless_<split>.json``; ``info = {"harmful", "category"}``
+=====================  ===========  ========================================================
+
+Records keep the order of the files (``disable_shuffling``); the pipeline shuffles by seed. Text
+comes back from tfds as bytes and is decoded by ``to_record``.
 """
 
 from __future__ import annotations
 
+import csv
+import json
 import os
-from typing import Any, Mapping
+import re
+from pathlib import Path
+from typing import Any, Iterator, Mapping
 
 import numpy as np
-from etils import epath
 import tensorflow_datasets as tfds
+from etils import epath
 
 from align_jax.data import records as rec
-from align_jax.data.sources import load_records
+from align_jax.data.sources import DataError, load_records
 
 _MESSAGES = {"role": tfds.features.Text(), "content": tfds.features.Text()}
-
-
-def _features(kind: str) -> dict[str, Any]:
-    prompt = {"prompt": tfds.features.Sequence(_MESSAGES)}
-    return {
-        "sft": {"messages": tfds.features.Sequence(_MESSAGES)},
-        "preference": {**prompt, "chosen": tfds.features.Text(), "rejected": tfds.features.Text()},
-        "ranked": {
-            **prompt,
-            "responses": tfds.features.Sequence(tfds.features.Text()),
-            "scores": tfds.features.Sequence(np.float32),
-        },
-        "unpaired": {**prompt, "response": tfds.features.Text(), "desirable": np.bool_},
-        "prompt": prompt,
-    }[kind]
 
 
 def _text(x: Any) -> str:
     return x.decode("utf-8") if isinstance(x, bytes) else str(x)
 
 
+def _texts(xs: Any) -> list[str]:
+    return [_text(x) for x in xs]
+
+
 def _messages(seq: Mapping[str, Any]) -> list[dict[str, str]]:
     return [{"role": _text(r), "content": _text(c)} for r, c in zip(seq["role"], seq["content"])]
 
 
-def record_from_example(kind: str, ex: Mapping[str, Any]) -> Any:
-    """The record of a decoded tfds example (numpy arrays and bytes)."""
-    if kind == "sft":
-        return rec.SFTRecord(_messages(ex["messages"]))
-    prompt = _messages(ex["prompt"])
-    if kind == "preference":
-        return rec.PreferenceRecord(prompt, _text(ex["chosen"]), _text(ex["rejected"]))
-    if kind == "ranked":
-        return rec.RankedRecord(prompt, [_text(r) for r in ex["responses"]], [float(s) for s in ex["scores"]])
-    if kind == "unpaired":
-        return rec.UnpairedRecord(prompt, _text(ex["response"]), bool(ex["desirable"]))
-    return rec.PromptRecord(prompt)
+def _message_columns(messages) -> dict[str, list[str]]:
+    """tfds sequences of dicts take a dict of lists."""
+    return {"role": [m["role"] for m in messages], "content": [m["content"] for m in messages]}
 
 
-class LocalRecords(tfds.core.GeneratorBasedBuilder):
-    """Records of one kind from local files; ``files`` maps split names to paths."""
+def split_of(path: Path) -> str:
+    """``harmless-base-test.jsonl.gz`` -> ``test``; ``train.jsonl`` -> ``train``."""
+    stem = path.name.split(".")[0]
+    return re.split(r"[-_]", stem)[-1]
+
+
+def _files_by_split(folder: Path, patterns: tuple[str, ...], split=split_of) -> dict[str, list[Path]]:
+    found: dict[str, list[Path]] = {}
+    for pattern in patterns:
+        for path in sorted(folder.glob(pattern)):
+            found.setdefault(split(path), []).append(path)
+    if not found:
+        raise DataError(f"{folder}: no files matching {patterns}")
+    return found
+
+
+class _LocalBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
+    """A builder over files in ``manual_dir``: ``_example_files`` names them by split, ``_examples``
+    reads one, ``to_record`` turns a decoded example into the record the pipeline trains on."""
 
     VERSION = tfds.core.Version("1.0.0")
-    # tfds looks for checksums next to the builder's package via importlib.resources, which
-    # fails for an editable install seen as a namespace package; point it at this file.
+    RELEASE_NOTES = {"1.0.0": "first version"}
+    RECORD_KIND = ""
+    FILES = ""  # what manual_dir holds, for the error message of a missing folder
+    # tfds looks for checksums next to the builder's package via importlib.resources, which fails
+    # for an editable install seen as a namespace package; point it at this file.
     code_path = epath.Path(__file__)
-    BUILDER_CONFIGS = [tfds.core.BuilderConfig(name=k, description=f"{k} records") for k in rec.RECORD_KINDS]
 
-    def __init__(
-        self,
-        *,
-        files: Mapping[str, str | os.PathLike] | None = None,
-        fields: Mapping[str, str] | None = None,
-        source_kind: str | None = None,
-        on_error: str = "raise",
-        **kwargs,
-    ):
-        self._files = dict(files or {})
-        self._fields = dict(fields or {})
-        self._source_kind = source_kind
-        self._on_error = on_error
-        super().__init__(**kwargs)
-
-    def _info(self) -> tfds.core.DatasetInfo:
-        return tfds.core.DatasetInfo(
-            builder=self, features=tfds.features.FeaturesDict(_features(self.builder_config.name))
-        )
+    @property
+    def MANUAL_DOWNLOAD_INSTRUCTIONS(self) -> str:  # noqa: N802 (the tfds attribute name)
+        return f"Pass manual_dir: a folder holding {self.FILES}."
 
     def _split_generators(self, dl_manager):
-        if not self._files:
-            raise ValueError("LocalRecords needs files={split: path} to prepare the dataset")
-        return {split: self._generate_examples(path) for split, path in self._files.items()}
+        folder = Path(os.fspath(dl_manager.manual_dir))
+        return {split: self._generate_examples(paths) for split, paths in self._example_files(folder).items()}
 
-    def _generate_examples(self, path):
-        kind = self.builder_config.name
-        records, _ = load_records(path, self._source_kind or kind, self._fields, on_error=self._on_error)
-        for i, r in enumerate(records):
-            d = rec.to_dict(r)
-            for key in ("messages", "prompt"):
-                if key in d:  # tfds sequences of dicts take a dict of lists
-                    d[key] = {"role": [m["role"] for m in d[key]], "content": [m["content"] for m in d[key]]}
-            yield i, d
+    def _generate_examples(self, paths: list[Path]) -> Iterator[tuple[int, dict]]:
+        examples = (example for path in paths for example in self._examples(path))
+        yield from enumerate(examples)  # integer keys: tfds keeps their order (no shuffling)
+
+    def _features(self, **features) -> tfds.core.DatasetInfo:
+        return self.dataset_info_from_configs(features=tfds.features.FeaturesDict(features), disable_shuffling=True)
+
+    def _example_files(self, folder: Path) -> dict[str, list[Path]]:
+        raise NotImplementedError
+
+    def _examples(self, path: Path) -> Iterator[dict]:
+        raise NotImplementedError
+
+    @staticmethod
+    def to_record(example: Mapping[str, Any]) -> Any:
+        raise NotImplementedError
 
 
-def build(
-    kind: str,
-    files: Mapping[str, str | os.PathLike],
-    data_dir: str | os.PathLike,
-    *,
-    fields: Mapping[str, str] | None = None,
-    source_kind: str | None = None,
-    on_error: str = "raise",
-) -> LocalRecords:
-    """Prepare (once) the array_record dataset of ``kind`` from ``files`` under ``data_dir``.
+class AlignJaxHhRlhf(_LocalBuilder):
+    """Anthropic HH-RLHF preference pairs (shared prompt turns, chosen and rejected final replies)."""
 
-    ``source_kind="hh_rlhf"`` reads HH transcripts into ``preference`` records.
-    """
-    if kind not in rec.RECORD_KINDS:
-        raise ValueError(f"unknown record kind {kind!r}; valid kinds: {sorted(rec.RECORD_KINDS)}")
-    builder = LocalRecords(
-        config=kind,
-        data_dir=os.fspath(data_dir),
-        file_format="array_record",
-        files=files,
-        fields=fields,
-        source_kind=source_kind,
-        on_error=on_error,
-    )
-    builder.download_and_prepare()
+    RECORD_KIND = "preference"
+    FILES = "HH-RLHF <subset>-<split>.jsonl.gz files"
+
+    def _info(self) -> tfds.core.DatasetInfo:
+        return self._features(**{
+            "prompt": tfds.features.Sequence(_MESSAGES), "chosen": tfds.features.Text(),
+            "rejected": tfds.features.Text()})
+
+    def _example_files(self, folder):
+        return _files_by_split(folder, ("*.jsonl.gz", "*.jsonl"))
+
+    def _examples(self, path):
+        records, _ = load_records(path, "hh_rlhf", on_error="skip")  # skips are counted and logged
+        for r in records:
+            yield {"prompt": _message_columns(r.prompt), "chosen": r.chosen, "rejected": r.rejected}
+
+    @staticmethod
+    def to_record(example):
+        return rec.PreferenceRecord(_messages(example["prompt"]), _text(example["chosen"]), _text(example["rejected"]))
+
+
+class AlignJaxIfeval(_LocalBuilder):
+    """IFEval prompts and the verifiable instructions each carries."""
+
+    RECORD_KIND = "prompt"
+    FILES = "IFEval's input_data.jsonl"
+
+    def _info(self) -> tfds.core.DatasetInfo:
+        return self._features(**{
+            "key": np.int64, "prompt": tfds.features.Text(),
+            "instruction_id_list": tfds.features.Sequence(tfds.features.Text()),
+            "kwargs": tfds.features.Text()})  # JSON list: the options differ per instruction
+
+    def _example_files(self, folder):
+        return _files_by_split(folder, ("*.jsonl",), lambda p: "test" if p.stem == "input_data" else split_of(p))
+
+    def _examples(self, path):
+        from align_jax.instructions.data import load_ifeval
+
+        for e in load_ifeval(path):
+            yield {"key": int(e.key), "prompt": e.prompt, "instruction_id_list": list(e.instruction_id_list),
+                   "kwargs": json.dumps([dict(k) for k in e.kwargs])}
+
+    @staticmethod
+    def to_record(example):
+        return rec.PromptRecord(_text(example["prompt"]), {
+            "key": int(example["key"]), "instruction_id_list": _texts(example["instruction_id_list"]),
+            "kwargs": json.loads(_text(example["kwargs"]))})
+
+
+class AlignJaxTruthfulqa(_LocalBuilder):
+    """TruthfulQA questions with their correct and incorrect answers."""
+
+    RECORD_KIND = "preference"
+    FILES = "TruthfulQA.csv"
+    _COLUMNS = ("Type", "Category", "Question", "Best Answer", "Correct Answers", "Incorrect Answers", "Source")
+
+    def _info(self) -> tfds.core.DatasetInfo:
+        answers = tfds.features.Sequence(tfds.features.Text())
+        return self._features(**{
+            "type": tfds.features.Text(), "category": tfds.features.Text(), "question": tfds.features.Text(),
+            "best_answer": tfds.features.Text(), "correct_answers": answers, "incorrect_answers": answers,
+            "source": tfds.features.Text()})
+
+    def _example_files(self, folder):
+        return _files_by_split(folder, ("*.csv",), lambda p: "validation")
+
+    def _examples(self, path):
+        with open(path, encoding="utf-8", newline="") as f:
+            reader = csv.DictReader(f)
+            missing = [c for c in self._COLUMNS if c not in (reader.fieldnames or ())]
+            if missing:
+                raise DataError(f"{path}: missing column(s) {missing}")
+            for row in reader:
+                yield {"type": row["Type"], "category": row["Category"], "question": row["Question"],
+                       "best_answer": row["Best Answer"], "source": row["Source"],
+                       "correct_answers": [a.strip() for a in row["Correct Answers"].split(";") if a.strip()],
+                       "incorrect_answers": [a.strip() for a in row["Incorrect Answers"].split(";") if a.strip()]}
+
+    @staticmethod
+    def to_record(example):
+        return rec.PreferenceRecord(_text(example["question"]), _text(example["best_answer"]),
+                                    _text(example["incorrect_answers"][0]))
+
+
+class AlignJaxRefusal(_LocalBuilder):
+    """Harmful and harmless instructions (refusal_direction's splits)."""
+
+    RECORD_KIND = "prompt"
+    FILES = "refusal_direction's harmful_<split>.json and harmless_<split>.json"
+
+    def _info(self) -> tfds.core.DatasetInfo:
+        return self._features(**{
+            "prompt": tfds.features.Text(), "harmful": np.bool_, "category": tfds.features.Text()})
+
+    def _example_files(self, folder):
+        return _files_by_split(folder, ("harmful_*.json", "harmless_*.json"))
+
+    def _examples(self, path):
+        rows = json.loads(path.read_text(encoding="utf-8"))
+        if not isinstance(rows, list):
+            raise DataError(f"{path}: expected a list of objects")
+        for n, row in enumerate(rows, 1):
+            if not isinstance(row, dict) or not isinstance(row.get("instruction"), str):
+                raise DataError(f"{path}, row {n}: expected an object with an 'instruction' string")
+            yield {"prompt": row["instruction"], "harmful": path.name.startswith("harmful_"),
+                   "category": row.get("category") or ""}
+
+    @staticmethod
+    def to_record(example):
+        return rec.PromptRecord(_text(example["prompt"]), {"harmful": bool(example["harmful"]),
+                                                           "category": _text(example["category"])})
+
+
+BUILDERS: dict[str, type[_LocalBuilder]] = {
+    b.name: b for b in (AlignJaxHhRlhf, AlignJaxIfeval, AlignJaxTruthfulqa, AlignJaxRefusal)
+}
+
+
+def prepared_builder(name: str, *, data_dir: str | os.PathLike | None = None,
+                     manual_dir: str | os.PathLike | None = None) -> _LocalBuilder:
+    """The builder ``name`` under ``data_dir`` (tfds's default when None), prepared from the files in
+    ``manual_dir`` if it is not prepared there yet."""
+    if name not in BUILDERS:
+        raise ValueError(f"unknown tfds dataset {name!r}; the project's builders: {sorted(BUILDERS)}")
+    builder = tfds.builder(name, data_dir=os.fspath(data_dir) if data_dir else None, file_format="array_record")
+    if not builder.is_prepared():
+        if manual_dir is None:
+            raise DataError(f"tfds dataset {name!r} is not prepared in {builder.data_dir}; set data.manual_dir "
+                            f"({builder.MANUAL_DOWNLOAD_INSTRUCTIONS})")
+        builder.download_and_prepare(download_config=tfds.download.DownloadConfig(manual_dir=os.fspath(manual_dir)))
     return builder
-
-
-class RecordsSource:
-    """A grain random-access source of records over a prepared split."""
-
-    def __init__(self, builder: LocalRecords, split: str):
-        self.kind = builder.builder_config.name
-        self._source = builder.as_data_source(split=split)
-
-    def __len__(self) -> int:
-        return len(self._source)
-
-    def __getitem__(self, index: int) -> Any:
-        return record_from_example(self.kind, self._source[index])

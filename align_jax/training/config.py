@@ -12,12 +12,14 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Mapping
 
+from align_jax.data.pipeline import TFDS_PREFIX, TFDS_RECORD_KINDS
 from align_jax.models import DEFAULT_MODEL
 from align_jax.training.optimizer import OptimizerConfig
 from align_jax.training.tasks import PAIR_LAYOUTS, TASKS, did_you_mean
 
 FILE_SOURCES = ("preference", "sft", "unpaired", "hh_rlhf", "prompt")
-SOURCES = FILE_SOURCES + ("checkable_pairs", "toy_letters", "ifeval_constraints", "factual_qa")
+TFDS_SOURCES = tuple(TFDS_PREFIX + name for name in TFDS_RECORD_KINDS)  # registered tfds datasets over local files
+SOURCES = FILE_SOURCES + ("checkable_pairs", "toy_letters", "ifeval_constraints", "factual_qa") + TFDS_SOURCES
 
 
 @dataclasses.dataclass(frozen=True)
@@ -42,6 +44,10 @@ class DataSection:
     source: str = "checkable_pairs"  # one of SOURCES
     train_path: str | None = None  # file for file sources
     eval_path: str | None = None  # None: hold out `eval_fraction` of the train file
+    tfds_data_dir: str | None = None  # tfds sources: where the prepared dataset is (None: tfds's default)
+    manual_dir: str | None = None  # tfds sources: the local files to prepare it from, when not prepared yet
+    train_split: str = "train"  # tfds sources: any tfds split string ("train", "train[:90%]")
+    eval_split: str = ""  # tfds sources; "": hold out `eval_fraction` of the train split
     eval_fraction: float = 0.1
     format: str | None = None  # None: from the file suffix
     fields: tuple[tuple[str, str], ...] = ()  # record field -> file column
@@ -63,7 +69,7 @@ class ReferenceSection:
     mode: str = "precomputed"  # "frozen" | "precomputed" | "none"
     sync_every: int = 0  # TR-DPO (arXiv:2404.09656): update the reference every N steps (frozen mode)
     sync_alpha: float = 1.0  # 1: hard update; < 1: soft update
-    cache_dir: str | None = None  # precomputed log-probs; None: ~/.cache/align_jax/reference_logps
+    cache_dir: str | None = None  # precomputed log-probs; None: <workdir>/reference_cache
 
 
 @dataclasses.dataclass(frozen=True)

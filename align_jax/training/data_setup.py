@@ -1,16 +1,20 @@
-"""From the data section of a run config to tokenized train/eval examples and grain iterators."""
+"""The data section of a run config, mapped onto the data pipeline (:mod:`align_jax.data.pipeline`):
+records of the configured source, tokenized examples, this host's batches, and the batch layouts and
+device placement that depend on the run (pair packing, micro-batches, the mesh)."""
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 from typing import Any, Sequence
 
-import grain
 import jax
 import numpy as np
 
+from align_jax.data import pipeline
 from align_jax.data.pair_packing import group_example_batch, pack_example_batch
+from align_jax.data.pipeline import attach, tokenize_all  # noqa: F401  (the loop reads them from here)
 from align_jax.data.prompt_sets import GENERATED as GENERATED_PROMPT_SOURCES
 from align_jax.data.sources import load_records
 from align_jax.data.tokenization import Tokenize
@@ -31,10 +35,22 @@ def _file_records(path: str, source: str, data: DataSection):
 
 
 def load_splits(data: DataSection, task: Task) -> Splits:
-    """Records for training and evaluation (eval: its own file, or the tail of the train file),
-    turned into the task's record kind by ``task.prepare_records``."""
+    """Records for training and evaluation (eval: its own file or split, or a seeded share of the
+    train records held out), turned into the task's record kind by ``task.prepare_records``."""
     stats: dict[str, Any] = {}
-    if data.source == "checkable_pairs":
+    tfds_name = pipeline.tfds_name(data.source)
+    if tfds_name is not None:
+        read = functools.partial(pipeline.tfds_records, tfds_name, data_dir=data.tfds_data_dir,
+                                 manual_dir=data.manual_dir)
+        train = read(data.train_split)
+        if data.eval_split:
+            evals = read(data.eval_split)
+        else:
+            train, evals = pipeline.hold_out(train, data.eval_fraction, data.seed)
+        stats = {"train": {"split": data.train_split, "records": len(train)},
+                 "eval": {"split": data.eval_split or f"{data.eval_fraction} of {data.train_split}",
+                          "records": len(evals)}}
+    elif data.source == "checkable_pairs":
         from align_jax.data.checkable_pairs import build_checkable_pairs
 
         train = [p.record for p in build_checkable_pairs("train", seed=data.seed)]
@@ -46,11 +62,7 @@ def load_splits(data: DataSection, task: Task) -> Splits:
         if data.eval_path:
             evals, stats["eval"] = _file_records(data.eval_path, data.source, data)
         else:
-            rng = np.random.RandomState(data.seed)
-            order = rng.permutation(len(train))
-            n_eval = max(1, int(round(len(train) * data.eval_fraction)))
-            evals = [train[i] for i in order[:n_eval]]
-            train = [train[i] for i in order[n_eval:]]
+            train, evals = pipeline.hold_out(train, data.eval_fraction, data.seed)
     if task.prepare_records is not None:
         train, evals = task.prepare_records(train), task.prepare_records(evals)
     if data.max_train_examples:
@@ -62,34 +74,11 @@ def load_splits(data: DataSection, task: Task) -> Splits:
     return Splits(train, evals, stats)
 
 
-def tokenize_all(tokenize: Tokenize, records: Sequence[Any]) -> list[dict]:
-    examples = [tokenize(r) for r in records]
-    return [ex for ex in examples if ex is not None]
-
-
-def attach(examples: list[dict], columns: dict[str, np.ndarray]) -> list[dict]:
-    """Adds per-example values (e.g. reference log-probs [N]) to each example dict."""
-    return [{**ex, **{k: np.float32(v[i]) for k, v in columns.items()}} for i, ex in enumerate(examples)]
-
-
 def iterator(examples: Sequence[dict], data: DataSection, *, train: bool, transform=None):
-    """A grain iterator of this host's slices of the global batches.
-
-    The global batch sequence depends only on the seed (shuffle, then batch), and host ``h`` of
-    ``H`` takes every H-th host-sized batch starting at ``h``: concatenated over hosts, they are
-    exactly the single-process batches, so losses do not depend on the number of processes.
-    Train: reshuffled every epoch, forever. Eval: one pass in order, the remainder dropped.
-    ``transform`` (e.g. a :class:`PairPacker`) maps each host batch, after batching.
-    """
-    hosts = jax.process_count()
-    per_host = data.batch_size // hosts
-    ds = grain.MapDataset.source(list(examples))
-    if train:
-        ds = ds.repeat(None).shuffle(seed=data.seed)
-    ds = ds.batch(per_host, drop_remainder=True)[jax.process_index() :: hosts]
-    if transform is not None:
-        ds = ds.map(transform)
-    return iter(ds.to_iter_dataset())
+    """This host's slices of the global batches of ``data.batch_size`` examples, shuffled by
+    ``data.seed`` (:func:`align_jax.data.pipeline.host_batches`); ``transform`` (e.g. a
+    :class:`PairPacker`) maps each host batch."""
+    return pipeline.host_batches(examples, data.batch_size, seed=data.seed, train=train, transform=transform)
 
 
 @dataclasses.dataclass(frozen=True)

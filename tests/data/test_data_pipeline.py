@@ -1,114 +1,173 @@
-"""Grain pipeline: determinism by seed, host sharding, iterator-state resume; tfds round trip."""
+"""The one data pipeline: the batch rule (seeded, host slices independent of the process count,
+resumable), and the registered tfds builders over tiny local files as a way into it."""
 
 from __future__ import annotations
 
+import dataclasses
+import gzip
 import json
 
 import numpy as np
 import pytest
 
 from align_jax.data import pipeline
-from align_jax.data.records import PreferenceRecord, SFTRecord
+from align_jax.data.records import PreferenceRecord, PromptRecord
+from align_jax.data.sources import DataError, load_records
 from align_jax.data.tokenization import Tokenize
+from align_jax.training import data_setup
+from align_jax.training.config import DataSection
+from align_jax.training.tasks import TASKS
 
-from word_tokenizer import VOCAB, word_tokenizer  # noqa: E402
-
-
-def pairs(n: int) -> list[PreferenceRecord]:
-    # Record i is identified by its prompt length (i % 7 + 1 words) and chosen (i // 7 + 1 words).
-    return [PreferenceRecord(({"role": "user", "content": "a " * (i % 7 + 1)},), "b " * (i // 7 + 1), "c") for i in range(n)]
+from word_tokenizer import word_tokenizer  # noqa: E402
 
 
-def convs(n: int) -> list[SFTRecord]:
-    return [SFTRecord(({"role": "user", "content": "a " * (i % 5 + 1)}, {"role": "assistant", "content": "d " * (i % 3 + 1)})) for i in range(n)]
+def examples(n: int) -> list[dict]:
+    return [{"i": np.int32(i)} for i in range(n)]
 
 
-def ident(batch) -> list[tuple[int, int]]:
-    return list(zip(batch["prompt_length"].tolist(), batch["chosen_length"].tolist()))
+def ids(it, steps: int) -> list[list[int]]:
+    return [next(it)["i"].tolist() for _ in range(steps)]
 
 
-def make(recs, seed=0, **kw):
-    tok = Tokenize(word_tokenizer(), template="chatml_plain", max_length=24)
-    kw.setdefault("shard_index", 0)
-    kw.setdefault("shard_count", 1)
-    return pipeline.make_dataset(recs, tok, batch_size=4, seed=seed, **kw)
+def test_every_epoch_is_a_new_seeded_permutation():
+    a = ids(pipeline.host_batches(examples(8), 4, seed=1, train=True, process_index=0, process_count=1), 6)
+    assert a == ids(pipeline.host_batches(examples(8), 4, seed=1, train=True, process_index=0, process_count=1), 6)
+    assert a != ids(pipeline.host_batches(examples(8), 4, seed=2, train=True, process_index=0, process_count=1), 6)
+    epochs = [a[0] + a[1], a[2] + a[3], a[4] + a[5]]
+    assert all(sorted(e) == list(range(8)) for e in epochs)  # every epoch sees every example once
+    assert epochs[0] != epochs[1] != epochs[2]  # and in a new order
 
 
-def take(it, n):
-    return [next(it) for _ in range(n)]
-
-
-def test_seed_determinism():
-    a = [ident(b) for b in make(pairs(40), seed=1)]
-    assert a == [ident(b) for b in make(pairs(40), seed=1)]
-    assert a != [ident(b) for b in make(pairs(40), seed=2)]
-    assert len(a) == 10 and sorted(x for b in a for x in b) == sorted((i % 7 + 6, i // 7 + 2) for i in range(40))
-
-
-def test_epochs_reshuffle_and_cover_all():
-    batches = [ident(b) for b in make(pairs(8), num_epochs=2)]
-    first, second = sum(batches[:2], []), sum(batches[2:], [])
-    assert sorted(first) == sorted(second) and first != second
-
-
-def test_host_rows_concatenate_to_the_single_process_batches():
-    recs = pairs(43)
-    single = [ident(b) for b in make(recs, seed=5)]
-    hosts = [[ident(b) for b in make(recs, seed=5, shard_index=i, shard_count=2)] for i in range(2)]
-    assert len(single) == 10 and all(len(h) == len(single) for h in hosts)
+@pytest.mark.parametrize("train", [True, False])
+def test_host_slices_concatenate_to_the_single_process_batches(train):
+    single = ids(pipeline.host_batches(examples(43), 4, seed=5, train=train, process_index=0, process_count=1), 10)
+    hosts = [ids(pipeline.host_batches(examples(43), 4, seed=5, train=train, process_index=h, process_count=2), 10)
+             for h in range(2)]
     for step, batch in enumerate(single):
         assert hosts[0][step] + hosts[1][step] == batch  # host 0 holds rows 0-1, host 1 rows 2-3
-    with pytest.raises(ValueError, match="not divisible"):
-        make(recs, shard_index=0, shard_count=3)
-    with pytest.raises(ValueError, match="drop_remainder"):
-        make(recs, shard_index=0, shard_count=2, drop_remainder=False)
+    if not train:  # one pass, the remainder dropped, the same number of steps on every host
+        assert single == [list(range(4 * s, 4 * s + 4)) for s in range(10)]
+        assert all(len(list(pipeline.host_batches(examples(43), 4, seed=5, train=False, process_index=h,
+                                                  process_count=2))) == 10 for h in range(2))
+    with pytest.raises(ValueError, match="not divisible by 3 processes"):
+        pipeline.host_batches(examples(43), 4, seed=5, train=train, process_index=0, process_count=3)
 
 
-@pytest.mark.parametrize("kind", ["preference", "sft_padded", "sft_packed"])
-def test_iterator_state_resume(kind):
+@pytest.mark.parametrize("transform", [None, lambda b: {"i": b["i"] * 10}], ids=["plain", "transformed"])
+def test_iterator_state_resumes_exactly(transform):
     def build():
-        if kind == "preference":
-            return make(pairs(60), seed=3, num_epochs=None)
-        return make(convs(60), seed=3, num_epochs=None, pack=kind == "sft_packed", num_packing_bins=2)
+        return pipeline.host_batches(examples(30), 4, seed=3, train=True, transform=transform,
+                                     process_index=0, process_count=1)
 
-    it = iter(build())
-    take(it, 5)
-    state = json.loads(json.dumps(it.get_state()))  # must survive serialisation
-    expected = take(it, 3)
-    fresh = iter(build())
+    it = build()
+    ids(it, 11)  # past the first epoch
+    state = json.loads(json.dumps(it.get_state()))  # must survive serialisation (it is checkpointed)
+    expected = ids(it, 5)
+    fresh = build()
     fresh.set_state(state)
-    got = take(fresh, 3)
-    for e, g in zip(expected, got):
-        assert e.keys() == g.keys()
-        for k in e:
-            np.testing.assert_array_equal(e[k], g[k])
+    assert ids(fresh, 5) == expected
 
 
-def test_sft_padded_and_packed_rows():
-    padded = next(iter(make(convs(12))))
-    assert padded["tokens"].shape == (4, 24) and set(np.unique(padded["segment_ids"])) <= {0, 1}
-    packed = next(iter(make(convs(40), pack=True)))
-    assert packed["tokens"].shape == (4, 24) and packed["segment_ids"].max() > 1
+def test_the_engine_iterator_is_the_pipeline():
+    data = DataSection(batch_size=4, seed=7)
+    engine = ids(data_setup.iterator(examples(20), data, train=True), 7)
+    assert engine == ids(pipeline.host_batches(examples(20), 4, seed=7, train=True), 7)
 
 
-def test_pack_needs_sft():
-    with pytest.raises(ValueError, match="packing is for SFT"):
-        make(pairs(8), pack=True)
+def test_hold_out_is_seeded_and_disjoint():
+    train, held = pipeline.hold_out(list(range(50)), 0.1, seed=0)
+    assert len(held) == 5 and sorted(train + held) == list(range(50))
+    assert (train, held) == pipeline.hold_out(list(range(50)), 0.1, seed=0)
+    assert pipeline.hold_out(list(range(3)), 0.01, seed=0)[1] != []  # at least one held out
 
 
-def test_tfds_array_record_round_trip(tmp_path):
+# -- the registered tfds builders over local files ------------------------------------------------
+
+HH_ROWS = [
+    {"chosen": "\n\nHuman: a b\n\nAssistant: c", "rejected": "\n\nHuman: a b\n\nAssistant: d"},
+    {"chosen": "\n\nHuman: e\n\nAssistant: f g", "rejected": "\n\nHuman: e\n\nAssistant: h"},
+    {"chosen": "\n\nHuman: a\n\nAssistant: x", "rejected": "\n\nHuman: b\n\nAssistant: y"},  # prefix mismatch
+]
+
+
+def write_hh(folder, split, rows):
+    folder.mkdir(parents=True, exist_ok=True)
+    with gzip.open(folder / f"harmless-base-{split}.jsonl.gz", "wt") as f:
+        f.writelines(json.dumps(r) + "\n" for r in rows)
+
+
+@pytest.fixture(scope="module")
+def local_files(tmp_path_factory):
+    root = tmp_path_factory.mktemp("local")
+    write_hh(root / "hh", "train", HH_ROWS * 4)
+    write_hh(root / "hh", "test", HH_ROWS[1:2])
+    (root / "ifeval").mkdir()
+    (root / "ifeval" / "input_data.jsonl").write_text(json.dumps(
+        {"key": 7, "prompt": "Say hi without commas.", "instruction_id_list": ["punctuation:no_comma"],
+         "kwargs": [{}]}) + "\n")
+    (root / "tqa").mkdir()
+    (root / "tqa" / "TruthfulQA.csv").write_text(
+        "Type,Category,Question,Best Answer,Correct Answers,Incorrect Answers,Source\n"
+        'Adversarial,Misconceptions,Why are veins blue?,Light,"Light; Scattering","Blood is blue; Dye",https://x\n')
+    (root / "refusal").mkdir()
+    (root / "refusal" / "harmful_test.json").write_text(json.dumps([{"instruction": "Do harm", "category": "cyber"}]))
+    (root / "refusal" / "harmless_test.json").write_text(json.dumps([{"instruction": "Be kind", "category": None}]))
+    return root
+
+
+def test_the_config_table_names_the_registered_builders():
     tfds_builders = pytest.importorskip("align_jax.data.tfds_builders")
-    path = tmp_path / "p.jsonl"
-    path.write_text(
-        '{"q": "a b", "good": "c", "bad": "d"}\n{"q": "e", "good": "f g", "bad": "h"}\n{"q": "", "good": "x", "bad": "y"}\n'
-    )
-    builder = tfds_builders.build(
-        "preference", {"train": path}, tmp_path / "tfds",
-        fields={"prompt": "q", "chosen": "good", "rejected": "bad"}, on_error="skip",
-    )
-    assert list((tmp_path / "tfds").rglob("*.array_record*"))
-    src = tfds_builders.RecordsSource(builder, "train")
-    got = sorted((r.prompt[0]["content"], r.chosen, r.rejected) for r in (src[i] for i in range(len(src))))
-    assert got == [("a b", "c", "d"), ("e", "f g", "h")]
-    batch = next(iter(make(src, drop_remainder=False)))
-    assert sorted(batch["prompt_length"].tolist()) == [6, 7]
+    assert pipeline.TFDS_RECORD_KINDS == {name: b.RECORD_KIND for name, b in tfds_builders.BUILDERS.items()}
+
+
+def test_builders_prepare_from_local_files_and_tfds_builder_reads_them(local_files, tmp_path):
+    tfds = pytest.importorskip("tensorflow_datasets")
+    from align_jax.data import tfds_builders as T
+
+    expected = {
+        "align_jax_hh_rlhf": ("hh", {"train": load_records(local_files / "hh" / "harmless-base-train.jsonl.gz",
+                                                           "hh_rlhf", on_error="skip")[0],
+                                     "test": [PreferenceRecord("e", "f g", "h")]}),
+        "align_jax_ifeval": ("ifeval", {"test": [PromptRecord("Say hi without commas.", {
+            "key": 7, "instruction_id_list": ["punctuation:no_comma"], "kwargs": [{}]})]}),
+        "align_jax_truthfulqa": ("tqa", {"validation": [PreferenceRecord("Why are veins blue?", "Light", "Blood is blue")]}),
+        "align_jax_refusal": ("refusal", {"test": [PromptRecord("Do harm", {"harmful": True, "category": "cyber"}),
+                                                   PromptRecord("Be kind", {"harmful": False, "category": ""})]}),
+    }
+    for name, (folder, splits) in expected.items():
+        T.prepared_builder(name, data_dir=tmp_path, manual_dir=local_files / folder)
+        builder = tfds.builder(name, data_dir=str(tmp_path))  # the plain tfds way in, once prepared
+        assert set(builder.info.splits) == set(splits), name
+        assert list((tmp_path / name).rglob("*.array_record*")), name
+        for split, records in splits.items():
+            source = builder.as_data_source(split=split)
+            got = [T.BUILDERS[name].to_record(source[i]) for i in range(len(source))]
+            assert got == records, (name, split)
+            assert [r.info for r in got if isinstance(r, PromptRecord)] == \
+                   [r.info for r in records if isinstance(r, PromptRecord)]  # info is not compared by ==
+            assert pipeline.tfds_records(name, split, data_dir=str(tmp_path)) == records  # through grain
+    features = tfds.builder("align_jax_truthfulqa", data_dir=str(tmp_path)).as_data_source(split="validation")[0]
+    assert [a.decode() for a in features["correct_answers"]] == ["Light", "Scattering"]
+
+
+def test_a_training_config_reads_a_tfds_source(local_files, tmp_path):
+    pytest.importorskip("tensorflow_datasets")
+    data = DataSection(source="tfds:align_jax_hh_rlhf", manual_dir=str(local_files / "hh"),
+                       tfds_data_dir=str(tmp_path), eval_split="test", batch_size=2)
+    splits = data_setup.load_splits(data, TASKS["preference"])
+    direct = load_records(local_files / "hh" / "harmless-base-train.jsonl.gz", "hh_rlhf", on_error="skip")[0]
+    assert splits.train == direct and splits.eval == [PreferenceRecord("e", "f g", "h")]
+    held = data_setup.load_splits(dataclasses.replace(data, eval_split="", eval_fraction=0.25), TASKS["unpaired"])
+    assert len(held.train) == 2 * 6 and len(held.eval) == 2 * 2  # KTO: each pair becomes two unpaired records
+    tok = Tokenize(word_tokenizer(), template="chatml_plain", max_length=24)
+    batch = next(data_setup.iterator(pipeline.tokenize_all(tok, splits.train), data, train=True))
+    assert batch["chosen_tokens"].shape == (2, 24)
+    with pytest.raises(DataError, match="not prepared .* set data.manual_dir"):
+        pipeline.tfds_records("align_jax_refusal", "test", data_dir=str(tmp_path))
+
+
+def test_unknown_tfds_sources_fail_at_parse_time():
+    from align_jax.training.config import parse_config
+
+    with pytest.raises(ValueError, match="unknown data.source 'tfds:hh_rlhf'"):
+        parse_config({"data": {"source": "tfds:hh_rlhf"}, "loss": {"name": "dpo"}})
