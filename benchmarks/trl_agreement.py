@@ -1,6 +1,6 @@
 """Our DPO-family objectives against TRL 1.16's own loss code, on the same per-token log-probs.
 
-    python -m benchmarks.trl_agreement [--out /tmp/issue27_table.md] [--seed 0]
+    python -m benchmarks.trl_agreement [--out benchmarks/results/trl_agreement.md] [--seed 0]
 
 For every objective TRL shares, TRL's trainer method runs on a stand-in model that returns given
 per-token log-probs (``DPOTrainer._compute_loss``, ``KTOTrainer._compute_loss``, and
