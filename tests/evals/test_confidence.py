@@ -117,5 +117,5 @@ def test_verbalized_confidence_failures_say_why(text, reason):
 
 
 def test_verbalized_confidence_rejects_non_strings():
-    with pytest.raises(TypeError):
+    with pytest.raises(TypeError, match="expected str, got float"):
         conf.parse_verbalized_confidence(0.8)

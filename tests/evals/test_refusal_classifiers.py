@@ -98,7 +98,7 @@ def test_threshold_with_ties_and_groups():
     a, b = np.linspace(0, 1, 101), np.linspace(0, 5, 101)
     t = threshold_for_groups({"a": a, "b": b}, 0.03)
     assert np.mean(a > t) <= 0.03 and np.mean(b > t) <= 0.03
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="needs at least one negative score"):
         threshold_for_fpr(np.array([]), 0.03)
 
 
@@ -264,7 +264,7 @@ def test_wilson_interval_by_hand():
     assert lo == 0.0 and hi == pytest.approx(0.0374, abs=2e-4)  # bootstrap would say [0, 0]
     lo, hi = M.wilson_interval(10, 20)
     assert lo == pytest.approx(0.2993, abs=2e-4) and hi == pytest.approx(0.7007, abs=2e-4)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="need 0 <= k <= n and n > 0, got k=3, n=2"):
         M.wilson_interval(3, 2)
     d = M.ci_dict(M.rate_ci([0, 0, 1, 1]), np.array([0, 0, 1, 1]))
     assert d["wilson_low"] < 0.5 < d["wilson_high"]
@@ -408,5 +408,5 @@ def test_substring_judge_by_hand():
     assert [("compliance", "partial_refusal", "refusal")[y] for y in labels] == [
         "refusal", "refusal", "partial_refusal", "compliance"]
     assert substring_labels(["Sure. " * 40 + "I'm sorry"], window=10_000).tolist() == [2]  # window decides
-    with pytest.raises(TypeError):
+    with pytest.raises(TypeError, match="responses must be strings, got NoneType"):
         substring_labels([None])

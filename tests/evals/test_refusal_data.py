@@ -75,7 +75,7 @@ def test_loader_errors_clearly(tmp_path):
         load_harmful(tmp_path, "test")
     with pytest.raises(ValueError, match="unknown split"):
         load_harmful(tmp_path, "dev")
-    with pytest.raises(FileNotFoundError):
+    with pytest.raises(FileNotFoundError, match="harmless_train.json not found"):
         load_plain_benign(tmp_path, "train")
 
 
@@ -170,7 +170,7 @@ def test_response_text_matches_its_class():
         assert any(text.startswith(h) for h in hedge_texts) and len(text) > 60
         text, _ = rs.make_response(0, "train", rng)
         assert text not in refusal_texts and not any(text.startswith(h) for h in hedge_texts)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=r"label must be in \[0, 3\), got 3"):
         rs.make_response(3, "train", rng)
 
 

@@ -46,8 +46,13 @@ def test_registries_reject_unknown_names_and_invalid_options():
         pg.ADVANTAGE_ESTIMATORS.build("ppo")
     with pytest.raises(ValueError, match="valid options: clip_eps_low"):
         pg.POLICY_LOSSES.build("gspo", clip_ratio_c=3.0)
-    for bad in ({"clip_eps_low": 1.5}, {"clip_ratio_c": 0.5}, {"clip_eps_high": -0.1}, {"max_len": 0}):
-        with pytest.raises(ValueError):
+    for bad, match in [
+        ({"clip_eps_low": 1.5}, r"clip_eps_low must be in \(0, 1\)"),
+        ({"clip_ratio_c": 0.5}, r"clip_ratio_c \(dual clip\) must be > 1"),
+        ({"clip_eps_high": -0.1}, "clip_eps_high must be positive"),
+        ({"aggregation": "seq-mean-token-sum-norm", "max_len": 0}, "max_len must be a positive int"),
+    ]:
+        with pytest.raises(ValueError, match=match):
             pg.POLICY_LOSSES.build("ppo", **bad)
     with pytest.raises(KeyError, match="valid choices"):
         pg.POLICY_LOSSES.build("ppo", aggregation="bogus")

@@ -1,5 +1,7 @@
 """SamplingParams validation and the logit processors against NumPy references."""
 
+import dataclasses
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -31,7 +33,7 @@ def test_invalid_params_raise(kwargs, match):
 def test_params_frozen_and_normalised():
     p = SamplingParams(stop_sequences=[[1, 2], (3,)])
     assert p.stop_sequences == ((1, 2), (3,))
-    with pytest.raises(Exception):
+    with pytest.raises(dataclasses.FrozenInstanceError, match="cannot assign to field 'temperature'"):
         p.temperature = 2.0  # type: ignore[misc]
     assert SamplingParams(temperature=0).structure().greedy
 
