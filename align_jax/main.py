@@ -16,16 +16,16 @@ Multi-process (one process per host, or several on one CPU machine for testing):
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import json
 import logging as py_logging
 import pathlib
-import re
 import shlex
 import sys
 
 from absl import app, flags, logging
-from ml_collections import config_dict, config_flags
+from ml_collections import config_flags
+
+from align_jax.cli import one_line, parse_flags
 
 
 def define_config_flag(flag_values: flags.FlagValues = flags.FLAGS, sys_argv: list[str] | None = None):
@@ -48,52 +48,6 @@ _PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index (mu
 CHECKPOINTS = "checkpoints"  # under the workdir, as align_jax.training.loop.run writes them
 INTERRUPTED = 130  # the shell's exit status for SIGINT
 _PACKAGE_DIR = str(pathlib.Path(__file__).parent)
-
-
-def unknown_keys_message(config: config_dict.ConfigDict, paths: list[str]) -> str | None:
-    """One line naming the override paths that a locked section does not have, or None."""
-    for path in paths:
-        holder, where = config, "config"
-        for key in path.split("."):
-            if not isinstance(holder, config_dict.ConfigDict):
-                break
-            if key not in holder:
-                if not holder.is_locked:
-                    break  # an open section (loss options, data.fields): parse_config checks it
-                valid = sorted(holder.keys())
-                close = difflib.get_close_matches(key, valid, n=1)
-                hint = f" (did you mean {close[0]!r}?)" if close else ""
-                return f"{where} has unknown key(s) {[key]}; valid keys: {valid}{hint}"
-            holder, where = holder[key], f"{where}.{key}"
-    return None
-
-
-def _config_args(argv: list[str]) -> tuple[str | None, list[str]]:
-    """(the --config file, the paths of the --config.<path>=... overrides) in argv."""
-    file, paths = None, []
-    for i, arg in enumerate(argv):
-        if m := re.match(r"--?config(=(.*))?$", arg):
-            file = m.group(2) if m.group(1) else (argv[i + 1] if i + 1 < len(argv) else None)
-        elif m := re.match(r"--?config\.([^=]+)", arg):
-            paths.append(m.group(1))
-    return file, paths
-
-
-def parse_flags(argv: list[str]) -> list[str]:
-    """absl's flag parsing (a bad flag value: absl's two lines); an override of a config key that does
-    not exist exits with one line."""
-    try:
-        return app.parse_flags_with_usage(argv)
-    except (KeyError, AttributeError, ValueError) as e:  # a locked ConfigDict refusing a key
-        file, paths = _config_args(argv)
-        message = None
-        if file is not None:
-            message = unknown_keys_message(flags.FLAGS["config"].parser.parse(file), paths)
-        sys.exit(message or _one_line(e))
-
-
-def _one_line(e: BaseException) -> str:
-    return str(e.args[0]) if len(e.args) == 1 else str(e)
 
 
 def quiet_logs() -> None:
@@ -132,7 +86,7 @@ def main(argv):
     try:
         cfg = parse_config(_CONFIG.value)  # before anything is loaded: a bad config fails in seconds
     except (KeyError, ValueError) as e:
-        sys.exit(_one_line(e))
+        sys.exit(one_line(e))
     if _DRY_RUN.value:
         print(json.dumps(dataclasses.asdict(cfg), indent=2, default=str))
         return
@@ -143,7 +97,7 @@ def main(argv):
         sys.exit(INTERRUPTED)
     except DataError as e:
         hint = "; to skip malformed rows (counted and logged): --config.data.on_error=skip"
-        sys.exit(_one_line(e) + (hint if cfg.data.on_error == "raise" else ""))
+        sys.exit(one_line(e) + (hint if cfg.data.on_error == "raise" else ""))
 
 
 def _train(cfg) -> None:

@@ -22,7 +22,13 @@ import dataclasses
 import difflib
 import functools
 import inspect
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, Sequence
+
+
+def did_you_mean(name: str, valid: Sequence[str]) -> str:
+    """`` (did you mean 'x'?)`` for the closest valid name, or an empty string."""
+    close = difflib.get_close_matches(name, list(valid), n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -84,9 +90,8 @@ class Registry:
 
     def entry(self, name: str) -> Entry:
         if name not in self._entries:
-            close = difflib.get_close_matches(name, self.names(), n=1)
-            hint = f" (did you mean {close[0]!r}?)" if close else ""
-            raise KeyError(f"unknown {self.kind} {name!r}; valid choices: {', '.join(self.names())}{hint}")
+            raise KeyError(f"unknown {self.kind} {name!r}; valid choices: {', '.join(self.names())}"
+                           f"{did_you_mean(name, self.names())}")
         return self._entries[name]
 
     def build(self, name: str, **options: Any) -> Callable[..., Any]:
@@ -95,11 +100,8 @@ class Registry:
         unknown = sorted(set(options) - set(entry.options))
         if unknown:
             valid = ", ".join(f"{k}={v!r}" for k, v in entry.options.items()) or "(none)"
-            close = difflib.get_close_matches(unknown[0], list(entry.options), n=1)
-            hint = f" (did you mean {close[0]!r}?)" if close else ""
-            raise ValueError(
-                f"{self.kind} {name!r} got unknown option(s) {unknown}; valid options: {valid}{hint}"
-            )
+            raise ValueError(f"{self.kind} {name!r} got unknown option(s) {unknown}; valid options: {valid}"
+                             f"{did_you_mean(unknown[0], list(entry.options))}")
         if entry.validate is not None:
             entry.validate(**{**entry.options, **options})
         return functools.partial(entry.fn, **options)

@@ -26,6 +26,8 @@ Shared model helpers used by the suites: ``continuation_logprobs`` (teacher-forc
 jit-compiled, bucketed widths) and ``generate_greedy`` (KV-cache sampler, fixed batch shape).
 ``evaluate(cfg, workdir)`` also loads the model named by ``cfg.model``; the CLI is
 ``align_jax/evaluate.py``. Training runs call ``run_suite`` with ``load_eval_config(suite, ...)``.
+Both parse ``cfg`` into the suite's typed ``Config`` first (``align_jax.evals.config``): a key the
+suite does not read fails before anything runs.
 """
 
 from __future__ import annotations
@@ -54,6 +56,7 @@ from align_jax.evals.calibration_metrics import (
     maximum_calibration_error,
     validate_inputs,
 )
+from align_jax.evals.config import EvalConfig, parse_eval_config
 from align_jax.evals.reliability_plot import save_reliability_diagram
 from align_jax.models.chat import encode_chat
 from align_jax.models.registry import LoadedModel, load_model
@@ -307,10 +310,6 @@ def _to_json(obj: Any) -> Any:
     return obj
 
 
-def _config_dict(cfg) -> dict[str, Any]:
-    return cfg.to_dict() if hasattr(cfg, "to_dict") else dict(cfg)
-
-
 def summary_markdown(results: Mapping[str, Any]) -> str:
     lines = [
         f"# {results['suite']} — {results['model']}",
@@ -332,6 +331,7 @@ def summary_markdown(results: Mapping[str, Any]) -> str:
 def run_suite(lm: LoadedModel, cfg, workdir: str | os.PathLike | None = None, *,
               progress: bool = True) -> dict[str, Any]:
     """Runs ``cfg.suite`` on ``lm``; returns the results.json dict (and writes files to workdir)."""
+    cfg = parse_eval_config(cfg)
     run = suites.get_suite(cfg.suite)
     start = time.perf_counter()
     result: SuiteResult = run(lm, cfg, progress=progress)
@@ -349,7 +349,7 @@ def run_suite(lm: LoadedModel, cfg, workdir: str | os.PathLike | None = None, *,
         "n": len(examples),
         "n_failures": sum(e.get("failure") is not None for e in examples),
         "metrics": {k: _to_json(dataclasses.asdict(m)) for k, m in metrics.items()},
-        "settings": _to_json({**{k: v for k, v in _config_dict(cfg).items() if k != "model"},
+        "settings": _to_json({**{k: v for k, v in dataclasses.asdict(cfg).items() if k != "model"},
                               **result.settings, "ci_level": CI_LEVEL}),
         "seconds": time.perf_counter() - start,
         "files": [],
@@ -382,7 +382,7 @@ def write_outputs(results: dict[str, Any], examples: list[dict[str, Any]],
     return files
 
 
-def load_configured_model(cfg) -> LoadedModel:
+def load_configured_model(cfg: EvalConfig) -> LoadedModel:
     """``cfg.model.path`` (a Hugging Face folder or .gguf) if set, else ``cfg.model.name``."""
     m = cfg.model
     kw = dict(param_dtype=m.param_dtype, dtype=m.dtype)
@@ -391,5 +391,5 @@ def load_configured_model(cfg) -> LoadedModel:
 
 def evaluate(cfg, workdir: str | os.PathLike, *, progress: bool = True) -> dict[str, Any]:
     """Loads the configured model and runs the configured suite, writing to ``workdir``."""
-    suites.check_suite(cfg.suite)  # fail before the (slow) model load
+    cfg = parse_eval_config(cfg)  # a bad suite name or key fails before the (slow) model load
     return run_suite(load_configured_model(cfg), cfg, workdir, progress=progress)

@@ -1,11 +1,10 @@
 """Refusal behaviour: over-refusal on benign and compliance on harmful held-out prompts, judged by
 the response classifier."""
 
-import os
-import sys
+import pathlib
+import runpy
 
-sys.path.insert(0, os.path.dirname(__file__))
-from eval_base import base_config  # noqa: E402
+base_config = runpy.run_path(str(pathlib.Path(__file__).with_name("eval_base.py")))["base_config"]
 
 
 def get_config():

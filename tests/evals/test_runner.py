@@ -2,6 +2,9 @@
 
 import csv
 import json
+import os
+import subprocess
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -10,7 +13,8 @@ import pytest
 
 from align_jax.data.factual_qa import split_factual_qa
 from align_jax.evals import runner
-from align_jax.evals.suites import SUITES
+from align_jax.evals.config import EvalConfig, ModelSpec, parse_eval_config
+from align_jax.evals.suites import SUITES, config_class
 from align_jax.evals.suites.factual_qa import answer_record
 from align_jax.instructions import evaluate_responses, generate, save_ifeval
 from align_jax.models import LoadedModel, ModelConfig, init_decoder
@@ -174,6 +178,55 @@ def test_unknown_suite_is_a_clear_error(tiny_lm, tmp_path):
     with pytest.raises(ValueError, match="unknown eval suite"):
         runner.evaluate(cfg, tmp_path)  # before loading any model
     assert set(SUITES) == {"truthfulqa_mc", "factual_qa", "ifeval", "constraints_ood", "refusal_generation"}
+
+
+@pytest.mark.parametrize("suite", SUITES)
+def test_every_shipped_eval_config_parses_to_its_suites_config(suite):
+    """configs/eval/<suite>.py sets exactly the keys the suite's Config declares."""
+    cfg = parse_eval_config(runner.load_eval_config(suite))
+    assert type(cfg) is config_class(suite) and isinstance(cfg, EvalConfig) and isinstance(cfg.model, ModelSpec)
+    assert cfg.suite == suite and parse_eval_config(cfg) is cfg
+
+
+def _no_model_loads(monkeypatch):
+    def load_model(*args, **kwargs):
+        raise AssertionError("a model was loaded before the config was checked")
+
+    monkeypatch.setattr(runner, "load_model", load_model)
+
+
+@pytest.mark.parametrize("key, value, message", [
+    ("limt", 5, r"config \(suite 'ifeval'\) has unknown key\(s\) \['limt'\]; valid keys: \[.*\(did you mean 'limit'\?\)"),
+    ("n_bins", 15, r"config \(suite 'ifeval'\) has unknown key\(s\) \['n_bins'\]"),  # another suite's key
+])
+def test_unknown_eval_config_key_fails_before_the_model_loads(monkeypatch, tmp_path, key, value, message):
+    _no_model_loads(monkeypatch)
+    cfg = runner.load_eval_config("ifeval")
+    with cfg.unlocked():
+        cfg[key] = value
+    with pytest.raises(KeyError, match=message):
+        runner.evaluate(cfg, tmp_path / "out")
+    cfg = runner.load_eval_config("ifeval").to_dict()
+    cfg["model"]["nme"] = "x"
+    with pytest.raises(KeyError, match=r"config.model has unknown key\(s\) \['nme'\].*\(did you mean 'name'\?\)"):
+        runner.evaluate(cfg, tmp_path / "out")
+    del cfg["model"]["nme"], cfg["max_new_tokens"]
+    with pytest.raises(KeyError, match=r"config \(suite 'ifeval'\) is missing key\(s\) \['max_new_tokens'\]"):
+        runner.evaluate(cfg, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+def test_evaluate_cli_refuses_an_unknown_key_in_one_line(tmp_path):
+    """``--config.<key>`` that the eval config lacks: one line with the valid keys, nothing loaded."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "align_jax.evaluate", f"--config={runner.CONFIG_DIR / 'ifeval.py'}",
+         "--config.limt=5", f"--workdir={tmp_path / 'out'}"],
+        cwd=runner.REPO_ROOT, env={**os.environ, "JAX_PLATFORMS": "cpu"}, capture_output=True, text=True,
+        timeout=120)
+    err = proc.stderr.splitlines()
+    assert proc.returncode == 1 and len(err) == 1, proc.stderr
+    assert err[0].startswith("config has unknown key(s) ['limt']; valid keys: [") and "(did you mean 'limit'?)" in err[0]
+    assert not (tmp_path / "out").exists()
 
 
 def test_missing_and_malformed_data_name_the_file(tiny_lm, tmp_path):

@@ -13,7 +13,7 @@ LAYERS = (
     ("data", "instructions", "rewards"),
     ("sampling", "training"),
     ("evals",),
-    ("main", "evaluate", "generate", "chat_demo", "report"),  # entry points and the end-of-run report
+    ("main", "evaluate", "generate", "chat_demo", "report", "cli"),  # entry points, their flags, the end-of-run report
 )
 LAYER_OF = {name: i for i, names in enumerate(LAYERS) for name in names}
 

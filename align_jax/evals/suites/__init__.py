@@ -2,8 +2,10 @@
 
 Every suite module has ``run(lm, cfg, *, progress) -> runner.SuiteResult``: per-example
 records, rates and calibration sources; ``align_jax.evals.runner`` turns them into numbers
-with confidence intervals and files. ``SUITES`` is the one list of names (a module of the
-same name exists for each, and ``configs/eval/<name>.py`` configures it).
+with confidence intervals and files. ``cfg`` is the module's ``Config`` (an
+``align_jax.evals.config.EvalConfig`` declaring every key the suite reads). ``SUITES`` is the
+one list of names (a module of the same name exists for each, and ``configs/eval/<name>.py``
+configures it).
 """
 
 from __future__ import annotations
@@ -23,3 +25,8 @@ def check_suite(name: str) -> str:
 def get_suite(name: str) -> Callable:
     """The suite's ``run`` function (modules are imported on demand)."""
     return importlib.import_module(f"{__name__}.{check_suite(name)}").run
+
+
+def config_class(name: str) -> type:
+    """The suite's ``Config`` dataclass: the keys its config file must set."""
+    return importlib.import_module(f"{__name__}.{check_suite(name)}").Config

@@ -3,18 +3,26 @@
 ``instructions.generate(split, limit, seed=seed)`` prompts per split (``cfg.splits``), greedy
 responses, and per split ``<split>/instruction_level_strict`` and ``<split>/prompt_level_strict``
 (CIs resample prompts). All splits are generated in one pass (one compiled program).
-Config keys: splits, limit (prompts per split, > 0), max_new_tokens, batch_size, seed.
 """
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 
 from align_jax.evals import runner
+from align_jax.evals.config import EvalConfig
 from align_jax.evals.suites.ifeval import respond_and_score
 from align_jax.instructions import SPLITS, generate
 
 REPORTED = ("instruction_level_strict", "prompt_level_strict")
+
+
+@dataclasses.dataclass(frozen=True)
+class Config(EvalConfig):  # limit: prompts per split (> 0)
+    splits: tuple[str, ...]  # a non-empty subset of align_jax.instructions.SPLITS
+    max_new_tokens: int
 
 
 def run(lm, cfg, *, progress: bool) -> runner.SuiteResult:

@@ -11,21 +11,33 @@ Confidence sources (each a calibration report and reliability diagram):
   ``p("True") / (p("True") + p("False"))`` is read off a teacher-forced pass.
 
 An empty answer is a failure record (``"empty generation"``) counted as wrong.
-Config keys: split, split_seed, limit, max_new_tokens, match_mode, batch_size, bucket, seed.
 """
 
 from __future__ import annotations
+
+import dataclasses
 
 import numpy as np
 
 from align_jax.data.factual_qa import FactItem, split_factual_qa
 from align_jax.evals import runner
+from align_jax.evals.config import EvalConfig
 from align_jax.evals.confidence import p_true
 from align_jax.evals.factual_qa import answer_matches
 
 QUESTION_PROMPT = "Answer the question with a short answer only, no explanation.\nQuestion: {question}"
 P_TRUE_PROMPT = ("Question: {question}\nProposed answer: {answer}\n"
                  "Is the proposed answer true or false? Reply with one word: True or False.")
+
+
+@dataclasses.dataclass(frozen=True)
+class Config(EvalConfig):
+    split: str  # train / validation / test of data.factual_qa.split_factual_qa
+    split_seed: int
+    max_new_tokens: int
+    match_mode: str  # "exact" or "contains" (answer_matches)
+    bucket: int  # P(True) scoring widths round up to a multiple of this
+    n_bins: int
 
 
 def first_line(text: str) -> str:

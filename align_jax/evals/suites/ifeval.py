@@ -4,17 +4,25 @@ Reports the four numbers of the paper: prompt-level and instruction-level accura
 and loose (``instructions.evaluate_responses``). Instruction-level CIs resample prompts, so
 the instructions of one prompt stay together. An empty response fails all of its
 instructions and is recorded as ``"empty generation"``.
-Config keys: data_path, limit, max_new_tokens, batch_size, seed.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Sequence
 
 import numpy as np
 
 from align_jax.evals import runner
+from align_jax.evals.config import EvalConfig
 from align_jax.instructions import InstructionExample, evaluate_responses, load_ifeval
+
+
+@dataclasses.dataclass(frozen=True)
+class Config(EvalConfig):
+    data_path: str  # IFEval's input_data.jsonl, absolute or relative to the repository root
+    max_new_tokens: int
+
 
 def respond_and_score(
     lm, examples: Sequence[InstructionExample], *, max_new_tokens: int, batch_size: int, progress: bool,

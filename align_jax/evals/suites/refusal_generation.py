@@ -15,15 +15,16 @@ under ``phrases/`` come from the substring judge (``refusal.substring_judge``: r
 near the start), a cross-check of the learned judge on real generations, and ``judges_agree`` is
 the share of answers both judge alike. An empty generation is recorded with failure "empty
 generation" and counts as neither.
-Config keys: data_dir, limit (prompts per kind), max_new_tokens, batch_size, seed,
-response_layers (layers the response classifier may use), cache_dir (feature cache; "" = none).
 """
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 
 from align_jax.evals import runner
+from align_jax.evals.config import EvalConfig
 from align_jax.evals.refusal.classifiers import make_response_judge
 from align_jax.evals.refusal.datasets import stable_hash
 from align_jax.evals.refusal.metrics import COMPLIANCE, REFUSAL
@@ -32,6 +33,14 @@ from align_jax.evals.refusal.run import BENIGN_KINDS, RefusalConfig, build_promp
 from align_jax.evals.refusal.substring_judge import substring_labels
 
 KINDS = ("harmful", *BENIGN_KINDS)
+
+
+@dataclasses.dataclass(frozen=True)
+class Config(EvalConfig):  # limit: prompts per kind
+    data_dir: str  # the refusal_direction data folder, absolute or relative to the repository root
+    max_new_tokens: int
+    response_layers: tuple[int, ...]  # layers the response classifier may use
+    cache_dir: str  # feature cache for the response classifier ("" = none)
 
 
 def run(lm, cfg, *, progress: bool) -> runner.SuiteResult:

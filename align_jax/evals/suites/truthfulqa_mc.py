@@ -5,19 +5,27 @@ chat template; ``truthfulqa.mc_scoring_pairs``). Its score is the summed (``sum`
 (``mean``, length-normalised) token log-prob from one teacher-forced pass; the prediction is
 the argmax and the confidence its softmax probability over the options. Both scorings are
 reported as calibration sources (accuracy, ECE, MCE, Brier, AUROC, reliability diagram).
-
-Config keys: data_path, limit, batch_size, bucket, seed (choice shuffling and bootstrap).
 """
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 
 from align_jax.evals import runner
+from align_jax.evals.config import EvalConfig
 from align_jax.evals.confidence import choose_option
 from align_jax.evals.truthfulqa import format_mc_prompt, load_truthfulqa, mc_scoring_pairs
 
 SCORINGS = {"sum": False, "mean": True}  # source name -> length_normalized
+
+
+@dataclasses.dataclass(frozen=True)
+class Config(EvalConfig):  # seed: choice shuffling and bootstrap
+    data_path: str  # TruthfulQA.csv, absolute or relative to the repository root
+    bucket: int  # scoring widths are rounded up to a multiple of this (fewer compiles)
+    n_bins: int  # equal-width ECE/MCE bins; equal-mass uses min(n_bins, n)
 
 
 def run(lm, cfg, *, progress: bool) -> runner.SuiteResult:

@@ -11,12 +11,11 @@ the config parser, the data set-up, the reference pass and the loop all read it 
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import functools
 from typing import Any, Callable, Mapping, Sequence
 
 from align_jax.objectives.types import LossNeeds, loss_needs
-from align_jax.registry import Registry
+from align_jax.registry import Registry, did_you_mean
 
 # Preference-pair batch layouts (align_jax.data.pair_packing): two padded rows per pair, or
 # [prompt | chosen | rejected] once per pair, one pair per row, first-fit packed or length grouped.
@@ -73,12 +72,6 @@ class Task:
                 raise ValueError(f"train.task={self.name!r} needs the tokenizer to build its loss")
             loss_fn = functools.partial(loss_fn, **self.loss_arguments(tokenizer))
         return loss_fn if self.wrap_loss is None else self.wrap_loss(loss_fn, pair_layout)
-
-
-def did_you_mean(name: str, valid: Sequence[str]) -> str:
-    """`` (did you mean 'x'?)`` for the closest valid name, or an empty string."""
-    close = difflib.get_close_matches(name, list(valid), n=1)
-    return f" (did you mean {close[0]!r}?)" if close else ""
 
 
 class TaskRegistry:
