@@ -4,11 +4,13 @@ data paths, and the longest files first."""
 import os
 import pathlib
 
+import pytest
+
 # Compiling, not running, is what the tiny-model tests spend their time on. XLA's CPU backend with
 # LLVM at -O0 and without the MLIR fusion emitters compiles ~3-8x faster (measured 2026-12-04: a
 # tiny Gemma's jitted value_and_grad 16 s -> 2 s; test_packed_pairs.py 382 -> ~100 CPU-seconds).
 # Results agree to float rounding (that gradient within 2e-9, loss bit-equal). Setting XLA_FLAGS
-# yourself replaces these flags and the device count.
+# yourself replaces these flags and the device count; subprocess runs keep them (`subprocess_env`).
 FAST_COMPILE_FLAGS = "--xla_backend_optimization_level=0 --xla_cpu_use_fusion_emitters=false"
 os.environ.setdefault("XLA_FLAGS", f"--xla_force_host_platform_device_count=8 {FAST_COMPILE_FLAGS}")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
@@ -21,7 +23,7 @@ SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
 # `--dist loadfile --no-loadscope-reorder` (the Makefile's test commands) xdist hands out files in
 # collection order, so the long ones start at once instead of last.
 LONGEST_FIRST = (
-    "training/test_engine.py",  # ~200 s (slow: subprocess runs with their own XLA_FLAGS)
+    "training/test_engine.py",  # ~200 s (slow: subprocess runs)
     "training/test_rl.py",  # ~155 s (slow)
     "training/test_packed_pairs.py",  # ~95 s (~45 s without the slow engine runs)
     "models/test_real_weights.py",  # ~90 s (slow)
@@ -47,3 +49,16 @@ def pytest_collection_modifyitems(config, items):
         return rank.get(rel, len(LONGEST_FIRST))
 
     items.sort(key=key)
+
+
+@pytest.fixture
+def subprocess_env():
+    """``make(devices)``: this process's environment for a JAX subprocess on ``devices`` forced CPU
+    devices, keeping every other XLA flag (the fast-compile ones above, or the user's own)."""
+
+    def make(devices: int) -> dict[str, str]:
+        count = "--xla_force_host_platform_device_count"
+        flags = [f for f in os.environ.get("XLA_FLAGS", "").split() if not f.startswith(count)]
+        return {**os.environ, "XLA_FLAGS": " ".join([f"{count}={devices}", *flags]), "JAX_PLATFORMS": "cpu"}
+
+    return make

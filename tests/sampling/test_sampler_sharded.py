@@ -4,7 +4,6 @@ Needs 8 CPU devices. tests/conftest.py forces them before JAX is imported; if th
 fewer (JAX was set up elsewhere first), the check re-runs in a fresh subprocess with XLA_FLAGS set.
 """
 
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -38,12 +37,12 @@ def check_sharded_equals_unsharded():
     np.testing.assert_allclose(np.asarray(out.model_logprobs), np.asarray(ref.model_logprobs), atol=1e-5)
 
 
-def test_sharded_greedy_equals_unsharded():
+def test_sharded_greedy_equals_unsharded(subprocess_env):
     if jax.device_count() >= 8:
         check_sharded_equals_unsharded()
         return
     here = Path(__file__).resolve()
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu")
+    env = subprocess_env(8)
     code = f"import sys; sys.path.insert(0, {str(here.parent)!r}); import {here.stem} as t; t.check_sharded_equals_unsharded()"
     proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
                           cwd=here.parents[2], timeout=600)

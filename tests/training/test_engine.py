@@ -134,20 +134,19 @@ def test_nan_stops_the_run_and_keeps_the_last_good_checkpoint(tiny_model_dir, pa
 
 
 def _main(config_file, workdir):
-    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=1", "JAX_PLATFORMS": "cpu"}
-    return [sys.executable, "-m", "align_jax.main", f"--config={config_file}", f"--workdir={workdir}"], env
+    return [sys.executable, "-m", "align_jax.main", f"--config={config_file}", f"--workdir={workdir}"]
 
 
-def test_sigkill_then_same_command_resumes_exactly(tiny_model_dir, pairs_file, tmp_path):
+def test_sigkill_then_same_command_resumes_exactly(tiny_model_dir, pairs_file, tmp_path, subprocess_env):
     config_file = tmp_path / "cfg.py"
     config_file.write_text(
         "import sys\nsys.path.insert(0, %r)\nfrom engine_config import make_config\n"
         "def get_config():\n    return make_config(%r, %r, train__steps=8, optimizer__total_steps=8, train__checkpoint_every=2)\n"
         % (str(Path(__file__).parent), str(tiny_model_dir), str(pairs_file))
     )
-    cmd, env = _main(config_file, tmp_path / "full")
-    subprocess.run(cmd, env=env, check=True, capture_output=True, cwd=REPO)
-    cmd, env = _main(config_file, tmp_path / "killed")
+    env = subprocess_env(1)
+    subprocess.run(_main(config_file, tmp_path / "full"), env=env, check=True, capture_output=True, cwd=REPO)
+    cmd = _main(config_file, tmp_path / "killed")
     proc = subprocess.Popen(cmd, env=env, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 300
     while time.time() < deadline and proc.poll() is None:
@@ -167,7 +166,7 @@ def test_sigkill_then_same_command_resumes_exactly(tiny_model_dir, pairs_file, t
     assert trace(tmp_path / "killed") == trace(tmp_path / "full")
 
 
-def test_two_processes_match_one_process(tiny_model_dir, pairs_file, tmp_path):
+def test_two_processes_match_one_process(tiny_model_dir, pairs_file, tmp_path, subprocess_env):
     """Two processes on localhost (gloo collectives, 2 CPU devices each, a 4-way fsdp mesh across
     them, per-host data slices) give the single-device losses, and export a whole model."""
     config_file = tmp_path / "cfg.py"
@@ -178,7 +177,7 @@ def test_two_processes_match_one_process(tiny_model_dir, pairs_file, tmp_path):
     )
     single = parse_config(make_config(tiny_model_dir, pairs_file))
     run(single, tmp_path / "single")
-    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2", "JAX_PLATFORMS": "cpu"}
+    env = subprocess_env(2)
     port = 20000 + os.getpid() % 20000
     procs = [
         subprocess.Popen(

@@ -192,14 +192,14 @@ def test_grpo_toy_learns_and_eight_devices_match_one(tmp_path):
     np.testing.assert_allclose([r["loss"] for r in eight], [r["loss"] for r in rows[:3]], rtol=1e-3, atol=1e-6)
 
 
-def test_sigkill_mid_run_then_same_command_resumes_exactly(tmp_path):
+def test_sigkill_mid_run_then_same_command_resumes_exactly(tmp_path, subprocess_env):
     config_file = tmp_path / "cfg.py"
     config_file.write_text(
         "import runpy\n"
         "def get_config():\n    c = runpy.run_path(%r)['get_config']()\n    c.train.update(steps=8, checkpoint_every=2, eval_every=4, report=False)\n"
         "    c.rl.epochs = 2\n    c.rl.minibatches = 2\n    return c\n" % str(REPO / "configs" / "grpo_toy.py")
     )
-    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=1", "JAX_PLATFORMS": "cpu"}
+    env = subprocess_env(1)
     cmd = lambda w: [sys.executable, "-m", "align_jax.main", f"--config={config_file}", f"--workdir={w}"]  # noqa: E731
     subprocess.run(cmd(tmp_path / "full"), env=env, check=True, capture_output=True, cwd=REPO)
     proc = subprocess.Popen(cmd(tmp_path / "killed"), env=env, cwd=REPO, stdout=subprocess.DEVNULL,
