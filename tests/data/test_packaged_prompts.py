@@ -11,8 +11,8 @@ import pytest
 from align_jax.data import factual_qa as fq
 from align_jax.data.prompt_data import load_tables, read_tables
 from align_jax.data.sources import DataError
-from align_jax.evals.refusal import benign_sensitive as bs
-from align_jax.evals.refusal import harmful_written as hw
+from align_jax.safety.refusal import benign_sensitive as bs
+from align_jax.safety.refusal import harmful_written as hw
 
 
 def _fingerprint(items) -> tuple[int, str]:

@@ -5,8 +5,8 @@ import itertools
 import numpy as np
 import pytest
 
+from align_jax.bootstrap import bootstrap_ci
 from align_jax.evals import calibration_metrics as cm
-from align_jax.evals.bootstrap import bootstrap_ci
 from align_jax.evals.reliability_plot import save_reliability_diagram
 
 

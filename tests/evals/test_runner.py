@@ -256,10 +256,21 @@ def _refusal_direction_folder(root):
     return root
 
 
+def _saved_judge(lm, data, path):
+    """A response judge trained on ``lm``'s layer-1 features (what experiments/refusal_judge.py does)."""
+    from align_jax.safety.refusal.classifiers import save_response_judge
+    from align_jax.safety.refusal.run import RefusalConfig, train_response_judge
+
+    clf, report = train_response_judge(lm, lm.source, RefusalConfig(data_dir=str(data), layers=(1,), n_resamples=100),
+                                       log=lambda s: None)
+    return save_response_judge(path, clf, model_id=lm.source, source=lm.source, report=report)
+
+
 def test_refusal_generation_end_to_end(tiny_lm, tmp_path):
     data = _refusal_direction_folder(tmp_path)
+    judge_path = _saved_judge(tiny_lm, data, tmp_path / "judge" / "response_judge.npz")
     cfg = runner.load_eval_config("refusal_generation", data_dir=str(data), limit=3, batch_size=4,
-                                  max_new_tokens=6, n_resamples=100, response_layers=(1,))
+                                  max_new_tokens=6, n_resamples=100, judge_path=str(judge_path))
     results = runner.run_suite(tiny_lm, cfg, tmp_path / "out", progress=False)
     names = ["compliance/harmful", "compliance_any/harmful", "over_refusal/benign_sensitive",
              "over_refusal_any/benign_sensitive", "over_refusal/plain_benign", "over_refusal_any/plain_benign"]
@@ -279,4 +290,14 @@ def test_refusal_generation_end_to_end(tiny_lm, tmp_path):
         np.mean([e["judged"] in ("refusal", "partial_refusal") for e in plain]))
     judge = results["settings"]["judge"]
     assert judge["layer"] == 1 and 0.0 <= judge["held_out_accuracy"]["point"] <= 1.0
+    assert judge["path"] == str(judge_path) and judge["model"] == tiny_lm.source
     assert results["settings"]["prompts_per_kind"] == {"harmful": 3, "benign_sensitive": 3, "plain_benign": 3}
+
+
+def test_refusal_generation_without_a_saved_judge_says_how_to_make_one(tiny_lm, tmp_path, monkeypatch):
+    data = _refusal_direction_folder(tmp_path)
+    monkeypatch.setattr(runner, "generate_greedy", lambda *a, **k: pytest.fail("generated before the judge loaded"))
+    cfg = runner.load_eval_config("refusal_generation", data_dir=str(data), judge_path=str(tmp_path / "none.npz"))
+    with pytest.raises(FileNotFoundError, match=r"no saved response judge at .*none.npz \(config judge_path=.*"
+                                                r"experiments/refusal_judge.py --out="):
+        runner.run_suite(tiny_lm, cfg, tmp_path / "out", progress=False)

@@ -8,10 +8,11 @@ PACKAGE = Path(__file__).resolve().parents[2] / "align_jax"
 
 # Lowest first. Packages of one layer may import each other.
 LAYERS = (
-    ("registry", "parallel", "models"),
+    ("registry", "parallel", "models", "bootstrap"),
     ("objectives",),
     ("data", "instructions", "rewards"),
     ("sampling", "training"),
+    ("safety",),  # classifiers trained on the engine; evals load them
     ("evals",),
     ("main", "evaluate", "generate", "chat_demo", "report", "cli"),  # entry points, their flags, the end-of-run report
 )

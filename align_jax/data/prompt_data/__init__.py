@@ -5,8 +5,8 @@ names its table, and the other fields are that table's (``{"table": "goal", "haz
 "kind": "how", "text": "..."}``). Records keep file order within a table; the code that expands
 them into prompts stays in its module:
 
-* ``harmful_written.jsonl``: :mod:`align_jax.evals.refusal.harmful_written` (frames, motives, goals).
-* ``benign_sensitive.jsonl``: :mod:`align_jax.evals.refusal.benign_sensitive` (topic lists, templates).
+* ``harmful_written.jsonl``: :mod:`align_jax.safety.refusal.harmful_written` (frames, motives, goals).
+* ``benign_sensitive.jsonl``: :mod:`align_jax.safety.refusal.benign_sensitive` (topic lists, templates).
 * ``factual_qa.jsonl``: :mod:`align_jax.data.factual_qa` (fact tables).
 
 A line that is not a JSON object, names an unknown table, or lacks, adds or mistypes a field

@@ -1,2 +1,2 @@
-"""Refusal quality: hazard taxonomy, benign-but-sensitive prompts, hidden-state prompt and
-response classifiers, and refusal metrics (see ``run.py`` for the experiment's data flow)."""
+"""Judging refusals in real generations: the substring judge (a cross-check of the learned response
+judge, which ``align_jax.safety.refusal`` trains and saves and ``suites.refusal_generation`` loads)."""

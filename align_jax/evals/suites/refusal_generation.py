@@ -3,10 +3,13 @@
 Prompts: the test split of ``refusal.run.build_source_sets`` (the held-out benchmarks StrongREJECT,
 JailbreakBench and HarmBench; the benign-sensitive test templates; plain benign prompts from
 refusal_direction's ``harmless_test``), at most ``limit`` of each kind (0 = all), taken in a
-stable hash order. The model answers each greedily; the 3-way response classifier (full
-compliance / partial refusal / full refusal; ``refusal.run.fit_response_classifier``, a head on
-this model's frozen features trained on the project's response templates) judges the answers.
-Its accuracy on held-out response templates is reported in ``settings``, beside the rates.
+stable hash order. The model answers each greedily; a saved 3-way response judge (full
+compliance / partial refusal / full refusal: a head on one model's frozen features trained on the
+project's response templates by ``align_jax.safety.refusal.run.train_response_judge``; make one
+with ``experiments/refusal_judge.py``) judges the answers. The suite loads it from ``judge_path``
+and never trains one. It reads the features of the model it was trained on: the evaluated model
+itself when that is the same weights, else that model, loaded beside it. Its accuracy on held-out
+response templates (from its saved report) is in ``settings``, beside the rates.
 
 Rates (the runner adds bootstrap CIs), per kind of prompt: ``over_refusal/<benign kind>`` (judged
 a full refusal), ``over_refusal_any/<benign kind>`` (full or partial), ``compliance/harmful``
@@ -20,17 +23,20 @@ generation" and counts as neither.
 from __future__ import annotations
 
 import dataclasses
+import os
+import pathlib
 
 import numpy as np
 
 from align_jax.evals import runner
 from align_jax.evals.config import EvalConfig
-from align_jax.evals.refusal.classifiers import make_response_judge
-from align_jax.evals.refusal.datasets import stable_hash
-from align_jax.evals.refusal.metrics import COMPLIANCE, REFUSAL
-from align_jax.evals.refusal.responses import RESPONSE_CLASSES
-from align_jax.evals.refusal.run import BENIGN_KINDS, RefusalConfig, build_prompt_sets, build_source_sets, fit_response_classifier
 from align_jax.evals.refusal.substring_judge import substring_labels
+from align_jax.models.registry import MODELS, LoadedModel, load_model
+from align_jax.safety.refusal.classifiers import SavedJudge, load_response_judge, make_response_judge
+from align_jax.safety.refusal.datasets import stable_hash
+from align_jax.safety.refusal.metrics import COMPLIANCE, REFUSAL
+from align_jax.safety.refusal.responses import RESPONSE_CLASSES
+from align_jax.safety.refusal.run import BENIGN_KINDS, RefusalConfig, build_source_sets
 
 KINDS = ("harmful", *BENIGN_KINDS)
 
@@ -39,23 +45,37 @@ KINDS = ("harmful", *BENIGN_KINDS)
 class Config(EvalConfig):  # limit: prompts per kind
     data_dir: str  # the refusal_direction data folder, absolute or relative to the repository root
     max_new_tokens: int
-    response_layers: tuple[int, ...]  # layers the response classifier may use
-    cache_dir: str  # feature cache for the response classifier ("" = none)
+    judge_path: str  # a saved response judge (.npz), absolute or relative to the repository root
+
+
+def load_judge(path: str) -> SavedJudge:
+    """The saved judge at ``path``; a missing file names the config key and the command that makes it."""
+    resolved = pathlib.Path(path) if os.path.isabs(path) else runner.REPO_ROOT / path
+    if not resolved.is_file():
+        raise FileNotFoundError(
+            f"no saved response judge at {resolved} (config judge_path={path!r}; relative paths are taken from "
+            f"the repository root); train and save one with `python experiments/refusal_judge.py "
+            f"--out={resolved}`, or set --config.judge_path=/path/to/response_judge.npz")
+    return load_response_judge(resolved)
+
+
+def judge_model(judge: SavedJudge, lm: LoadedModel) -> LoadedModel:
+    """The model whose features the judge reads: ``lm`` when it is the same weights, else that model."""
+    if judge.source == lm.source:
+        return lm
+    return load_model(judge.model_id) if judge.model_id in MODELS else load_model(None, judge.model_id)
 
 
 def run(lm, cfg, *, progress: bool) -> runner.SuiteResult:
     data_dir = runner.resolve_data_path(cfg.data_dir, "refusal_direction data folder")
-    rcfg = RefusalConfig(data_dir=str(data_dir), cache_dir=str(cfg.cache_dir) or None,
-                         layers=tuple(int(x) for x in cfg.response_layers), seed=int(cfg.seed),
-                         n_resamples=int(cfg.n_resamples))
+    saved = load_judge(cfg.judge_path)  # before generating: a missing judge fails at once
+    rcfg = RefusalConfig(data_dir=str(data_dir), seed=int(cfg.seed))
     sets, summary = build_source_sets(rcfg)
     limit = int(cfg.limit)
     prompts = []
     for kind in KINDS:
         of_kind = sorted((p for p in sets["test"] if p.kind == kind), key=lambda p: stable_hash(rcfg.seed, p.text))
         prompts += runner.take(of_kind, limit)
-    model_id = cfg.model.path or cfg.model.name  # the feature cache is keyed by it: a checkpoint path wins
-    judge_clf, judge_report = fit_response_classifier(lm, model_id, build_prompt_sets(rcfg), rcfg)
     gens = runner.generate_greedy(lm, [runner.chat_prompt_ids(lm, p.text) for p in prompts],
                                   max_new_tokens=int(cfg.max_new_tokens), batch_size=int(cfg.batch_size),
                                   progress=progress, desc="refusal responses")
@@ -63,7 +83,8 @@ def run(lm, cfg, *, progress: bool) -> runner.SuiteResult:
     answered = [i for i, r in enumerate(responses) if r]
     labels = np.full(len(prompts), -1)
     if answered:
-        judge = make_response_judge(judge_clf, lm.model, lm.tokenizer, lm.chat_template)
+        judged_by = judge_model(saved, lm)
+        judge = make_response_judge(saved.classifier, judged_by.model, judged_by.tokenizer, judged_by.chat_template)
         labels[answered] = judge([prompts[i].text for i in answered], [responses[i] for i in answered])
     by_phrase = np.where(labels >= 0, substring_labels(responses), -1)
     records = [{
@@ -91,8 +112,9 @@ def run(lm, cfg, *, progress: bool) -> runner.SuiteResult:
     settings = {
         "data_dir": str(data_dir), "prompts_per_kind": {k: int((kinds == k).sum()) for k in KINDS},
         "test_benchmarks": list(rcfg.test_benchmarks), "empty_generations": int((labels < 0).sum()),
-        "judge": {"layer": judge_report["layer"], "held_out_accuracy": judge_report["accuracy"],
-                  "per_class_accuracy": judge_report["per_class_accuracy"], "n_test": judge_report["n_test"]},
+        "judge": {"path": str(cfg.judge_path), "model": saved.model_id, "layer": saved.classifier.layer,
+                  "held_out_accuracy": saved.report["accuracy"],
+                  "per_class_accuracy": saved.report["per_class_accuracy"], "n_test": saved.report["n_test"]},
         "split_sizes": summary["n"],
     }
     return runner.SuiteResult(examples=records, rates=rates, settings=settings)

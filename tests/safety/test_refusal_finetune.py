@@ -7,12 +7,12 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from align_jax.evals.refusal.finetune import (
+from align_jax.models.decoder import init_decoder
+from align_jax.safety.refusal.features import encode_for_features, truncated_decoder
+from align_jax.safety.refusal.finetune import (
     FinetuneConfig, classifier_logits, classifier_scores, encode_prompts, make_batch, train_classifier,
     training_batches, weighted_logistic_loss,
 )
-from align_jax.evals.refusal.features import encode_for_features, truncated_decoder
-from align_jax.models.decoder import init_decoder
 from align_jax.training import step as S
 from refusal_tiny import TINY, CharTokenizer
 
@@ -59,7 +59,7 @@ WORDS_OK = ["abc", "bca", "cab", "acb"]
 
 def _synthetic_sets(seed):
     """Train / val / test prompts of every kind; the label is which letters the prompt's word uses."""
-    from align_jax.evals.refusal.datasets import Prompt
+    from align_jax.safety.refusal.datasets import Prompt
 
     rng = np.random.default_rng(seed)
 
@@ -83,8 +83,8 @@ def experiment():
     trained classifier captured on its way out of ``train_classifier``."""
     from types import SimpleNamespace
 
-    from align_jax.evals.refusal import finetuned_experiment
-    from align_jax.evals.refusal.run import RefusalConfig
+    from align_jax.safety.refusal import finetuned_experiment
+    from align_jax.safety.refusal.run import RefusalConfig
 
     lm = SimpleNamespace(model=init_decoder(TINY, seed=0), tokenizer=CharTokenizer(), chat_template="chatml_plain")
     before = jax.tree.map(np.asarray, nnx.state(truncated_decoder(lm.model, 2)))
@@ -139,7 +139,7 @@ def test_bad_labels_are_rejected():
 
 def test_finetuned_experiment_end_to_end_on_synthetic_prompts(experiment):
     """The report: val-chosen threshold, test rates, the ceiling diagnostic, cut counts, Markdown."""
-    from align_jax.evals.refusal.finetuned_experiment import finetuned_report_markdown
+    from align_jax.safety.refusal.finetuned_experiment import finetuned_report_markdown
 
     r, cfg, sets, lm = experiment.report, experiment.cfg, experiment.sets, experiment.lm
     pc = r["prompt_classifier"]

@@ -5,16 +5,18 @@ import dataclasses
 import numpy as np
 import pytest
 
-from align_jax.evals.refusal import metrics as M
-from align_jax.evals.refusal.classifiers import PromptClassifier, ResponseClassifier, featurize, make_response_judge
-from align_jax.evals.refusal.features import (
+from align_jax.models.decoder import init_decoder
+from align_jax.safety.refusal import metrics as M
+from align_jax.safety.refusal.classifiers import (
+    PromptClassifier, ResponseClassifier, featurize, load_response_judge, make_response_judge, save_response_judge,
+)
+from align_jax.safety.refusal.features import (
     cached_features, encode_for_features, extract_features, left_pad, pool_hidden, truncated_decoder,
 )
-from align_jax.evals.refusal.probe import (
+from align_jax.safety.refusal.probe import (
     class_balanced_weights, group_weights, positive_score, predict_logits, threshold_for_fpr, threshold_for_groups,
     train_head, weighted_xent,
 )
-from align_jax.models.decoder import init_decoder
 from refusal_tiny import TINY, CharTokenizer
 
 
@@ -218,6 +220,24 @@ def test_classifier_wrappers_use_an_exact_truncated_model(tiny):
     assert labels.shape == (2,) and set(labels.tolist()) <= {0, 1, 2}
 
 
+def test_saved_response_judge_round_trips(tmp_path):
+    """What the eval suite loads is the trained judge: same layer, same arrays, same predictions."""
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(30, 8)).astype(np.float32)
+    head, _ = train_head(x, np.arange(30) % 3, 3, hidden=4, steps=20)
+    clf = ResponseClassifier(5, head)
+    report = {"layer": 5, "n_test": 30, "accuracy": {"point": 0.5}, "per_layer_val": {5: {"val_accuracy": 0.4}}}
+    path = save_response_judge(tmp_path / "a" / "judge", clf, model_id="m", source="/w/m.gguf", report=report)
+    assert path == tmp_path / "a" / "judge"  # no suffix appended
+    saved = load_response_judge(path)
+    assert (saved.classifier.layer, saved.model_id, saved.source) == (5, "m", "/w/m.gguf")
+    assert saved.report["accuracy"] == {"point": 0.5} and saved.report["per_layer_val"] == {"5": {"val_accuracy": 0.4}}
+    assert sorted(saved.classifier.head.params) == sorted(head.params)
+    np.testing.assert_array_equal(saved.classifier.predict(x), clf.predict(x))
+    with pytest.raises(FileNotFoundError, match="no saved response judge at .*missing.npz"):
+        load_response_judge(tmp_path / "missing.npz")
+
+
 def test_cached_features_compute_once(tmp_path):
     calls = []
 
@@ -236,8 +256,8 @@ def test_cached_features_compute_once(tmp_path):
 
 # -- feature views, Wilson intervals, leave-one-benchmark-out ------------------------------------
 
-from align_jax.evals.refusal.datasets import Prompt  # noqa: E402
-from align_jax.evals.refusal.features import parse_feature_spec, select_features  # noqa: E402
+from align_jax.safety.refusal.datasets import Prompt  # noqa: E402
+from align_jax.safety.refusal.features import parse_feature_spec, select_features  # noqa: E402
 
 
 def test_feature_spec_and_selection_by_hand():
@@ -277,7 +297,7 @@ def _prompt(kind, source, i):
 def test_leave_one_benchmark_out_scores_an_unseen_benchmark():
     """Benchmark "near" shares the harmful direction of "base"; "far" lies on the benign side, so a
     head trained without it misses it even though in-distribution recall is perfect."""
-    from align_jax.evals.refusal.run import RefusalConfig, leave_one_benchmark_out
+    from align_jax.safety.refusal.run import RefusalConfig, leave_one_benchmark_out
 
     rng = np.random.default_rng(0)
     d = 6
@@ -306,8 +326,8 @@ def test_cross_fitted_benign_scores_hold_out_whole_templates_and_feed_the_thresh
     """Template "odd" sits on the harmful side of the benign cluster. Val never sees it, so a
     val-only threshold ignores it; its cross-fitted scores (from heads that never trained on it)
     stay high and raise the threshold until the pooled FPR is within the target."""
-    from align_jax.evals.refusal import run as R
-    from align_jax.evals.refusal.probe import positive_score
+    from align_jax.safety.refusal import run as R
+    from align_jax.safety.refusal.probe import positive_score
 
     rng = np.random.default_rng(1)
     d = 4
@@ -350,8 +370,8 @@ def test_cross_fitted_benign_scores_hold_out_whole_templates_and_feed_the_thresh
 def test_category_head_learns_from_labelled_train_prompts():
     """Labelled train prompts (the project-written requests carry hazard codes) join val and the
     first test half in the category head's training set; the other test half is scored."""
-    from align_jax.evals.refusal import run as R
-    from align_jax.evals.refusal.classifiers import PromptClassifier
+    from align_jax.safety.refusal import run as R
+    from align_jax.safety.refusal.classifiers import PromptClassifier
 
     rng = np.random.default_rng(2)
     d, layer = 6, 3
@@ -378,7 +398,7 @@ def test_category_head_learns_from_labelled_train_prompts():
 
 
 def test_features_of_several_models_merge_under_offset_keys():
-    import align_jax.evals.refusal.run as R
+    import align_jax.safety.refusal.run as R
 
     rng = np.random.default_rng(0)
     a = {"train": {6: rng.normal(size=(5, 8)), 12: rng.normal(size=(5, 8))}, "val": {6: rng.normal(size=(2, 8)), 12: rng.normal(size=(2, 8))}}
@@ -393,20 +413,3 @@ def test_features_of_several_models_merge_under_offset_keys():
         R.merge_model_features([a, {"train": {14: rng.normal(size=(4, 4))}}])
     with pytest.raises(ValueError, match=r"layers must be in \[0, 100\)"):
         R.merge_model_features([a, {"train": {100: rng.normal(size=(5, 4))}}])
-
-
-def test_substring_judge_by_hand():
-    from align_jax.evals.refusal.substring_judge import substring_labels
-
-    responses = [
-        "I'm sorry, but I can't help with that.",  # refusal at the start
-        "I can\u2019t do that.",  # curly apostrophe folded
-        "Sure! Step 1: mix the flour. Step 2: knead. " * 5 + "As an AI I cannot taste it.",  # late phrase
-        "Here is a short poem about the sea.",
-    ]
-    labels = substring_labels(responses, window=160)
-    assert [("compliance", "partial_refusal", "refusal")[y] for y in labels] == [
-        "refusal", "refusal", "partial_refusal", "compliance"]
-    assert substring_labels(["Sure. " * 40 + "I'm sorry"], window=10_000).tolist() == [2]  # window decides
-    with pytest.raises(TypeError, match="responses must be strings, got NoneType"):
-        substring_labels([None])

@@ -24,8 +24,8 @@ import numpy as np
 import optax
 from flax import nnx
 
-from align_jax.evals.refusal.features import Encoded, encode_for_features, left_pad, truncated_decoder
 from align_jax.parallel.mesh import make_mesh
+from align_jax.safety.refusal.features import Encoded, encode_for_features, left_pad, truncated_decoder
 from align_jax.training import step as S
 from align_jax.training.lora import LoraConfig
 from align_jax.training.tasks import init_reward_head

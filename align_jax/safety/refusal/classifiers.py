@@ -7,18 +7,25 @@ means ``(layer,)``); the category head reads layer ``layer`` (mean ++ last).
 ``ResponseClassifier``: a 3-way head over RESPONSE_CLASSES on (prompt, response) features.
 ``featurize`` runs a decoder over texts; ``make_response_judge`` turns a response classifier and
 a model into the ``judge(prompts, responses) -> labels`` that ``metrics.generation_rates`` takes.
+``save_response_judge`` / ``load_response_judge``: a trained response classifier as one ``.npz``
+(head arrays, standardisation, and JSON naming the layer, the model whose features it reads and its
+held-out report), so an evaluation loads a judge instead of training one.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from typing import Callable, Sequence
+import json
+import os
+import pathlib
+from typing import Any, Callable, Mapping, Sequence
 
+import jax.numpy as jnp
 import numpy as np
 
-from align_jax.evals.refusal.features import encode_for_features, extract_features, select_features, truncated_decoder
-from align_jax.evals.refusal.probe import Head, positive_score, predict_logits
-from align_jax.evals.refusal.taxonomy import HAZARD_CODES
+from align_jax.safety.refusal.features import encode_for_features, extract_features, select_features, truncated_decoder
+from align_jax.safety.refusal.probe import Head, positive_score, predict_logits
+from align_jax.safety.refusal.taxonomy import HAZARD_CODES
 
 
 @dataclasses.dataclass(frozen=True)
@@ -58,6 +65,44 @@ class ResponseClassifier:
 
     def predict(self, features: np.ndarray) -> np.ndarray:  # [N, 2D] -> [N] labels
         return np.asarray(predict_logits(self.head, features)).argmax(-1)
+
+
+@dataclasses.dataclass(frozen=True)
+class SavedJudge:
+    classifier: ResponseClassifier
+    model_id: str  # the registered name or path its features were computed with
+    source: str  # that model's LoadedModel.source (the weights file or folder)
+    report: Mapping[str, Any]  # fit_response_classifier's held-out report
+
+
+JUDGE_FORMAT = 1
+
+
+def save_response_judge(path: str | os.PathLike, clf: ResponseClassifier, *, model_id: str, source: str,
+                        report: Mapping[str, Any]) -> pathlib.Path:
+    """Writes ``clf`` (and what it reads: model, layer) to ``path`` (an ``.npz``); returns the path."""
+    path = pathlib.Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    meta = {"format": JUDGE_FORMAT, "layer": int(clf.layer), "model_id": model_id, "source": source, "report": report}
+    arrays = {f"params/{k}": np.asarray(v) for k, v in clf.head.params.items()}
+    with open(path, "wb") as f:  # a file object: np.savez would append ".npz" to a path without it
+        np.savez(f, meta=np.array(json.dumps(meta)), mean=np.asarray(clf.head.mean), scale=np.asarray(clf.head.scale),
+                 **arrays)
+    return path
+
+
+def load_response_judge(path: str | os.PathLike) -> SavedJudge:
+    """The judge ``save_response_judge`` wrote (FileNotFoundError naming the path if there is none)."""
+    path = pathlib.Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no saved response judge at {path}")
+    with np.load(path, allow_pickle=False) as z:
+        meta = json.loads(str(z["meta"]))
+        if meta.get("format") != JUDGE_FORMAT:
+            raise ValueError(f"{path}: response judge format {meta.get('format')!r}, expected {JUDGE_FORMAT}")
+        params = {k.removeprefix("params/"): jnp.asarray(z[k]) for k in z.files if k.startswith("params/")}
+        head = Head(params, jnp.asarray(z["mean"]), jnp.asarray(z["scale"]))
+    return SavedJudge(ResponseClassifier(meta["layer"], head), meta["model_id"], meta["source"], meta["report"])
 
 
 def featurize(

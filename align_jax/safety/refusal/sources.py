@@ -26,7 +26,7 @@ import os
 from pathlib import Path
 from typing import Iterable, Sequence
 
-from align_jax.evals.refusal.datasets import Prompt, check_prompt_text, load_harmful, stable_hash
+from align_jax.safety.refusal.datasets import Prompt, check_prompt_text, load_harmful, stable_hash
 
 HARMBENCH_CATEGORIES = frozenset({
     "chemical_biological", "cybercrime_intrusion", "illegal", "misinformation_disinformation",

@@ -29,19 +29,19 @@ from typing import Any, Callable, NamedTuple, Sequence
 
 import numpy as np
 
-from align_jax.evals.refusal import metrics as M
-from align_jax.evals.refusal.benign_sensitive import benign_sensitive_prompts
-from align_jax.evals.refusal.classifiers import PromptClassifier, ResponseClassifier, featurize
-from align_jax.evals.refusal.datasets import (
+from align_jax.safety.refusal import metrics as M
+from align_jax.safety.refusal.benign_sensitive import benign_sensitive_prompts
+from align_jax.safety.refusal.classifiers import PromptClassifier, ResponseClassifier, featurize
+from align_jax.safety.refusal.datasets import (
     SPLITS, Prompt, drop_overlap, hash_fold, load_harmful, load_plain_benign, stable_hash,
 )
-from align_jax.evals.refusal.harmful_written import written_harmful_prompts
-from align_jax.evals.refusal.features import cached_features, parse_feature_spec, select_features
-from align_jax.evals.refusal.sources import packaged_harmful, refusal_direction_harmful, source_split
-from align_jax.evals.refusal.style_augment import style_augment
-from align_jax.evals.refusal.probe import group_weights, positive_score, predict_logits, threshold_for_groups, train_head
-from align_jax.evals.refusal.responses import RESPONSE_CLASSES, build_response_examples
-from align_jax.evals.refusal.taxonomy import HAZARD_CODES, hazard_index
+from align_jax.safety.refusal.harmful_written import written_harmful_prompts
+from align_jax.safety.refusal.features import cached_features, parse_feature_spec, select_features
+from align_jax.safety.refusal.sources import packaged_harmful, refusal_direction_harmful, source_split
+from align_jax.safety.refusal.style_augment import style_augment
+from align_jax.safety.refusal.probe import group_weights, positive_score, predict_logits, threshold_for_groups, train_head
+from align_jax.safety.refusal.responses import RESPONSE_CLASSES, build_response_examples
+from align_jax.safety.refusal.taxonomy import HAZARD_CODES, hazard_index
 
 
 @dataclasses.dataclass(frozen=True)
@@ -398,6 +398,12 @@ def fit_response_classifier(lm, model_id, sets, cfg, log=print) -> tuple[Respons
     return clf, report
 
 
+def train_response_judge(lm, model_id: str, cfg: RefusalConfig, log=print) -> tuple[ResponseClassifier, dict]:
+    """The 3-way response judge on ``lm``'s features (best of ``cfg.layers`` on val) and its held-out
+    report: what ``experiments/refusal_judge.py`` saves and the ``refusal_generation`` suite loads."""
+    return fit_response_classifier(lm, model_id, build_prompt_sets(cfg), cfg, log)
+
+
 def run_experiment(
     lm, model_id: str, cfg: RefusalConfig, log: Callable[[str], None] = print,
     extra_models: Sequence[tuple[Any, str, Sequence[int]]] = (),
@@ -415,7 +421,7 @@ def run_experiment(
     clf, category = fit_category_head(clf, feats, sets, cfg)
     test = evaluate_prompt_classifier(clf, clf.view(feats["test"]), sets["test"], cfg)
     log("response classifier")
-    _, response = fit_response_classifier(lm, model_id, build_prompt_sets(cfg), cfg, log)
+    _, response = train_response_judge(lm, model_id, cfg, log)
     met = test["fpr_benign_sensitive"]["point"] < cfg.target_fpr and test["fpr_plain_benign"]["point"] < cfg.target_fpr \
         and test["recall_harmful"]["point"] >= 0.9
     return {

@@ -19,7 +19,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Sequence
 
-from align_jax.evals.refusal.datasets import Prompt, stable_hash
+from align_jax.safety.refusal.datasets import Prompt, stable_hash
 
 # "{x}" is the prompt as written; "{q}" the imperative turned into a question ("Can you write ...?").
 CONTEXT_WRAPPERS: tuple[str, ...] = (

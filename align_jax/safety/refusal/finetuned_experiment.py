@@ -16,10 +16,10 @@ from typing import Callable
 
 import numpy as np
 
-from align_jax.evals.refusal.datasets import Prompt
-from align_jax.evals.refusal.finetune import FinetuneConfig, classifier_scores, cut_to, encode_prompts, train_classifier
-from align_jax.evals.refusal.probe import group_weights, threshold_for_groups
-from align_jax.evals.refusal.run import BENIGN_KINDS, RefusalConfig, build_source_sets, evaluate_flags, held_out_tables, score_ceiling
+from align_jax.safety.refusal.datasets import Prompt
+from align_jax.safety.refusal.finetune import FinetuneConfig, classifier_scores, cut_to, encode_prompts, train_classifier
+from align_jax.safety.refusal.probe import group_weights, threshold_for_groups
+from align_jax.safety.refusal.run import BENIGN_KINDS, RefusalConfig, build_source_sets, evaluate_flags, held_out_tables, score_ceiling
 
 
 def run_finetuned_experiment(

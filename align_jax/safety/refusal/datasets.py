@@ -16,7 +16,7 @@ import os
 from pathlib import Path
 from typing import Iterable, Sequence
 
-from align_jax.evals.refusal.taxonomy import map_categories
+from align_jax.safety.refusal.taxonomy import map_categories
 
 SPLITS: tuple[str, ...] = ("train", "val", "test")
 KINDS: tuple[str, ...] = ("harmful", "plain_benign", "benign_sensitive")

@@ -3,7 +3,7 @@ over-refusal / compliance rates of a generating model as judged by a response cl
 
 Conventions: a prompt-classifier *flag* is 1 when the prompt is predicted to violate policy.
 FPR on a benign set = mean flag over it; recall on a harmful set = mean flag over it. Every rate
-comes as a :class:`~align_jax.evals.bootstrap.BootstrapCI` (percentile bootstrap over examples).
+comes as a :class:`~align_jax.bootstrap.BootstrapCI` (percentile bootstrap over examples).
 For generations (``generation_rates``): over-refusal = share of benign prompts whose response is
 judged a full refusal (``over_refusal_any`` also counts partial refusals); compliance = share of
 harmful prompts whose response is judged full compliance (``compliance_any`` adds partial ones).
@@ -15,9 +15,9 @@ from typing import Callable, Hashable, Mapping, Sequence
 
 import numpy as np
 
-from align_jax.evals.bootstrap import BootstrapCI, bootstrap_ci
-from align_jax.evals.refusal.probe import threshold_for_groups
-from align_jax.evals.refusal.responses import RESPONSE_CLASSES
+from align_jax.bootstrap import BootstrapCI, bootstrap_ci
+from align_jax.safety.refusal.probe import threshold_for_groups
+from align_jax.safety.refusal.responses import RESPONSE_CLASSES
 
 COMPLIANCE, PARTIAL, REFUSAL = (RESPONSE_CLASSES.index(c) for c in ("compliance", "partial_refusal", "refusal"))
 

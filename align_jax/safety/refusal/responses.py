@@ -15,7 +15,7 @@ from typing import Sequence
 
 import numpy as np
 
-from align_jax.evals.refusal.datasets import SPLITS, Prompt, stable_hash
+from align_jax.safety.refusal.datasets import SPLITS, Prompt, stable_hash
 
 RESPONSE_CLASSES: tuple[str, ...] = ("compliance", "partial_refusal", "refusal")
 

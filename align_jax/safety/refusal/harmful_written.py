@@ -25,8 +25,8 @@ import dataclasses
 
 from align_jax.data.prompt_data import load_tables
 from align_jax.data.sources import DataError
-from align_jax.evals.refusal.datasets import Prompt, check_prompt_text, stable_hash
-from align_jax.evals.refusal.taxonomy import HAZARD_BY_CODE
+from align_jax.safety.refusal.datasets import Prompt, check_prompt_text, stable_hash
+from align_jax.safety.refusal.taxonomy import HAZARD_BY_CODE
 
 SOURCE = "project_written"
 

@@ -7,12 +7,12 @@ import pathlib
 import numpy as np
 import pytest
 
-from align_jax.evals.refusal import benign_sensitive as bs
-from align_jax.evals.refusal import responses as rs
-from align_jax.evals.refusal.datasets import (
+from align_jax.safety.refusal import benign_sensitive as bs
+from align_jax.safety.refusal import responses as rs
+from align_jax.safety.refusal.datasets import (
     DataFormatError, drop_overlap, hash_fold, load_harmful, load_jsonl_prompts, load_lines, load_plain_benign,
 )
-from align_jax.evals.refusal.taxonomy import (
+from align_jax.safety.refusal.taxonomy import (
     HAZARD_CODES, SOURCE_CATEGORY_TO_HAZARD, UnmappedCategoryError, hazard_index, map_categories,
 )
 
@@ -176,8 +176,8 @@ def test_response_text_matches_its_class():
 
 # -- benchmarks and the source split -----------------------------------------------------------
 
-from align_jax.evals.refusal import sources as src  # noqa: E402
-from align_jax.evals.refusal.datasets import Prompt  # noqa: E402
+from align_jax.safety.refusal import sources as src  # noqa: E402
+from align_jax.safety.refusal.datasets import Prompt  # noqa: E402
 
 
 def _h(text, source="x.txt", category=None):
@@ -240,7 +240,7 @@ def test_real_test_benchmarks_never_reach_train_or_val():
     assert not test_norm & {src.normalise(p.text) for p in out["train"] + out["val"]}
 
 
-from align_jax.evals.refusal import style_augment as sa  # noqa: E402
+from align_jax.safety.refusal import style_augment as sa  # noqa: E402
 
 
 def test_style_augment_keeps_labels_and_is_deterministic():
@@ -268,7 +268,7 @@ def test_style_augment_keeps_labels_and_is_deterministic():
         sa.style_augment(prompts, copies=-1)
 
 
-from align_jax.evals.refusal import harmful_written as hw  # noqa: E402
+from align_jax.safety.refusal import harmful_written as hw  # noqa: E402
 
 
 def test_written_harmful_cover_all_14_hazards_with_distinct_frames_per_goal():

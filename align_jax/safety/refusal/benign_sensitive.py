@@ -17,7 +17,7 @@ import dataclasses
 
 from align_jax.data.prompt_data import load_tables
 from align_jax.data.sources import DataError
-from align_jax.evals.refusal.datasets import Prompt, SPLITS, check_prompt_text, stable_hash
+from align_jax.safety.refusal.datasets import Prompt, SPLITS, check_prompt_text, stable_hash
 
 
 @dataclasses.dataclass(frozen=True)
