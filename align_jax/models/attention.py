@@ -102,8 +102,13 @@ class Attention(nnx.Module):
         scalar = cfg.query_pre_attn_scalar or cfg.head_dim
         self.scale = float(scalar) ** -0.5
 
-    def project_qkv(self, x: jax.Array, positions: jax.Array, inv_freq: jax.Array):
-        """x [B, T, D] -> rotated q [B, T, N, H], rotated k and v [B, T, K, H]."""
+    def project_qkv(
+        self,
+        x: jax.Array,  # [B, T, D]
+        positions: jax.Array,  # [B, T] int
+        inv_freq: jax.Array,  # [H/2] float32 rotary inverse frequencies
+    ) -> tuple[jax.Array, jax.Array, jax.Array]:  # q [B, T, N, H]; k, v [B, T, K, H]
+        """x -> rotated q, rotated k, and v (the query / key / value projections)."""
         dt = self.cfg.jnp_dtype
         q = jnp.einsum("btd,dnh->btnh", x, self.q[...].astype(dt))
         k = jnp.einsum("btd,dkh->btkh", x, self.k[...].astype(dt))
@@ -116,6 +121,6 @@ class Attention(nnx.Module):
             q, k = self.q_norm(q), self.k_norm(k)
         return apply_rope(q, positions, inv_freq), apply_rope(k, positions, inv_freq), v
 
-    def output(self, attended: jax.Array) -> jax.Array:
-        """[B, T, N, H] -> [B, T, D]."""
+    def output(self, attended: jax.Array) -> jax.Array:  # attended [B, T, N, H] -> [B, T, D]
+        """The output projection of the heads' attended values."""
         return jnp.einsum("btnh,nhd->btd", attended, self.o[...].astype(self.cfg.jnp_dtype))

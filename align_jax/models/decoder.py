@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import Any
+from typing import Any, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -73,12 +73,24 @@ class Block(nnx.Module):
             self.mlp_post_norm = RMSNorm(cfg.hidden_size, "embed", cfg, rngs=rngs)
         self.cfg = cfg
 
-    def qkv(self, x, positions, inv_freq):
-        """x [B, T, D] -> rotated q [B, T, N, H], k and v [B, T, K, H]."""
+    def qkv(
+        self,
+        x: jax.Array,  # [B, T, D]
+        positions: jax.Array,  # [B, T] int
+        inv_freq: jax.Array,  # [H/2] float32
+    ) -> tuple[jax.Array, jax.Array, jax.Array]:  # q [B, T, N, H]; k, v [B, T, K, H]
+        """The normed input's rotated q, rotated k, and v."""
         return self.attn.project_qkv(self.attn_norm(x), positions, inv_freq)
 
-    def finish(self, x, q, keys, values, mask):
-        """Attention of q over keys/values [B, S, K, H], then the MLP; returns the new x."""
+    def finish(
+        self,
+        x: jax.Array,  # [B, T, D] the block's input (the residual stream)
+        q: jax.Array,  # [B, T, N, H]
+        keys: jax.Array,  # [B, S, K, H]
+        values: jax.Array,  # [B, S, K, H]
+        mask: jax.Array,  # [B, T, S] bool
+    ) -> jax.Array:  # [B, T, D]
+        """Attention of q over keys/values, then the MLP; returns the new x."""
         attend = dot_product_attention if self.cfg.remat == "none" else recomputed_attention
         attended = attend(
             q, keys.astype(q.dtype), values.astype(q.dtype), mask, self.attn.scale, self.cfg.attn_logit_softcap
@@ -92,8 +104,14 @@ class Block(nnx.Module):
             h = self.mlp_post_norm(h)
         return x + h
 
-    def __call__(self, x, positions, inv_freq, mask):
-        """x [B, T, D] -> x, attending over the T tokens themselves (no cache)."""
+    def __call__(
+        self,
+        x: jax.Array,  # [B, T, D]
+        positions: jax.Array,  # [B, T] int
+        inv_freq: jax.Array,  # [H/2] float32
+        mask: jax.Array,  # [B, T, T] bool
+    ) -> jax.Array:  # [B, T, D]
+        """The block over the T tokens themselves (no cache)."""
         q, k, v = self.qkv(x, positions, inv_freq)
         return self.finish(x, q, k, v, mask)
 
@@ -136,8 +154,12 @@ class Decoder(nnx.Module):
             return self.embed[...].T
         return self.lm_head[...]
 
-    def logits_from_hidden(self, h: jax.Array, unembedding: jax.Array | None = None) -> jax.Array:
-        """[..., D] -> [..., V]; ``unembedding`` [D, V], if given, is ``self.unembedding()`` precomputed."""
+    def logits_from_hidden(
+        self,
+        h: jax.Array,  # [..., D] final hidden states
+        unembedding: jax.Array | None = None,  # [D, V]; None: self.unembedding()
+    ) -> jax.Array:  # [..., V]
+        """Logits of final hidden states; pass ``unembedding`` to reuse one precomputed ``self.unembedding()``."""
         unembedding = self.unembedding() if unembedding is None else unembedding
         logits = h @ unembedding.astype(h.dtype)
         cap = self.cfg.final_logit_softcap
@@ -176,8 +198,15 @@ class Decoder(nnx.Module):
         )
 
     def forward(
-        self, tokens, positions, segment_ids, cache, return_logits, return_hidden_states, branch_ids=None,
-        layer_states=None,
+        self,
+        tokens: jax.Array,  # [B, T] int
+        positions: jax.Array | None,  # [B, T] int; None: 0..T-1
+        segment_ids: jax.Array | None,  # [B, T] int; 0 = padding; None: all 1
+        cache: KVCache | None,
+        return_logits: bool,
+        return_hidden_states: bool,
+        branch_ids: jax.Array | None = None,  # [B, T] int; prefix-tree branches (no cache)
+        layer_states: Sequence[nnx.State] | None = None,  # L per-layer block parameters (unstack_layers)
     ) -> DecoderOutput:
         """The uncompiled forward (see ``__call__``).
 

@@ -31,7 +31,7 @@ class RMSNorm(nnx.Module):
         else:
             self.weight = nnx.Param(jnp.ones((dim,), cfg.jnp_param_dtype), axes=(axis_name,))
 
-    def __call__(self, x: jax.Array) -> jax.Array:
+    def __call__(self, x: jax.Array) -> jax.Array:  # x [..., dim] -> [..., dim], x's dtype
         x32 = x.astype(jnp.float32)
         normed = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + self.eps)
         w = self.weight[...].astype(jnp.float32)
@@ -52,7 +52,7 @@ class GatedMLP(nnx.Module):
         self.activation = cfg.activation
         self.dtype = cfg.jnp_dtype
 
-    def __call__(self, x: jax.Array) -> jax.Array:
+    def __call__(self, x: jax.Array) -> jax.Array:  # x [..., D] -> [..., D]
         dt = self.dtype
         gate = x @ self.gate[...].astype(dt)
         up = x @ self.up[...].astype(dt)

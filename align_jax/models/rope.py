@@ -39,8 +39,12 @@ def inverse_frequencies(head_dim: int, theta: float, scaling: RopeScaling | None
     return np.where(is_medium, smoothed, scaled).astype(np.float32)
 
 
-def apply_rope(x: jax.Array, positions: jax.Array, inv_freq: jax.Array) -> jax.Array:
-    """Rotates x [B, T, N, H] by positions [B, T]; angles computed in float32."""
+def apply_rope(
+    x: jax.Array,  # [B, T, N, H]
+    positions: jax.Array,  # [B, T] int
+    inv_freq: jax.Array,  # [H/2] float32
+) -> jax.Array:  # [B, T, N, H], x's dtype
+    """Rotates x by its positions; angles computed in float32."""
     angles = positions[..., None].astype(jnp.float32) * inv_freq  # [B, T, H/2]
     angles = jnp.concatenate([angles, angles], axis=-1)[:, :, None, :]  # [B, T, 1, H]
     cos, sin = jnp.cos(angles).astype(x.dtype), jnp.sin(angles).astype(x.dtype)

@@ -492,7 +492,11 @@ def discopop_loss(inputs: PreferenceInputs, *, beta: float = 0.1, tau: float = 0
     return _reference_loss(inputs, beta, losses_of)
 
 
-def f_derivative(log_ratio: jax.Array, divergence: str, alpha: float) -> jax.Array:
+def f_derivative(
+    log_ratio: jax.Array,  # any shape: log pi - log pi_ref
+    divergence: str,
+    alpha: float,
+) -> jax.Array:  # log_ratio's shape
     """``f'(u)`` of the f-divergence at ``u = pi/pi_ref = exp(log_ratio)``, up to constants."""
     if divergence == "reverse_kl":  # f(u) = u log u
         return log_ratio
@@ -746,7 +750,7 @@ def cpo_loss(
 _LN2 = 0.6931471805599453
 
 
-def log1m_exp(x: jax.Array) -> jax.Array:
+def log1m_exp(x: jax.Array) -> jax.Array:  # x: any shape, <= 0 -> x's shape, float32
     """``log(1 - exp(x))`` for ``x <= 0``, exact to float rounding everywhere (Maechler 2012):
     ``log(-expm1(x))`` for ``x > -ln 2``, ``log1p(-exp(x))`` below. Each branch is evaluated on
     inputs where it is finite, so neither leaks NaN into the other's gradient. ``x = 0`` (p = 1,

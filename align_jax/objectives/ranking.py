@@ -99,7 +99,10 @@ class CurriculumPairs:
     level: np.ndarray  # [N] int rank of the pair within its list by gap, 0 = easiest
 
 
-def curriculum_pairs(scores: np.ndarray, valid: np.ndarray | None = None) -> CurriculumPairs:
+def curriculum_pairs(
+    scores: np.ndarray,  # [E, K] a score per response of each list
+    valid: np.ndarray | None = None,  # [E, K] bool, real responses; None: all
+) -> CurriculumPairs:
     """Curry-DPO (arXiv:2403.07230): every pair of a ranked list, ordered easy to hard.
 
     ``scores [E, K]`` rate each list's responses (``valid [E, K]`` marks real ones). Each

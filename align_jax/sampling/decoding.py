@@ -156,7 +156,7 @@ class TokenChoice(NamedTuple):
 
 
 def choose_tokens(
-    key: jax.Array,
+    key: jax.Array,  # [] PRNG key
     logits: jax.Array,  # [B, V]
     structure: DecodeStructure,
     values: DecodeValues,

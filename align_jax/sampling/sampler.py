@@ -104,7 +104,7 @@ def sample_program(
     state: nnx.State,
     prompt_tokens: jax.Array,  # [B, P] int32, left-padded
     prompt_mask: jax.Array,  # [B, P] int32
-    key: jax.Array,
+    key: jax.Array,  # [] PRNG key
     values: DecodeValues,
     max_new_tokens: jax.Array,  # [] int32, <= buffer_len
     eos_ids: jax.Array,  # [E] int32 (-1 = unused)
