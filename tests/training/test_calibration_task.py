@@ -186,8 +186,8 @@ def test_calibration_task_rejects_bad_losses(tiny_model_dir, calibration_file, t
 
 
 def test_engine_steps_lower_the_held_out_tokenized_brier(tiny_model_dir, calibration_file, tmp_path):
-    cfg = parse_config(_calibration_config(tiny_model_dir, calibration_file, train__steps=8,
-                                           optimizer__total_steps=8, train__eval_every=8))
+    cfg = parse_config(_calibration_config(tiny_model_dir, calibration_file, train__steps=16,
+                                           optimizer__total_steps=16, train__eval_every=16))
     result = run(cfg, tmp_path / "run")
     before, after = result["before"], result["final"]
     # a random tiny model spreads its digit probability evenly: expected confidence 0.5
