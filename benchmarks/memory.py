@@ -120,13 +120,14 @@ def demo_config(overrides: dict[str, str] | None = None):
 
 def demo_examples(cfg, lm):
     """The demo's tokenized train examples (as ``loop.run`` builds them) and the tokenizer's pad id."""
+    from align_jax.data import pipeline
     from align_jax.data.tokenization import Tokenize
     from align_jax.training import data_setup as D
 
     splits = D.load_splits(cfg.data, cfg.task)
     tokenize = Tokenize(lm.tokenizer, template=lm.chat_template, max_length=cfg.data.max_length,
                         max_prompt_length=cfg.data.max_prompt_length or None, policy=cfg.data.truncation)
-    return D.tokenize_all(tokenize, splits.train), D.tokenize_all(tokenize, splits.eval), tokenize.pad_id
+    return pipeline.tokenize_all(tokenize, splits.train), pipeline.tokenize_all(tokenize, splits.eval), tokenize.pad_id
 
 
 def _pair_ids(example: dict) -> list[list[int]]:
@@ -175,6 +176,7 @@ def jax_step(plan: dict, data: dict, options: dict, out: dict) -> None:
     import jax
     import numpy as np
 
+    from align_jax.data import pipeline
     from align_jax.training import data_setup as D
     from align_jax.training import loop as L
     from align_jax.training import step as S
@@ -183,7 +185,7 @@ def jax_step(plan: dict, data: dict, options: dict, out: dict) -> None:
     mesh, lm = L.load(cfg)
     task_loss, _ = L.build_task_loss(cfg, lm.tokenizer)
     train_ex, eval_ex, pad_id = demo_examples(cfg, lm)
-    zeros = lambda exs: D.attach(exs, {f"reference_{s}_logps": np.zeros(len(exs), np.float32)  # noqa: E731
+    zeros = lambda exs: pipeline.attach(exs, {f"reference_{s}_logps": np.zeros(len(exs), np.float32)  # noqa: E731
                                        for s in ("chosen", "rejected")})
     train_ex, eval_ex = zeros(train_ex), zeros(eval_ex)
     spec, state, state_sh = L.build_state(cfg, lm, mesh, task_loss, reference_fn=L.frozen_reference_fn(cfg))

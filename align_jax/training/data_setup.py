@@ -14,7 +14,6 @@ import numpy as np
 
 from align_jax.data import pipeline
 from align_jax.data.pair_packing import group_example_batch, pack_example_batch
-from align_jax.data.pipeline import attach, tokenize_all  # noqa: F401  (the loop reads them from here)
 from align_jax.data.prompt_sets import GENERATED as GENERATED_PROMPT_SOURCES
 from align_jax.data.sources import load_records
 from align_jax.data.tokenization import Tokenize

@@ -18,7 +18,6 @@ import dataclasses
 import functools
 import json
 import logging
-import time
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from align_jax.data import pipeline
 from align_jax.data.packing import pad
 from align_jax.data.tokenization import Tokenize
 from align_jax.models import LoadedModel, load_model, save_hf_dir
@@ -209,8 +209,8 @@ def run(cfg: RunConfig, workdir: str | Path) -> dict[str, Any]:
         max_prompt_length=cfg.data.max_prompt_length or None,
         policy=cfg.data.truncation,
     )
-    train_ex = D.tokenize_all(tokenize, splits.train)
-    eval_ex = D.tokenize_all(tokenize, splits.eval)
+    train_ex = pipeline.tokenize_all(tokenize, splits.train)
+    eval_ex = pipeline.tokenize_all(tokenize, splits.eval)
     if cfg.task.pad_to_max_length:
         train_ex = [pad(e, cfg.data.max_length, tokenize.pad_id) for e in train_ex]
         eval_ex = [pad(e, cfg.data.max_length, tokenize.pad_id) for e in eval_ex]
@@ -228,9 +228,9 @@ def run(cfg: RunConfig, workdir: str | Path) -> dict[str, Any]:
                                                        batch_size=batch_size, layout=layout)
             logging.info("%s reference log-probs: %s (%s)", name, path, "cache hit" if hit else "computed")
             if name == "train":
-                train_ex = D.attach(examples, values)
+                train_ex = pipeline.attach(examples, values)
             else:
-                eval_ex = D.attach(examples, values)
+                eval_ex = pipeline.attach(examples, values)
         release_free_memory()
 
     # -- state and steps ------------------------------------------------------------------

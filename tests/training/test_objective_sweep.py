@@ -22,6 +22,7 @@ from flax import nnx
 from align_jax.data.tokenization import Tokenize
 from align_jax.models import load_model
 from align_jax.parallel.mesh import make_mesh
+from align_jax.data import pipeline
 from align_jax.training import data_setup as D
 from align_jax.training import loop
 from align_jax.training import step as S
@@ -85,9 +86,9 @@ def examples(toy, pairs_file):
         if key not in cache:
             splits = D.load_splits(cfg.data, cfg.task)
             tokenize = Tokenize(toy.tokenizer, template=toy.chat_template, max_length=cfg.data.max_length)
-            train = D.tokenize_all(tokenize, splits.train)
+            train = pipeline.tokenize_all(tokenize, splits.train)
             values = compute_reference_logps(toy.model, train, cfg.task.record_kind, batch_size=len(train))
-            cache[key] = (train, D.attach(train, values), tokenize.pad_id)
+            cache[key] = (train, pipeline.attach(train, values), tokenize.pad_id)
         plain, scored, pad_id = cache[key]
         return (scored if cfg.reference.mode == "precomputed" else plain), pad_id
 
