@@ -19,6 +19,7 @@ from flax import nnx
 
 from align_jax.models.attention import Attention, attention_mask, dot_product_attention, recomputed_attention
 from align_jax.models.config import ModelConfig
+from align_jax.models.interventions import SITES, Intervention, apply_edit
 from align_jax.models.layers import GatedMLP, RMSNorm, param
 from align_jax.models.rope import inverse_frequencies
 
@@ -58,6 +59,7 @@ class DecoderOutput:
     final_hidden: jax.Array  # [B, T, D] after the final norm (what the unembedding reads)
     hidden_states: jax.Array | None  # [L + 1, B, T, D]: embeddings, then each block's output
     cache: KVCache | None
+    captured: dict[str, jax.Array] | None = None  # site -> [L, B, T, D] (after any edit); see ``capture``
 
 
 class Block(nnx.Module):
@@ -89,8 +91,10 @@ class Block(nnx.Module):
         keys: jax.Array,  # [B, S, K, H]
         values: jax.Array,  # [B, S, K, H]
         mask: jax.Array,  # [B, T, S] bool
+        hook=None,  # (site, h [B, T, D]) -> h: edits / records the sublayer outputs ("attn_out", "mlp_out")
     ) -> jax.Array:  # [B, T, D]
         """Attention of q over keys/values, then the MLP; returns the new x."""
+        hook = hook or (lambda site, h: h)
         attend = dot_product_attention if self.cfg.remat == "none" else recomputed_attention
         attended = attend(
             q, keys.astype(q.dtype), values.astype(q.dtype), mask, self.attn.scale, self.cfg.attn_logit_softcap
@@ -98,11 +102,11 @@ class Block(nnx.Module):
         h = self.attn.output(attended)
         if self.cfg.sandwich_norm:
             h = self.attn_post_norm(h)
-        x = x + h
+        x = x + hook("attn_out", h)
         h = self.mlp(self.mlp_norm(x))
         if self.cfg.sandwich_norm:
             h = self.mlp_post_norm(h)
-        return x + h
+        return x + hook("mlp_out", h)
 
     def __call__(
         self,
@@ -178,8 +182,14 @@ class Decoder(nnx.Module):
         return_logits: bool = True,
         return_hidden_states: bool = False,
         branch_ids: jax.Array | None = None,  # [B, T] int; prefix-tree branches (no cache)
+        intervention: Intervention | None = None,
+        capture: tuple[str, ...] = (),
     ) -> DecoderOutput:
         """Runs the decoder. With ``cache``, the T new tokens are written at ``cache.index``.
+
+        ``intervention`` edits activations inside the layers (``models/interventions.py``);
+        ``capture`` names sites (``resid_pre``, ``attn_out``, ``mlp_out``) whose activations, after
+        any edit, come back in ``DecoderOutput.captured`` as ``[L, B, T, D]``.
 
         ``branch_ids`` (0 = shared prefix, b > 0 = branch b; see ``attention_mask``) lets several
         completions share one prompt in a row: give each completion the positions it would have
@@ -189,12 +199,15 @@ class Decoder(nnx.Module):
         compile per shape); inside an outer ``jit`` (tracer inputs) the forward is traced directly,
         with no split of the module and no nested jit per call.
         """
+        capture = tuple(capture)
         if isinstance(tokens, jax.core.Tracer):
-            return self.forward(tokens, positions, segment_ids, cache, return_logits, return_hidden_states, branch_ids)
+            return self.forward(tokens, positions, segment_ids, cache, return_logits, return_hidden_states, branch_ids,
+                                intervention=intervention, capture=capture)
         graphdef, state = nnx.split(self)
         return _compiled_forward(
             graphdef, state, tokens, positions, segment_ids, cache,
             return_logits=return_logits, return_hidden_states=return_hidden_states, branch_ids=branch_ids,
+            intervention=intervention, capture=capture,
         )
 
     def forward(
@@ -207,6 +220,9 @@ class Decoder(nnx.Module):
         return_hidden_states: bool,
         branch_ids: jax.Array | None = None,  # [B, T] int; prefix-tree branches (no cache)
         layer_states: Sequence[nnx.State] | None = None,  # L per-layer block parameters (unstack_layers)
+        *,
+        intervention: Intervention | None = None,
+        capture: tuple[str, ...] = (),
     ) -> DecoderOutput:
         """The uncompiled forward (see ``__call__``).
 
@@ -217,6 +233,11 @@ class Decoder(nnx.Module):
         """
         cfg = self.cfg
         b, t = tokens.shape
+        unknown = set(capture) - set(SITES)
+        if unknown:
+            raise ValueError(f"unknown capture sites {sorted(unknown)}; choose from {SITES}")
+        if intervention is not None:
+            intervention.validate(cfg.num_layers, cfg.hidden_size)
         if branch_ids is not None and cache is not None:
             raise ValueError("branch_ids (prefix-tree attention) is not supported with a KV cache")
         if positions is None:
@@ -248,8 +269,18 @@ class Decoder(nnx.Module):
 
         def layer(carry, per_layer):
             x, kv = carry
-            state, is_sliding, i = per_layer
+            state, is_sliding, i, edits = per_layer
             block = nnx.merge(graphdef, state)
+            captured = {}
+
+            def hook(site, h):
+                if edits is not None:
+                    h = apply_edit(getattr(edits, site), h, positions)
+                if site in capture:
+                    captured[site] = h
+                return h
+
+            x = hook("resid_pre", x)
             if sliding.any():
                 mask = jnp.where(is_sliding, local_mask, full_mask)
                 inv = jnp.where(is_sliding, local_inv, global_inv)
@@ -264,15 +295,15 @@ class Decoder(nnx.Module):
                     for c, new in zip(kv, (k, v))
                 )
                 keys, values = kv[0][i], kv[1][i]
-            x = block.finish(x, q, keys, values, mask)
-            return (x, kv), (x if return_hidden_states else None)
+            x = block.finish(x, q, keys, values, mask, hook)
+            return (x, kv), ((x if return_hidden_states else None), captured)
 
         if cfg.remat in _REMAT_POLICIES:
             layer = jax.checkpoint(layer, policy=_REMAT_POLICIES[cfg.remat], prevent_cse=not cfg.scan_layers)
         carry = (x, (cache.k, cache.v) if cache is not None else None)
-        xs = (block_state, jnp.asarray(sliding), jnp.arange(cfg.num_layers))
+        xs = (block_state, jnp.asarray(sliding), jnp.arange(cfg.num_layers), intervention)
         if cfg.scan_layers and layer_states is None:
-            (x, kv), hidden = jax.lax.scan(layer, carry, xs)
+            (x, kv), (hidden, captured) = jax.lax.scan(layer, carry, xs)
         else:
             outs = []
             for i in range(cfg.num_layers):
@@ -281,7 +312,9 @@ class Decoder(nnx.Module):
                     per_layer = (layer_states[i],) + per_layer[1:]
                 carry, out = layer(carry, per_layer)
                 outs.append(out)
-            (x, kv), hidden = carry, (jnp.stack(outs) if return_hidden_states else None)
+            (x, kv) = carry
+            hidden = jnp.stack([o[0] for o in outs]) if return_hidden_states else None
+            captured = {site: jnp.stack([o[1][site] for o in outs]) for site in capture}
 
         new_cache = None
         if cache is not None:
@@ -291,15 +324,18 @@ class Decoder(nnx.Module):
             hidden_states = jnp.concatenate([self.embed_tokens(tokens)[None], hidden], axis=0)
         h = self.final_norm(x)
         logits = self.logits_from_hidden(h) if return_logits else None
-        return DecoderOutput(logits=logits, final_hidden=h, hidden_states=hidden_states, cache=new_cache)
+        return DecoderOutput(logits=logits, final_hidden=h, hidden_states=hidden_states, cache=new_cache,
+                             captured=captured if capture else None)
 
 
-@functools.partial(jax.jit, static_argnames=("graphdef", "return_logits", "return_hidden_states"))
+@functools.partial(jax.jit, static_argnames=("graphdef", "return_logits", "return_hidden_states", "capture"))
 def _compiled_forward(
-    graphdef, state, tokens, positions, segment_ids, cache, *, return_logits, return_hidden_states, branch_ids=None
+    graphdef, state, tokens, positions, segment_ids, cache, *, return_logits, return_hidden_states, branch_ids=None,
+    intervention=None, capture=(),
 ):
     model = nnx.merge(graphdef, state)
-    return model.forward(tokens, positions, segment_ids, cache, return_logits, return_hidden_states, branch_ids)
+    return model.forward(tokens, positions, segment_ids, cache, return_logits, return_hidden_states, branch_ids,
+                         intervention=intervention, capture=capture)
 
 
 def unstack_layers(model: Decoder) -> tuple[nnx.State, ...]:

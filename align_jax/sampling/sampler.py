@@ -29,6 +29,7 @@ from flax import nnx
 from jax.sharding import Mesh, NamedSharding
 
 from align_jax.models.decoder import Decoder, KVCache, unstack_layers
+from align_jax.models.interventions import SITES, Intervention
 from align_jax.parallel.rules import DEFAULT_RULES, Rules, batch_sharding, logical_to_spec
 from align_jax.sampling.decoding import DecodeStructure, DecodeValues, SamplingParams, choose_tokens
 
@@ -118,6 +119,7 @@ def sample_program(
     pad_id: int,
     shardings: tuple[NamedSharding, NamedSharding, NamedSharding] | None,
     hoist_weights: bool,
+    intervention: Intervention | None = None,
 ):
     model: Decoder = nnx.merge(graphdef, state)
     cfg = model.cfg
@@ -131,7 +133,8 @@ def sample_program(
 
     # Prefill: every prompt once, logits only at the last (real) column.
     positions = jnp.maximum(jnp.cumsum(prompt_mask, axis=-1) - 1, 0).astype(jnp.int32)
-    out = model(prompt_tokens, positions, prompt_mask, cache=new_cache(b), return_logits=False)
+    out = model(prompt_tokens, positions, prompt_mask, cache=new_cache(b), return_logits=False,
+                intervention=intervention)
     last_logits = model.logits_from_hidden(out.final_hidden[:, -1])  # [B, V]
     rep = lambda x, axis: jnp.repeat(x, n, axis=axis) if n > 1 else x
     c = out.cache
@@ -194,7 +197,7 @@ def sample_program(
         pos = loop.pos + 1
         ones = jnp.ones((rows, 1), jnp.int32)
         out = model.forward(loop.last[:, None], pos[:, None], ones, loop.cache, return_logits=False,
-                            return_hidden_states=False, layer_states=layer_states)
+                            return_hidden_states=False, layer_states=layer_states, intervention=intervention)
         loop = loop._replace(cache=out.cache, pos=pos)
         return record(loop, model.logits_from_hidden(out.final_hidden[:, 0], unembedding))
 
@@ -261,6 +264,7 @@ def sample(
     new_tokens_bucket: int = 64,
     max_len: int | None = None,
     hoist_weights: bool | None = None,
+    intervention: Intervention | None = None,
 ) -> SampleOutput:
     """Samples ``params.n`` completions for each prompt (lists of token ids).
 
@@ -273,6 +277,10 @@ def sample(
     of at every step; it costs a second copy of the weights while sampling. XLA:CPU feeds a matmul
     a slice of a stacked weight only by copying it, which made those copies a large part of each
     decode step; the results are the same either way.
+
+    ``intervention`` (``models/interventions.py``) edits the activations of the prefill and of every
+    decode step; a ``patch`` is indexed by token position (a prompt's first real token is 0) and
+    must have one row, or one per prompt when ``params.n == 1``.
     """
     cfg = model.cfg
     max_len = cfg.max_position_embeddings if max_len is None else max_len
@@ -287,6 +295,14 @@ def sample(
     if bad.size:
         raise ValueError(f"prompt token ids must be in [0, {cfg.vocab_size}); got {sorted(set(bad.tolist()))[:5]}")
     num_prompts = tokens.shape[0]
+    if intervention is not None:
+        intervention.validate(cfg.num_layers, cfg.hidden_size)
+        for site in SITES:
+            edit = getattr(intervention, site)
+            if edit is not None and edit.patch is not None and edit.patch.shape[1] != 1 and (
+                    params.n != 1 or mesh is not None or edit.patch.shape[1] != num_prompts):
+                raise ValueError(f"{site}.patch has {edit.patch.shape[1]} rows; the sampler takes 1 (broadcast), "
+                                 f"or one per prompt with n=1 and no mesh")
     shardings = None
     if mesh is not None:  # pad the batch to a multiple of the devices it is split over
         extra = -num_prompts % batch_ways(mesh, rules)
@@ -315,6 +331,7 @@ def sample(
         pad_id=int(pad_id),
         shardings=shardings,
         hoist_weights=hoist_default(model) if hoist_weights is None else bool(hoist_weights),
+        intervention=intervention,
     )
     rows, m = num_prompts * params.n, params.max_new_tokens
     if out.tokens.shape == (rows, m):
