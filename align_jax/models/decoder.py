@@ -184,6 +184,7 @@ class Decoder(nnx.Module):
         branch_ids: jax.Array | None = None,  # [B, T] int; prefix-tree branches (no cache)
         intervention: Intervention | None = None,
         capture: tuple[str, ...] = (),
+        inputs_embeds: jax.Array | None = None,  # [B, T, D] replaces embed_tokens(tokens) (attribution)
     ) -> DecoderOutput:
         """Runs the decoder. With ``cache``, the T new tokens are written at ``cache.index``.
 
@@ -202,12 +203,12 @@ class Decoder(nnx.Module):
         capture = tuple(capture)
         if isinstance(tokens, jax.core.Tracer):
             return self.forward(tokens, positions, segment_ids, cache, return_logits, return_hidden_states, branch_ids,
-                                intervention=intervention, capture=capture)
+                                intervention=intervention, capture=capture, inputs_embeds=inputs_embeds)
         graphdef, state = nnx.split(self)
         return _compiled_forward(
             graphdef, state, tokens, positions, segment_ids, cache,
             return_logits=return_logits, return_hidden_states=return_hidden_states, branch_ids=branch_ids,
-            intervention=intervention, capture=capture,
+            intervention=intervention, capture=capture, inputs_embeds=inputs_embeds,
         )
 
     def forward(
@@ -223,6 +224,7 @@ class Decoder(nnx.Module):
         *,
         intervention: Intervention | None = None,
         capture: tuple[str, ...] = (),
+        inputs_embeds: jax.Array | None = None,  # [B, T, D] what enters block 0 (after any embedding scale)
     ) -> DecoderOutput:
         """The uncompiled forward (see ``__call__``).
 
@@ -264,7 +266,8 @@ class Decoder(nnx.Module):
                 )
             )
 
-        x = self.embed_tokens(tokens)
+        x = self.embed_tokens(tokens) if inputs_embeds is None else inputs_embeds.astype(cfg.jnp_dtype)
+        embeddings = x
         graphdef, block_state = nnx.split(self.blocks)
 
         def layer(carry, per_layer):
@@ -321,7 +324,7 @@ class Decoder(nnx.Module):
             new_cache = KVCache(k=kv[0], v=kv[1], positions=k_positions, segment_ids=k_segments, index=cache.index + t)
         hidden_states = None
         if return_hidden_states:
-            hidden_states = jnp.concatenate([self.embed_tokens(tokens)[None], hidden], axis=0)
+            hidden_states = jnp.concatenate([embeddings[None], hidden], axis=0)
         h = self.final_norm(x)
         logits = self.logits_from_hidden(h) if return_logits else None
         return DecoderOutput(logits=logits, final_hidden=h, hidden_states=hidden_states, cache=new_cache,
@@ -331,11 +334,11 @@ class Decoder(nnx.Module):
 @functools.partial(jax.jit, static_argnames=("graphdef", "return_logits", "return_hidden_states", "capture"))
 def _compiled_forward(
     graphdef, state, tokens, positions, segment_ids, cache, *, return_logits, return_hidden_states, branch_ids=None,
-    intervention=None, capture=(),
+    intervention=None, capture=(), inputs_embeds=None,
 ):
     model = nnx.merge(graphdef, state)
     return model.forward(tokens, positions, segment_ids, cache, return_logits, return_hidden_states, branch_ids,
-                         intervention=intervention, capture=capture)
+                         intervention=intervention, capture=capture, inputs_embeds=inputs_embeds)
 
 
 def unstack_layers(model: Decoder) -> tuple[nnx.State, ...]:

@@ -11,7 +11,7 @@ LAYERS = (
     ("registry", "parallel", "models", "bootstrap"),
     ("objectives",),
     ("data", "instructions", "rewards"),
-    ("sampling", "training"),
+    ("sampling", "training", "steering"),
     ("safety",),  # classifiers trained on the engine; evals load them
     ("evals",),
     ("main", "evaluate", "generate", "chat_demo", "report", "cli"),  # entry points, their flags, the end-of-run report
