@@ -59,6 +59,7 @@ from align_jax.evals.calibration_metrics import (
 from align_jax.evals.config import EvalConfig, parse_eval_config
 from align_jax.evals.reliability_plot import save_reliability_diagram
 from align_jax.models.chat import encode_chat
+from align_jax.models.interventions import Intervention
 from align_jax.models.registry import LoadedModel, load_model
 from align_jax.sampling import SamplingParams, sample
 
@@ -151,11 +152,11 @@ def _round_up(x: int, multiple: int) -> int:
 
 
 @functools.partial(jax.jit, static_argnames=("graphdef",))
-def _next_token_logprobs(state, tokens, mask, *, graphdef):
+def _next_token_logprobs(state, tokens, mask, intervention=None, *, graphdef):
     """log p(tokens[:, t+1] | tokens[:, :t+1]) for left-padded rows: [B, W] -> [B, W-1] float32."""
     model = nnx.merge(graphdef, state)
     positions = jnp.maximum(jnp.cumsum(mask, axis=-1) - 1, 0).astype(jnp.int32)
-    logits = model(tokens, positions, mask).logits[:, :-1].astype(jnp.float32)  # [B, W-1, V]
+    logits = model(tokens, positions, mask, intervention=intervention).logits[:, :-1].astype(jnp.float32)
     picked = jnp.take_along_axis(logits, tokens[:, 1:, None], axis=-1)[..., 0]
     return picked - jax.nn.logsumexp(logits, axis=-1)
 
@@ -168,11 +169,13 @@ def continuation_logprobs(
     bucket: int = 64,
     progress: bool = False,
     desc: str = "scoring",
+    intervention: Intervention | None = None,
 ) -> list[np.ndarray]:
     """Per-token log-probs [T_k] of each continuation given its prompt (token-id pairs).
 
     Rows are sorted by length, left-padded to a multiple of ``bucket`` and run ``batch_size``
     at a time (the last batch repeats its final row), one compiled forward per width.
+    ``intervention`` (no ``patch``: rows are reordered) edits every forward (steering).
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
@@ -193,7 +196,7 @@ def continuation_logprobs(
         for j in range(batch_size):
             r = rows[min(j, len(rows) - 1)]
             tokens[j, width - len(r):], mask[j, width - len(r):] = r, 1
-        logps = np.asarray(_next_token_logprobs(state, tokens, mask, graphdef=graphdef))
+        logps = np.asarray(_next_token_logprobs(state, tokens, mask, intervention, graphdef=graphdef))
         for j, i in enumerate(idx):
             out[i] = logps[j, logps.shape[1] - len(pairs[i][1]):].astype(np.float64)
     return out  # type: ignore[return-value]
@@ -228,8 +231,10 @@ def generate_greedy(
     batch_size: int,
     progress: bool = False,
     desc: str = "generating",
+    intervention: Intervention | None = None,
 ) -> list[Generation]:
-    """Greedy completions of token-id prompts; every batch has the same shape (one compile)."""
+    """Greedy completions of token-id prompts; every batch has the same shape (one compile);
+    ``intervention`` (no per-row ``patch``) edits the prefill and every decode step (steering)."""
     if not prompts:
         raise ValueError("no prompts to generate for")
     if batch_size < 1:
@@ -243,7 +248,8 @@ def generate_greedy(
         batch = [list(p) for p in prompts[start:start + batch_size]]
         real = len(batch)
         batch += [batch[-1]] * (batch_size - real)
-        res = sample(lm.model, batch, params, eos_ids=eos, pad_id=tok.pad_id or 0, prompt_bucket=width)
+        res = sample(lm.model, batch, params, eos_ids=eos, pad_id=tok.pad_id or 0, prompt_bucket=width,
+                     intervention=intervention)
         tokens, mask = np.asarray(res.tokens), np.asarray(res.completion_mask)
         logps = np.asarray(res.model_logprobs, np.float64)
         for row in range(real):
