@@ -3,13 +3,14 @@
 #   make test   # the test suite (what .ci/run calls)
 # Also: make test-fast (the tests not marked slow: tiny models only, no real weights, subprocesses
 # or long training; ~4.5 CPU-minutes, ~2.5 minutes on two free cores: run it on every change),
-# make chat (batched generation demo), make bench-dpo (DPO step vs TRL; installs requirements-bench.txt).
+# make chat (batched generation demo), make bench-dpo (DPO step vs TRL; installs requirements-bench.txt),
+# make bench-gcg (GCG steps/s vs nanoGCG).
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo chat test test-fast setup clean bench-dpo
+.PHONY: demo chat test test-fast setup clean bench-dpo bench-gcg
 
 $(STAMP): requirements.txt requirements-test.txt requirements-models.txt
 	$(PYTHON) -m venv $(VENV)
@@ -30,6 +31,13 @@ chat: $(STAMP)
 bench-dpo: $(STAMP)
 	$(PY) -m pip install -q -r requirements-bench.txt
 	$(PY) -m benchmarks.dpo_step
+
+# nanoGCG 0.3.0 pins transformers<=4.47.1; installed without its dependencies it runs on ours (5.x)
+# with its prefix cache off (benchmarks/gcg.py says why).
+bench-gcg: $(STAMP)
+	$(PY) -m pip install -q -r requirements-bench.txt
+	$(PY) -m pip install -q --no-deps nanogcg==0.3.0
+	$(PY) -m benchmarks.gcg
 
 test: $(STAMP)
 	$(PY) -m pytest -q -rs -n 2 --dist loadfile --no-loadscope-reorder tests

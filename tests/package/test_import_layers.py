@@ -12,7 +12,7 @@ LAYERS = (
     ("objectives",),
     ("data", "instructions", "rewards"),
     ("sampling", "training", "steering"),
-    ("safety",),  # classifiers trained on the engine; evals load them
+    ("safety", "redteam"),  # classifiers trained on the engine, attacks on the model; evals load them
     ("evals",),
     ("main", "evaluate", "generate", "chat_demo", "report", "cli"),  # entry points, their flags, the end-of-run report
 )

@@ -1,0 +1,1 @@
+"""Automated red-teaming: attacks on a model's refusals (GCG so far)."""
