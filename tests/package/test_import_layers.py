@@ -12,8 +12,8 @@ LAYERS = (
     ("objectives",),
     ("data", "instructions", "rewards"),
     ("sampling", "training", "steering"),
-    ("safety", "redteam"),  # classifiers trained on the engine, attacks on the model; evals load them
-    ("evals",),
+    ("safety",),  # classifiers trained on the engine; evals load them
+    ("evals", "redteam"),  # evaluations; attacks and the red-team runner (which judge with evals)
     ("main", "evaluate", "generate", "chat_demo", "report", "cli"),  # entry points, their flags, the end-of-run report
 )
 LAYER_OF = {name: i for i, names in enumerate(LAYERS) for name in names}
@@ -49,6 +49,8 @@ def test_no_module_imports_a_higher_layer():
         own = rel.parts[0].removesuffix(".py")
         if own == "__init__":
             continue
+        if rel.name == "__main__.py":  # ``python -m align_jax.<package>``: an entry point
+            own = "main"
         for line, module in _imports(path):
             target = _top(module)
             if target is not None and target in LAYER_OF and LAYER_OF[target] > LAYER_OF[own]:
