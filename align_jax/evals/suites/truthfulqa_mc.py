@@ -28,21 +28,28 @@ class Config(EvalConfig):  # seed: choice shuffling and bootstrap
     n_bins: int  # equal-width ECE/MCE bins; equal-mass uses min(n_bins, n)
 
 
-def run(lm, cfg, *, progress: bool) -> runner.SuiteResult:
-    path = runner.resolve_data_path(cfg.data_path, "TruthfulQA CSV")
-    items = runner.take(load_truthfulqa(path, seed=int(cfg.seed)), int(cfg.limit))
+def option_logprobs(lm, items, *, batch_size: int, bucket: int = 64, progress: bool = False,
+                    intervention=None) -> list[list[np.ndarray]]:
+    """Per item, each option's per-token log-probs [T_k] (``intervention``: steer the scoring)."""
     tok = lm.tokenizer
     pairs, owner = [], []
     for k, item in enumerate(items):
         for prompt, continuation in mc_scoring_pairs(item):
             pairs.append((tok.encode(prompt, add_special_tokens=True), tok.encode(continuation)))
             owner.append(k)
-    logps = runner.continuation_logprobs(lm, pairs, batch_size=int(cfg.batch_size),
-                                         bucket=int(cfg.bucket), progress=progress,
-                                         desc="truthfulqa options")
+    logps = runner.continuation_logprobs(lm, pairs, batch_size=batch_size, bucket=bucket, progress=progress,
+                                         desc="truthfulqa options", intervention=intervention)
     per_item: list[list[np.ndarray]] = [[] for _ in items]
     for k, lp in zip(owner, logps):
         per_item[k].append(lp)
+    return per_item
+
+
+def run(lm, cfg, *, progress: bool) -> runner.SuiteResult:
+    path = runner.resolve_data_path(cfg.data_path, "TruthfulQA CSV")
+    items = runner.take(load_truthfulqa(path, seed=int(cfg.seed)), int(cfg.limit))
+    per_item = option_logprobs(lm, items, batch_size=int(cfg.batch_size), bucket=int(cfg.bucket), progress=progress)
+    num_options = sum(len(p) for p in per_item)
 
     examples, conf = [], {s: [] for s in SCORINGS}
     correct = {s: [] for s in SCORINGS}
@@ -65,5 +72,5 @@ def run(lm, cfg, *, progress: bool) -> runner.SuiteResult:
     return runner.SuiteResult(
         examples=examples,
         calibration={s: (np.asarray(conf[s]), np.asarray(correct[s])) for s in SCORINGS},
-        settings={"data_path": str(path), "num_options": len(pairs)},
+        settings={"data_path": str(path), "num_options": num_options},
     )
