@@ -1,7 +1,7 @@
 """Integrated gradients (Sundararajan et al., arXiv:1703.01365) over token embeddings.
 
 ``IG_i = (x_i - x'_i) * integral_0^1 df/dx_i (x' + a (x - x')) da`` along the straight path from
-a baseline ``x'`` to the input ``x``; with the trapezoid rule over ``steps`` intervals the token
+a baseline ``x'`` to the input ``x``; with the midpoint rule over ``steps`` intervals the token
 attributions (``IG`` summed over the hidden axis) add up to ``f(x) - f(x')`` up to the
 quadrature error (completeness), which ``IGResult.completeness_gap`` reports.
 
@@ -43,28 +43,27 @@ def integrated_gradients(
     steps: int = 32,
     power: float = 3.0,
 ) -> IGResult:
-    """Integrated gradients of ``f`` at ``x`` with the trapezoid rule over ``steps + 1`` path points
-    ``a_k = (k / steps) ** power``. Points crowd near the baseline because that is where the
+    """Integrated gradients of ``f`` at ``x`` by the midpoint rule on the ``steps`` intervals between
+    ``a_k = (k / steps) ** power`` (gradients at the midpoints: never at the baseline itself, where a
+    zero input gives NaN gradients in SmolLM2). Points crowd near the baseline because that is where the
     integrand is steep for a decoder and a zero baseline: RMSNorm makes each layer's input
     scale-free once ``|a x|`` passes ``sqrt(eps)``, so most of ``f``'s change happens at small ``a``
-    (measured on a tiny decoder, 64 steps: completeness gap 3.2 of a change of 1.26 with uniform
-    steps, 0.006 with ``power=3``; on a steeper example 0.09 of 4.4 with ``power=3``, 0.05 with 4)."""
+    (measured on a tiny decoder with 64 steps: completeness gap 3.98 of a change of 4.40 with uniform
+    steps, 0.046 with ``power=3``; on an easier example 0.014 and 0.003 of 1.26)."""
     if steps < 1:
         raise ValueError(f"steps must be >= 1, got {steps}")
     x = jnp.asarray(x, jnp.float32)
     baseline = jnp.zeros_like(x) if baseline is None else jnp.asarray(baseline, jnp.float32)
-    alphas = np.linspace(0.0, 1.0, steps + 1) ** power
-    path = baseline[None] + jnp.asarray(alphas, jnp.float32).reshape((-1,) + (1,) * x.ndim) * (x - baseline)[None]  # [K, ..., D]
-    values, grads = _values_and_grads(f, path)
-    widths = np.diff(alphas)
-    weights = np.zeros(steps + 1)
-    weights[:-1] += widths / 2
-    weights[1:] += widths / 2
-    weights = jnp.asarray(weights, jnp.float32)
-    mean_grad = jnp.tensordot(weights, grads, axes=1)  # like x
+    nodes = np.linspace(0.0, 1.0, steps + 1) ** power
+    mids, widths = (nodes[:-1] + nodes[1:]) / 2, np.diff(nodes)
+    shape = (-1,) + (1,) * x.ndim
+    path = baseline[None] + jnp.asarray(mids, jnp.float32).reshape(shape) * (x - baseline)[None]  # [K, ...]
+    _, grads = _values_and_grads(f, path)
+    mean_grad = jnp.tensordot(jnp.asarray(widths, jnp.float32), grads, axes=1)  # like x
     per_dim = np.asarray((x - baseline) * mean_grad, np.float64)
-    return IGResult(attributions=per_dim.sum(-1), per_dim=per_dim, value=float(values[-1]),
-                    baseline_value=float(values[0]))
+    ends = np.asarray(f(jnp.stack([baseline, x])), np.float64)
+    return IGResult(attributions=per_dim.sum(-1), per_dim=per_dim, value=float(ends[1]),
+                    baseline_value=float(ends[0]))
 
 
 def _values_and_grads(f, path):

@@ -81,6 +81,7 @@ class DirectionChoice:
     kl: np.ndarray  # [P, L]
     baseline_harmful: float  # mean refusal score without intervention
     baseline_harmless: float
+    relaxed: bool = False  # no candidate passed ``induce > min_induce``; chosen among those passing KL only
 
 
 def select_refusal_direction(
@@ -94,10 +95,19 @@ def select_refusal_direction(
     max_layer_frac: float = 0.8,
     max_kl: float = 0.1,
     min_induce: float = 0.0,
+    relax_if_empty: bool = False,
     pad_id: int = 0,
 ) -> DirectionChoice:
-    """The candidate that best removes refusal under ablation (see the module docstring)."""
+    """The candidate that best removes refusal under ablation (see the module docstring).
+
+    With ``relax_if_empty``, when no candidate's addition lifts the harmless refusal score above
+    ``min_induce`` (a model that seldom refuses), the choice is made among the candidates that pass
+    the KL filter, and ``DirectionChoice.relaxed`` says so; otherwise that raises ValueError.
+    """
     n_pos, n_layers, _ = candidates.shape
+    if n_layers != model.cfg.num_layers or n_pos != len(offsets):
+        raise ValueError(f"candidates {candidates.shape} need [len(offsets)={len(offsets)}, "
+                         f"num_layers={model.cfg.num_layers}, D]")
     ids = jnp.asarray(list(refusal_ids), jnp.int32)
     base_harmful = refusal_log_odds(last_logits(model, harmful_val, pad_id=pad_id), ids)
     base_logits = last_logits(model, harmless_val, pad_id=pad_id)
@@ -114,10 +124,13 @@ def select_refusal_direction(
             logp = jax.nn.log_softmax(last_logits(model, harmless_val, ablate, pad_id=pad_id), -1)
             kl[i, layer] = float((jnp.exp(base_logp) * (base_logp - logp)).sum(-1).mean())
     kept = np.where((induce > min_induce) & (kl <= max_kl) & np.isfinite(bypass), bypass, np.inf)
+    relaxed = relax_if_empty and not np.isfinite(kept).any()
+    if relaxed:
+        kept = np.where((kl <= max_kl) & np.isfinite(bypass), bypass, np.inf)
     if not np.isfinite(kept).any():
         raise ValueError(f"no candidate direction passes the filters (induce > {min_induce}, KL <= {max_kl}); "
                          f"best induce {np.nanmax(induce):.3f}, least KL {np.nanmin(kl):.3f}")
     i, layer = np.unravel_index(np.argmin(kept), kept.shape)
     return DirectionChoice(offset=int(offsets[i]), layer=int(layer), direction=np.asarray(candidates[i, layer]),
                            bypass=bypass, induce=induce, kl=kl, baseline_harmful=float(base_harmful.mean()),
-                           baseline_harmless=float(base_harmless.mean()))
+                           baseline_harmless=float(base_harmless.mean()), relaxed=relaxed)
