@@ -12,7 +12,10 @@
    passes ``--min_induce``, the choice is made among those passing KL, and the results say so).
 3. Held-out test (``--n_test`` of each kind, greedy, ``--max_new_tokens``): refusal rate of
    harmful prompts with and without ablation, of harmless prompts with and without addition
-   (``+r`` at the chosen layer, every position), by the refusal-phrase judge, with Wilson 95% CIs.
+   (``+r`` at the chosen layer, every position), by the refusal-phrase judge, with Wilson 95% CIs;
+   with addition also at the smallest multiple ``k r`` (``--add_scales``) whose val harmless
+   refusal score passes ``--min_induce`` (else the largest tried), when that is not 1.
+   ``--reuse_selection=<previous out_dir>`` skips steps 1-2 (their results are copied).
 
 Writes ``results.json``, ``generations.jsonl`` (every test completion) and ``scores.png`` (the
 bypass / induce / KL maps) to ``--out_dir``.
@@ -34,7 +37,9 @@ from align_jax.models.interventions import ablate_direction, add_vector
 from align_jax.models.registry import DEFAULT_MODEL, load_model
 from align_jax.safety.refusal.metrics import wilson_interval
 from align_jax.steering.activations import site_activations
-from align_jax.steering.directions import diff_in_means, last_logits, refusal_log_odds, select_refusal_direction
+from align_jax.steering.directions import (
+    DirectionChoice, diff_in_means, last_logits, refusal_log_odds, select_refusal_direction,
+)
 
 flags.DEFINE_string("data_dir", "../shared/data/refusal_direction", "the refusal_direction folder")
 flags.DEFINE_string("out_dir", "experiments/results/refusal_direction", "where results go")
@@ -48,6 +53,8 @@ flags.DEFINE_integer("batch_size", 32, "generation batch")
 flags.DEFINE_list("refusal_tokens", ["I", "As"], "first tokens whose probability is the refusal score")
 flags.DEFINE_float("min_induce", 0.0, "addition must raise harmless refusal scores above this")
 flags.DEFINE_integer("seed", 0, "prompt sampling seed")
+flags.DEFINE_list("add_scales", ["1", "2", "4", "8"], "multiples of the direction tried for addition on val")
+flags.DEFINE_string("reuse_selection", None, "a previous --out_dir: reuse its direction and val scores")
 
 
 def _load(data_dir: pathlib.Path, name: str, n: int, seed: int) -> list[str]:
@@ -86,17 +93,38 @@ def main(argv):
         ("harmful_train", F.n_train), ("harmless_train", F.n_train), ("harmful_val", F.n_val),
         ("harmless_val", F.n_val), ("harmful_test", F.n_test), ("harmless_test", F.n_test))}
     ids = jnp.asarray(refusal_ids)
-    harmful_acts = site_activations(lm.model, split["harmful_train"], offsets=offsets, batch_size=32)
-    harmless_acts = site_activations(lm.model, split["harmless_train"], offsets=offsets, batch_size=32)
-    candidates = diff_in_means(harmful_acts, harmless_acts)  # [P, L, D]
-    print(f"candidates {candidates.shape} in {time.time() - t0:.0f} s", flush=True)
-    choice = select_refusal_direction(lm.model, candidates, offsets, split["harmful_val"], split["harmless_val"],
-                                      refusal_ids, min_induce=F.min_induce, relax_if_empty=True,
-                                      pad_id=tok.pad_id or 0)
+    if F.reuse_selection:
+        prev_dir = pathlib.Path(F.reuse_selection)
+        prev = json.loads((prev_dir / "results.json").read_text())
+        val = prev["val_scores"]
+        choice = DirectionChoice(offset=prev["chosen"]["offset"], layer=prev["chosen"]["layer"],
+                                 direction=np.load(prev_dir / "direction.npy"), bypass=np.asarray(val["bypass"]),
+                                 induce=np.asarray(val["induce"]), kl=np.asarray(val["kl"]),
+                                 baseline_harmful=val["baseline_harmful"], baseline_harmless=val["baseline_harmless"],
+                                 relaxed=prev["chosen"]["induce_filter_relaxed"])
+        print(f"reusing the direction of {prev_dir}", flush=True)
+    else:
+        harmful_acts = site_activations(lm.model, split["harmful_train"], offsets=offsets, batch_size=32)
+        harmless_acts = site_activations(lm.model, split["harmless_train"], offsets=offsets, batch_size=32)
+        candidates = diff_in_means(harmful_acts, harmless_acts)  # [P, L, D]
+        print(f"candidates {candidates.shape} in {time.time() - t0:.0f} s", flush=True)
+        choice = select_refusal_direction(lm.model, candidates, offsets, split["harmful_val"], split["harmless_val"],
+                                          refusal_ids, min_induce=F.min_induce, relax_if_empty=True,
+                                          pad_id=tok.pad_id or 0)
     print(f"chose offset {choice.offset} layer {choice.layer}: bypass {choice.bypass[offsets.index(choice.offset), choice.layer]:.3f} "
           f"(baseline {choice.baseline_harmful:.3f}), induce {choice.induce[offsets.index(choice.offset), choice.layer]:.3f} "
           f"(baseline {choice.baseline_harmless:.3f}){' [induce filter relaxed: no candidate passed]' if choice.relaxed else ''} "
           f"in {time.time() - t0:.0f} s", flush=True)
+    # Addition at larger multiples of the direction, on val: the smallest that lifts the harmless
+    # refusal score above --min_induce (else the largest tried) gets a test condition of its own.
+    scale_scores = {}
+    for k in [float(x) for x in F.add_scales]:
+        iv = add_vector("resid_pre", cfg.num_layers, choice.layer, jnp.asarray(choice.direction), alpha=k)
+        scale_scores[k] = float(refusal_log_odds(last_logits(lm.model, split["harmless_val"], iv,
+                                                             pad_id=tok.pad_id or 0), ids).mean())
+        print(f"addition x{k:g}: harmless val refusal score {scale_scores[k]:.3f}", flush=True)
+    passing = [k for k, v in scale_scores.items() if v > F.min_induce]
+    add_scale = min(passing) if passing else max(scale_scores)
 
     ablate = ablate_direction(jnp.asarray(choice.direction), cfg.num_layers)
     add = add_vector("resid_pre", cfg.num_layers, choice.layer, jnp.asarray(choice.direction))
@@ -104,6 +132,10 @@ def main(argv):
         "harmful/plain": ("harmful_test", None), "harmful/ablated": ("harmful_test", ablate),
         "harmless/plain": ("harmless_test", None), "harmless/added": ("harmless_test", add),
     }
+    if add_scale != 1.0:
+        conditions[f"harmless/added_x{add_scale:g}"] = (
+            "harmless_test", add_vector("resid_pre", cfg.num_layers, choice.layer, jnp.asarray(choice.direction),
+                                        alpha=add_scale))
     texts = {name: _load(data_dir, name, F.n_test, F.seed) for name in ("harmful_test", "harmless_test")}
     results, lines = {}, []
     for cond, (name, iv) in conditions.items():
@@ -125,6 +157,7 @@ def main(argv):
         "offsets": list(offsets), "chosen": {"offset": choice.offset, "layer": choice.layer,
                                              "norm": float(np.linalg.norm(choice.direction)),
                                              "induce_filter_relaxed": choice.relaxed},
+        "addition_scales_val": {f"{k:g}": v for k, v in scale_scores.items()}, "addition_scale_tested": add_scale,
         "val_scores": {"baseline_harmful": choice.baseline_harmful, "baseline_harmless": choice.baseline_harmless,
                        "bypass": choice.bypass.tolist(), "induce": choice.induce.tolist(), "kl": choice.kl.tolist()},
         "test": results, "seconds": round(time.time() - t0, 1),
