@@ -36,7 +36,7 @@ def test_configs_readme_names_every_config_and_only_those():
     import re
 
     text = (CONFIGS / "README.md").read_text()
-    named = set(re.findall(r"`((?:eval/)?[a-z_]+\.py)`", text))
+    named = set(re.findall(r"`((?:eval/|redteam/)?[a-z_0-9]+\.py)`", text))
     files = {p.relative_to(CONFIGS).as_posix() for p in CONFIGS.rglob("*.py")}
     assert named - files == set(), "configs/README.md names configs that do not exist"
     assert files - named == set(), "configs/README.md does not list every config"
