@@ -110,9 +110,9 @@ def _target_loss(model: Decoder, cache: KVCache, suffix_embeds, after, target):
     embeds = jnp.concatenate([suffix_embeds.astype(tail_embeds.dtype), tail_embeds], axis=1)  # [B, S + A + T, D]
     n = embeds.shape[1]
     start = cache.index
-    rows = jax.tree.map(lambda a: jnp.broadcast_to(a, (a.shape[0], b) + a.shape[2:]) if a.ndim == 5 else a, cache)
-    rows = dataclasses.replace(rows, positions=jnp.broadcast_to(cache.positions, (b, cache.positions.shape[1])),
-                               segment_ids=jnp.broadcast_to(cache.segment_ids, (b, cache.segment_ids.shape[1])))
+    rows_of = lambda a, axis: jnp.broadcast_to(a, a.shape[:axis] + (b,) + a.shape[axis + 1:])  # the prefix's row, b times
+    rows = dataclasses.replace(cache, k=rows_of(cache.k, 1), v=rows_of(cache.v, 1),
+                               positions=rows_of(cache.positions, 0), segment_ids=rows_of(cache.segment_ids, 0))
     positions = jnp.broadcast_to(start + jnp.arange(n, dtype=jnp.int32), (b, n))
     tokens = jnp.zeros((b, n), jnp.int32)  # unused: inputs_embeds replaces their embeddings
     out = model(tokens, positions, jnp.ones((b, n), jnp.int32), cache=rows, return_logits=False, inputs_embeds=embeds)

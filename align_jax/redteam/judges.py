@@ -16,6 +16,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from align_jax.evals.refusal.substring_judge import substring_labels
+from align_jax.evals.suites.refusal_generation import judge_model
 from align_jax.models.registry import LoadedModel
 from align_jax.registry import did_you_mean
 from align_jax.safety.refusal.classifiers import load_response_judge, make_response_judge
@@ -31,12 +32,11 @@ def refusal_phrases(lm: LoadedModel | None = None) -> Judge:
 
 
 def response_classifier(lm: LoadedModel | None = None, *, path: str = "runs/refusal_judge/response_judge.npz") -> Judge:
+    if lm is None:
+        raise ValueError("the response_classifier judge needs the attacked model (its features may be that model's)")
     saved = load_response_judge(path)
-    if lm is None or saved.source != lm.source:
-        from align_jax.models.registry import MODELS, load_model
-
-        lm = load_model(saved.model_id) if saved.model_id in MODELS else load_model(None, saved.model_id)
-    judge = make_response_judge(saved.classifier, lm.model, lm.tokenizer, lm.chat_template)
+    features = judge_model(saved, lm)
+    judge = make_response_judge(saved.classifier, features.model, features.tokenizer, features.chat_template)
     return lambda prompts, responses: judge(prompts, responses) == COMPLIANCE
 
 

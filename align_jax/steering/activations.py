@@ -17,20 +17,7 @@ from flax import nnx
 
 from align_jax.models.decoder import Decoder
 from align_jax.models.interventions import SITES, Intervention
-
-
-def left_pad(
-    rows: Sequence[Sequence[int]], width: int, pad_id: int = 0
-) -> tuple[np.ndarray, np.ndarray]:  # tokens [B, W] int32, mask [B, W] int32
-    """Rows right-aligned in ``width`` columns (mask 1 on real tokens)."""
-    tokens = np.full((len(rows), width), pad_id, np.int32)
-    mask = np.zeros((len(rows), width), np.int32)
-    for i, r in enumerate(rows):
-        if len(r) > width:
-            raise ValueError(f"row {i} has {len(r)} tokens; width is {width}")
-        if len(r):
-            tokens[i, width - len(r):], mask[i, width - len(r):] = r, 1
-    return tokens, mask
+from align_jax.sampling.sampler import pad_prompts
 
 
 def left_padded_positions(mask: jax.Array) -> jax.Array:  # [B, W] -> [B, W] int32, first real token 0
@@ -74,8 +61,7 @@ def site_activations(
         idx = order[start:start + batch_size]
         batch = [rows[i] for i in idx]
         batch += [batch[-1]] * (batch_size - len(batch))
-        width = -(-max(len(r) for r in batch) // bucket) * bucket
-        tokens, mask = left_pad(batch, width, pad_id)
+        tokens, mask = pad_prompts(batch, pad_id, bucket)
         acts = _site_at_offsets(state, jnp.asarray(tokens), jnp.asarray(mask), intervention,
                                 graphdef=graphdef, site=site, offsets=offsets)
         out[idx] = np.asarray(acts)[: len(idx)]

@@ -29,7 +29,8 @@ from flax import nnx
 
 from align_jax.models.decoder import Decoder
 from align_jax.models.interventions import Intervention, ablate_direction, add_vector
-from align_jax.steering.activations import left_pad, left_padded_positions
+from align_jax.sampling.sampler import pad_prompts
+from align_jax.steering.activations import left_padded_positions
 
 
 def diff_in_means(
@@ -65,8 +66,7 @@ def last_logits(
     bucket: int = 16,
     pad_id: int = 0,
 ) -> jax.Array:  # [N, V] float32: next-token logits after each row
-    width = -(-max(len(r) for r in rows) // bucket) * bucket
-    tokens, mask = left_pad(rows, width, pad_id)
+    tokens, mask = pad_prompts(rows, pad_id, bucket)
     graphdef, state = nnx.split(model)
     return _last_logits(state, jnp.asarray(tokens), jnp.asarray(mask), intervention, graphdef=graphdef)
 
