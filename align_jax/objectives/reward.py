@@ -54,6 +54,18 @@ def bradley_terry_loss(
     return loss, metrics
 
 
+def last_token_rewards(
+    hidden: jax.Array,  # [B, L, D] final hidden states, right-padded
+    segment_ids: jax.Array,  # [B, L] > 0 on tokens, 0 on padding
+    head: dict[str, jax.Array],  # {"w": [D] or [E, D], "b": [] or [E]}
+) -> jax.Array:  # [B] (or [B, E] for an ensemble of E heads) float32
+    """A reward model's scalar per sequence: a linear head on the hidden state of its last token
+    (InstructGPT, arXiv:2203.02155). Stacked heads ``w [E, D]`` score E ensemble members at once."""
+    last = jnp.sum(segment_ids > 0, axis=1) - 1  # right padding
+    h = jnp.take_along_axis(hidden, last[:, None, None], axis=1)[:, 0].astype(jnp.float32)  # [B, D]
+    return jnp.einsum("bd,...d->b...", h, head["w"].astype(jnp.float32)) + head["b"].astype(jnp.float32)
+
+
 # ----------------------------------------------------------------------------- ensembles
 
 

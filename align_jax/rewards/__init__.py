@@ -3,7 +3,9 @@
 ``REWARDS`` is a :class:`align_jax.registry.Registry`: a config names rewards
 (``rl.rewards = "ifeval,format"``) and weights them (``rl.reward_weights``). Verifiable rewards
 read what they check from the prompt record's ``info`` (a reference answer, instruction ids).
-Learned rewards (reward models) register here too, under their own names.
+Learned rewards are reward models named ``rm:PATH`` (``rm:PATH@min`` for an ensemble and its
+aggregation rule): see :mod:`align_jax.rewards.model`. They score a whole batch in one call
+(``score_batch``); the verifiable rewards score one completion at a time.
 
 :func:`score` runs every reward on every completion. A reward that raises is recorded as a
 failure for that completion (its message kept, the completion excluded from the update by the
@@ -22,6 +24,7 @@ from align_jax.registry import Registry
 from align_jax.rewards.answers import answer_matches
 
 REWARDS = Registry("reward")
+LEARNED_PREFIX = "rm:"  # rl.rewards = "rm:PATH": a reward model folder
 
 
 @REWARDS.register("toy_letter")
@@ -86,22 +89,51 @@ class Scores:
 
 
 def build(names: Sequence[str], options: dict[str, dict] | None = None) -> list[Callable[[Any, str], float]]:
-    """The named rewards with their options bound (unknown names or options raise at once)."""
+    """The named rewards with their options bound (unknown names or options raise at once).
+
+    ``rm:PATH`` is a reward model (its head and config are checked now, its weights load on first use).
+    """
     if not names:
-        raise ValueError(f"no reward named; valid rewards: {', '.join(REWARDS.names())}")
+        raise ValueError(f"no reward named; valid rewards: {', '.join(REWARDS.names())}, or rm:PATH")
     options = options or {}
-    return [REWARDS.build(name, **options.get(name, {})) for name in names]
+    fns = []
+    for name in names:
+        if name.startswith(LEARNED_PREFIX):
+            from align_jax.rewards.model import LazyRewardModel
+
+            fns.append(LazyRewardModel(name[len(LEARNED_PREFIX):], **options.get(name, {})))
+        else:
+            fns.append(REWARDS.build(name, **options.get(name, {})))
+    return fns
 
 
 def score(names: Sequence[str], fns: Sequence[Callable], records: Sequence[Any], completions: Sequence[str]) -> Scores:
-    """Every reward on every (record, completion); failures are recorded, not zeroed."""
+    """Every reward on every (record, completion); failures are recorded, not zeroed.
+
+    A reward with a ``score_batch(records, completions) -> [N]`` method (a reward model) scores the
+    batch in one call; if that call raises, every completion fails for that reward.
+    """
     if len(records) != len(completions):
         raise ValueError(f"{len(records)} records but {len(completions)} completions")
     values = np.full((len(completions), len(fns)), np.nan, np.float32)
     failed = np.zeros(values.shape, bool)
     errors = []
-    for i, (record, text) in enumerate(zip(records, completions)):
-        for k, fn in enumerate(fns):
+    for k, fn in enumerate(fns):
+        if hasattr(fn, "score_batch"):
+            try:
+                column = np.asarray(fn.score_batch(records, completions), np.float32)
+                if column.shape != (len(completions),):
+                    raise ValueError(f"score_batch returned shape {column.shape}, expected ({len(completions)},)")
+            except Exception as e:  # noqa: BLE001 - a failed batch fails each of its completions
+                failed[:, k] = True
+                errors.append(f"reward {names[k]!r} on all {len(completions)} completions: {type(e).__name__}: {e}")
+                continue
+            bad = ~np.isfinite(column)
+            values[:, k] = np.where(bad, np.nan, column)
+            failed[:, k] = bad
+            errors += [f"reward {names[k]!r} on completion {i}: non-finite reward {column[i]}" for i in np.flatnonzero(bad)]
+            continue
+        for i, (record, text) in enumerate(zip(records, completions)):
             try:
                 value = float(fn(record, text))
                 if not np.isfinite(value):

@@ -31,6 +31,7 @@ from align_jax.data.packing import pad
 from align_jax.data.tokenization import Tokenize
 from align_jax.models import LoadedModel, load_model, save_hf_dir
 from align_jax.parallel.mesh import make_mesh
+from align_jax.rewards.model import save_head
 from align_jax.training import data_setup as D
 from align_jax.training import step as S
 from align_jax.training.checkpointing import Checkpointer, SaveCadence, check_finite
@@ -146,8 +147,10 @@ def finish(cfg: RunConfig, spec, state, lm: LoadedModel, workdir: Path, result: 
     if export:
         result["export"] = export
     (workdir / "result.json").write_text(json.dumps(result, indent=2, default=str))
-    return {**result, "loaded": lm, "policy_state": S.policy_state(spec, state.params, state.frozen),
-            "graphdef": spec.graphdef}
+    live = {"loaded": lm, "policy_state": S.policy_state(spec, state.params, state.frozen), "graphdef": spec.graphdef}
+    if "reward_head" in state.params:
+        live["reward_head"] = state.params["reward_head"]
+    return {**result, **live}
 
 
 def export_policy(cfg: RunConfig, spec, state, lm: LoadedModel, workdir: Path) -> str | None:
@@ -159,6 +162,11 @@ def export_policy(cfg: RunConfig, spec, state, lm: LoadedModel, workdir: Path) -
         return None
     export = save_hf_dir(policy, workdir / "export")
     lm.tokenizer.save_pretrained(export)
+    if cfg.train.task == "reward_model":  # the trunk plus its head: a folder rewards.model loads
+        head = S.gather_to_hosts(state.params["reward_head"])
+        save_head(export, head, max_length=cfg.data.max_length,
+                  max_prompt_length=cfg.data.max_prompt_length or None, chat_template=lm.chat_template,
+                  loss=cfg.loss_name, loss_options=dict(cfg.loss_options), source=lm.source)
     return str(export)
 
 

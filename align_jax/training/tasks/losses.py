@@ -22,7 +22,7 @@ import jax.numpy as jnp
 from align_jax.models.decoder import Decoder
 from align_jax.objectives.calibration import confidence_brier_loss, label_smoothed_cross_entropy
 from align_jax.objectives.logprobs import sequence_logps
-from align_jax.objectives.reward import bradley_terry_loss
+from align_jax.objectives.reward import bradley_terry_loss, last_token_rewards
 from align_jax.objectives.types import PreferenceInputs, SequenceLogps, UnpairedInputs
 from align_jax.training.packed_pairs import is_packed, packed_example_weight, packed_sides_logps
 
@@ -149,23 +149,27 @@ def unpaired_loss(model: Decoder, batch: Batch, loss_fn: Callable) -> tuple[jax.
 
 
 def sequence_rewards(model: Decoder, head: Mapping[str, jax.Array], batch: Batch, side: str) -> jax.Array:
-    """Scalar reward per sequence: a linear head on the final hidden state of its last token."""
+    """Scalar reward per sequence ([B], or [B, E] for stacked heads): a linear head on the final
+    hidden state of its last token (:func:`align_jax.objectives.reward.last_token_rewards`)."""
     hidden = model(
         batch[f"{side}_tokens"], batch[f"{side}_positions"], batch[f"{side}_segment_ids"], return_logits=False
     ).final_hidden  # [B, L, D]
-    last = jnp.sum(batch[f"{side}_segment_ids"] > 0, axis=1) - 1  # right padding
-    h = jnp.take_along_axis(hidden, last[:, None, None], axis=1)[:, 0].astype(jnp.float32)
-    return h @ head["w"] + head["b"]
+    return last_token_rewards(hidden, batch[f"{side}_segment_ids"], head)
 
 
 def reward_model_loss(
-    model: Decoder, head: Mapping[str, jax.Array], batch: Batch, *, center_coef: float = 0.0
+    model: Decoder, head: Mapping[str, jax.Array], batch: Batch, *, center_coef: float = 0.0, margin: float = 0.0
 ) -> tuple[jax.Array, dict, jax.Array]:
-    """Bradley-Terry loss of a reward model (decoder + linear head) on preference pairs."""
+    """Bradley-Terry loss of a reward model (decoder + linear head) on preference pairs.
+
+    ``center_coef`` pins the reward's offset (arXiv:2312.09244); ``margin`` asks the chosen reward
+    to exceed the rejected one by that much (a constant form of Llama 2's margin, arXiv:2307.09288).
+    """
     chosen = sequence_rewards(model, head, batch, "chosen")
     rejected = sequence_rewards(model, head, batch, "rejected")
     weight = _weight(batch, chosen.shape[0])
-    loss, metrics = bradley_terry_loss(chosen, rejected, mask=weight, center_coef=center_coef)
+    margins = jnp.full_like(chosen, margin) if margin else None
+    loss, metrics = bradley_terry_loss(chosen, rejected, margins, mask=weight, center_coef=center_coef)
     return loss, {"loss": loss, **metrics}, jnp.sum(weight)
 
 

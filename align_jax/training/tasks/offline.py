@@ -23,7 +23,16 @@ from align_jax.training.tasks.losses import (
 SFT_LOSSES = Registry("sft loss")
 SFT_LOSSES.register("sft")(sft_loss)
 REWARD_MODEL_LOSSES = Registry("reward-model loss")
-REWARD_MODEL_LOSSES.register("bradley_terry")(reward_model_loss)
+
+
+def _check_bradley_terry(*, center_coef: float, margin: float) -> None:
+    if center_coef < 0:
+        raise ValueError(f"center_coef must be >= 0, got {center_coef}")
+    if margin < 0:
+        raise ValueError(f"margin must be >= 0, got {margin}")
+
+
+REWARD_MODEL_LOSSES.register("bradley_terry", paper="2203.02155", validate=_check_bradley_terry)(reward_model_loss)
 CALIBRATION_TASK_LOSSES = Registry("calibration task loss")
 CALIBRATION_TASK_LOSSES.register("confidence_brier", paper="2508.18847")(calibration_loss)
 

@@ -1,0 +1,167 @@
+"""Reward models as parts: a reward-model run exports trunk + head, ``load_reward_model`` scores what
+the training-time head scored, the RL reward registry takes one by path, and broken folders fail
+with the file named. The toy character model keeps it fast."""
+
+import json
+import sys
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import safetensors.numpy
+from flax import nnx
+
+from align_jax import rewards as R
+from align_jax.data.records import PreferenceRecord, PromptRecord
+from align_jax.data.tokenization import Tokenize
+from align_jax.models.registry import load_model
+from align_jax.models.toy import materialize
+from align_jax.parallel.mesh import make_mesh
+from align_jax.rewards.model import HEAD_FILE, RewardModelError, load_reward_model, save_reward_model
+from align_jax.training.tasks import sequence_rewards
+from align_jax.training.tasks.offline import REWARD_MODEL_LOSSES
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "training"))
+from engine_config import make_config  # noqa: E402
+
+PROMPTS = ["Add 2 and 3.", "Name a colour.", "Say hi.", "Count to four.", "What is up?"]
+GOOD = ["5", "blue", "hi there", "1 2 3 4", "the sky"]
+BAD = ["no", "I won't", "...", "x", "?"]
+
+
+def stack(rows, side):
+    return {f"{side}_{k}": jnp.asarray(np.stack([r[f"{side}_{k}"] for r in rows]))
+            for k in ("tokens", "positions", "segment_ids")}
+
+
+@pytest.fixture(scope="module")
+def toy():
+    return load_model(path=materialize())
+
+
+@pytest.fixture(scope="module")
+def random_rm(toy, tmp_path_factory):
+    """The toy trunk with a random head, saved as a reward-model folder; and the head."""
+    rng = np.random.RandomState(0)
+    head = {"w": jnp.asarray(rng.randn(64).astype(np.float32)), "b": jnp.float32(0.25)}
+    folder = save_reward_model(tmp_path_factory.mktemp("rm") / "rm", toy.model, head, toy.tokenizer, max_length=64,
+                               chat_template=toy.chat_template)
+    return folder, head
+
+
+def training_time_rewards(model, head, tokenizer, template, max_length, prompts, replies):
+    tok = Tokenize(tokenizer, template=template, max_length=max_length)
+    rows = [tok(PreferenceRecord(p, c, "-")) for p, c in zip(prompts, replies)]
+    return np.asarray(sequence_rewards(model, head, stack(rows, "chosen"), "chosen"))
+
+
+def test_loaded_reward_model_scores_what_the_head_scored(toy, random_rm):
+    folder, head = random_rm
+    want = training_time_rewards(toy.model, head, toy.tokenizer, toy.chat_template, 64, PROMPTS, GOOD)
+    rm = load_reward_model(folder, batch_size=2)  # 3 batches, the last one short
+    got = rm.score(PROMPTS, GOOD)
+    assert got.shape == (5,) and np.ptp(got) > 1e-3  # distinct rewards: the comparison can fail
+    np.testing.assert_allclose(got, want, atol=1e-5)
+    # chat messages are prompts too
+    np.testing.assert_allclose(rm.score([[{"role": "user", "content": PROMPTS[0]}]], GOOD[:1]), want[:1], atol=1e-5)
+
+
+@pytest.mark.skipif(len(jax.devices()) < 8, reason="needs 8 (forced CPU) devices")
+def test_sharded_scores_equal_one_device(random_rm):
+    folder, _ = random_rm
+    one = load_reward_model(folder, batch_size=4).score(PROMPTS, GOOD)
+    mesh = make_mesh(data=2, fsdp=2, tensor=2)
+    many = load_reward_model(folder, batch_size=4, mesh=mesh)
+    assert max(len(x.sharding.device_set) for x in jax.tree.leaves(nnx.state(many.lm.model))) == 8
+    np.testing.assert_allclose(many.score(PROMPTS, GOOD), one, atol=1e-5)
+    with pytest.raises(ValueError, match="not a multiple of the mesh's 4 batch shards"):
+        load_reward_model(folder, batch_size=3, mesh=mesh)
+
+
+def test_rl_registry_takes_a_reward_model_by_path(random_rm):
+    folder, _ = random_rm
+    records = [PromptRecord(p) for p in PROMPTS]
+    names = ("format", f"rm:{folder}")
+    scores = R.score(names, R.build(names), records, GOOD)
+    assert not scores.failed.any()
+    np.testing.assert_allclose(scores.values[:, 1], load_reward_model(folder).score(PROMPTS, GOOD), atol=1e-6)
+
+
+def test_ensemble_heads_need_a_rule_and_aggregate_like_numpy(toy, tmp_path):
+    rng = np.random.RandomState(1)
+    w, b = rng.randn(3, 64).astype(np.float32), rng.randn(3).astype(np.float32)
+    folder = save_reward_model(tmp_path / "ens", toy.model, {"w": w, "b": b}, toy.tokenizer, max_length=64)
+    members = load_reward_model(folder).score(PROMPTS, GOOD)  # [N, E] un-aggregated
+    assert members.shape == (5, 3)
+    for e in range(3):  # each member is its own head
+        one = training_time_rewards(toy.model, {"w": jnp.asarray(w[e]), "b": jnp.asarray(b[e])}, toy.tokenizer,
+                                    toy.chat_template, 64, PROMPTS, GOOD)
+        np.testing.assert_allclose(members[:, e], one, atol=1e-5)
+    with pytest.raises(RewardModelError, match="ensemble of 3 heads; name an aggregation rule"):
+        R.build([f"rm:{folder}"])
+    records = [PromptRecord(p) for p in PROMPTS]
+    for rule, want in (("min", members.min(1)), ("mean", members.mean(1)),
+                       ("mean-minus-std", members.mean(1) - members.std(1))):
+        got = R.score([rule], R.build([f"rm:{folder}@{rule}"]), records, GOOD).values[:, 0]
+        np.testing.assert_allclose(got, want, atol=1e-5)
+
+
+def test_broken_reward_model_folders_name_the_file(toy, random_rm, tmp_path):
+    folder, head = random_rm
+    with pytest.raises(RewardModelError, match="no such reward-model folder"):
+        load_reward_model(tmp_path / "nowhere")
+    policy_only = tmp_path / "policy"
+    save_reward_model(policy_only, toy.model, head, toy.tokenizer, max_length=64)
+    (policy_only / HEAD_FILE).unlink()
+    with pytest.raises(RewardModelError, match=rf"{policy_only / HEAD_FILE}: missing reward head file"):
+        R.build([f"rm:{policy_only}"])  # checked when named, before any weights load
+    wrong = tmp_path / "wrong"
+    save_reward_model(wrong, toy.model, {"w": np.zeros(32, np.float32), "b": np.float32(0)}, toy.tokenizer,
+                      max_length=64)
+    with pytest.raises(RewardModelError, match=r"head w has shape \[32\] but the trunk's hidden size is 64"):
+        load_reward_model(wrong)
+    safetensors.numpy.save_file({"w": np.zeros(64, np.float32)}, str(wrong / HEAD_FILE))
+    with pytest.raises(RewardModelError, match=r"lacks tensor\(s\) \['b'\]"):
+        load_reward_model(wrong)
+
+
+def test_margin_option_shifts_the_bradley_terry_logit(toy):
+    tok = Tokenize(toy.tokenizer, template=toy.chat_template, max_length=64)
+    rows = [tok(PreferenceRecord(p, c, r)) for p, c, r in zip(PROMPTS, GOOD, BAD)]
+    batch = {**stack(rows, "chosen"), **stack(rows, "rejected")}
+    head = {"w": jnp.asarray(np.random.RandomState(2).randn(64).astype(np.float32)), "b": jnp.float32(0)}
+    diff = np.asarray(sequence_rewards(toy.model, head, batch, "chosen") - sequence_rewards(toy.model, head, batch, "rejected"))
+    loss, _, _ = REWARD_MODEL_LOSSES.build("bradley_terry", margin=0.5)(toy.model, head, batch)
+    np.testing.assert_allclose(loss, np.mean(np.log1p(np.exp(-(diff - 0.5)))), rtol=1e-5)
+    with pytest.raises(ValueError, match="margin must be >= 0"):
+        REWARD_MODEL_LOSSES.build("bradley_terry", margin=-1.0)
+
+
+@pytest.fixture(scope="module")
+def pairs_file(tmp_path_factory):
+    path = tmp_path_factory.mktemp("rm_data") / "pairs.jsonl"
+    with path.open("w") as f:
+        for i in range(24):
+            f.write(json.dumps({"prompt": PROMPTS[i % 5] + f" #{i}", "chosen": GOOD[i % 5], "rejected": BAD[i % 5]}) + "\n")
+    return path
+
+
+def test_reward_model_run_exports_a_folder_that_scores_like_training(pairs_file, tmp_path):
+    from align_jax.training.config import parse_config
+    from align_jax.training.loop import run
+
+    c = make_config(materialize(), pairs_file, train__task="reward_model", reference__mode="none",
+                    train__export_hf=True, train__steps=3, optimizer__total_steps=3, data__max_length=64)
+    c.loss = dict(name="bradley_terry", center_coef=0.01, margin=0.1)
+    result = run(parse_config(c), tmp_path / "run")
+    head = result["reward_head"]
+    assert float(jnp.abs(head["w"]).sum()) > 0  # trained away from the zero init
+    model = nnx.merge(result["graphdef"], result["policy_state"])
+    lm = result["loaded"]
+    prompts = [p + " #0" for p in PROMPTS]
+    want = training_time_rewards(model, head, lm.tokenizer, lm.chat_template, 64, prompts, GOOD + BAD[:0])
+    rm = load_reward_model(result["export"])
+    assert rm.meta["loss_options"] == {"center_coef": 0.01, "margin": 0.1} and rm.tokenize.max_length == 64
+    np.testing.assert_allclose(rm.score(prompts, GOOD), want, atol=1e-5)
