@@ -25,7 +25,7 @@ def base_config() -> ml_collections.ConfigDict:
                   tfds_data_dir=optional_str(), manual_dir=optional_str(), train_split="train", eval_split="",
                   format=optional_str(), fields={}, on_error="raise", max_length=128, max_prompt_length=0,
                   truncation="truncate", pair_layout="separate", group_multiple=64, batch_size=8, micro_batches=1,
-                  max_train_examples=0, max_eval_examples=64, seed=0)
+                  max_train_examples=0, max_eval_examples=64, seed=0, group_field="", groups="")
     c.reference = dict(mode="precomputed", sync_every=0, sync_alpha=1.0, cache_dir=optional_str())
     c.lora = dict(rank=0, alpha=16.0, targets=r"attn/(q|k|v|o)|mlp/(gate|up|down)", seed=0)
     # checkpoints every `checkpoint_every` steps and at least every `checkpoint_every_seconds` (5 min of work at risk)
@@ -36,8 +36,8 @@ def base_config() -> ml_collections.ConfigDict:
     c.optimizer = dict(learning_rate=5e-6, schedule="cosine", warmup_steps=0, total_steps=0, weight_decay=0.0,
                        b1=0.9, b2=0.999, eps=1e-8, max_grad_norm=1.0)
     # Online RL (train.task="grpo" / "ppo") only: rollouts, rewards, advantages, KL.
-    c.rl = dict(rewards="toy_letter", reward_weights="", prompts_per_step=8, group_size=8, max_new_tokens=32,
-                temperature=1.0, top_p=1.0, top_k=0, advantage="grpo", epochs=1, minibatches=1, kl_coef=0.0,
+    c.rl = dict(rewards="toy_letter", reward_weights="", reward_combine="sum", prompts_per_step=8, group_size=8,
+                max_new_tokens=32, temperature=1.0, top_p=1.0, top_k=0, advantage="grpo", epochs=1, minibatches=1, kl_coef=0.0,
                 kl_estimator="k3", kl_in="loss", dynamic_sampling=False, overlong_buffer=0, overlong_penalty=1.0,
                 recompute_old_logps=False, eval_prompts=32, gamma=1.0, lam=0.95, value_coef=0.1, clip_eps_value=0.2)
     c.loss = dict(name="dpo", beta=0.1)

@@ -24,7 +24,7 @@ import json
 import logging
 import os
 from pathlib import Path
-from typing import Any, Callable, Iterator, Mapping
+from typing import Any, Callable, Iterator, Mapping, Sequence
 
 from align_jax.data import hh_rlhf
 from align_jax.data.records import RECORD_KINDS, RecordError, check_fields, record_from_row
@@ -174,23 +174,41 @@ def load_records(
     format: str | None = None,
     on_error: str = "raise",
     max_logged: int = 5,
+    group_field: str | None = None,
+    groups: Sequence[str] = (),
 ) -> tuple[list[Any], SourceStats]:
     """All records of one file and the counts of what was read and skipped.
 
     ``kind``: ``"sft"``, ``"preference"``, ``"ranked"``, ``"unpaired"``, ``"prompt"`` or
     ``"hh_rlhf"`` (preference pairs from transcripts). ``fields`` maps record fields to the
     file's columns, e.g. ``{"prompt": "question", "chosen": "answer_good"}``.
+
+    ``group_field`` names a column holding each row's group id (MaxMin-RLHF, arXiv:2402.08925):
+    every row must have it, and with ``groups`` only rows of those groups are kept (the others are
+    counted as ``skipped["other_group"]``); a named group no row has is an error listing the groups present.
     """
     if on_error not in ON_ERROR:
         raise ValueError(f"on_error must be one of {ON_ERROR}, got {on_error!r}")
     parse = row_parser(kind, fields)
     stats = SourceStats(str(path))
+    seen_groups: collections.Counter = collections.Counter()
+    groups = tuple(str(g) for g in groups)
+    if groups and not group_field:
+        raise ValueError(f"groups {list(groups)} given without a group_field naming the column that holds them")
     records = []
     for where, row in read_rows(path, format):
         stats.rows += 1
         try:
             if isinstance(row, RecordError):
                 raise row
+            if group_field:
+                if not isinstance(row, Mapping) or group_field not in row:
+                    raise DataError(f"{path}, {where}: the row has no group field {group_field!r}")
+                group = str(row[group_field])
+                seen_groups[group] += 1
+                if groups and group not in groups:
+                    stats.skipped["other_group"] += 1
+                    continue
             record = parse(row)
         except RecordError as e:
             if on_error == "raise":
@@ -201,6 +219,10 @@ def load_records(
             continue
         records.append(record)
     stats.records = len(records)
+    absent = [g for g in groups if not seen_groups[g]]
+    if group_field and absent:
+        raise DataError(f"{path}: group(s) {absent} absent from field {group_field!r} "
+                        f"(groups present: {dict(sorted(seen_groups.items()))})")
     if stats.num_skipped:
         log.warning(
             "%s: skipped %d of %d rows %s; first: %s",

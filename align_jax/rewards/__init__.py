@@ -80,8 +80,15 @@ class Scores:
     failed: np.ndarray  # [N, K] bool
     errors: list[str]  # one message per failure ("reward 'x' on completion i: ...")
 
-    def total(self, weights: Sequence[float]) -> np.ndarray:  # [N] float32; NaN where any reward failed
-        return (np.asarray(self.values, np.float64) @ np.asarray(weights, np.float64)).astype(np.float32)
+    def total(self, weights: Sequence[float], combine: str = "sum") -> np.ndarray:  # [N] float32; NaN where any failed
+        """``sum_k w_k r_k``, or with ``combine="min"`` the worst weighted reward ``min_k w_k r_k``: with one
+        reward model per group of annotators, the MaxMin-RLHF objective (arXiv:2402.08925)."""
+        weighted = np.asarray(self.values, np.float64) * np.asarray(weights, np.float64)  # [N, K]
+        if combine == "sum":
+            return weighted.sum(axis=1).astype(np.float32)
+        if combine == "min":
+            return weighted.min(axis=1).astype(np.float32)  # NaN propagates, as for the sum
+        raise ValueError(f"combine must be 'sum' or 'min', got {combine!r}")
 
     @property
     def ok(self) -> np.ndarray:  # [N] bool: every reward succeeded

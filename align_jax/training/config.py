@@ -62,6 +62,12 @@ class DataSection:
     max_train_examples: int = 0  # 0: all
     max_eval_examples: int = 64
     seed: int = 0
+    group_field: str = ""  # file sources: the column holding each row's group id (MaxMin-RLHF)
+    groups: str = ""  # comma-separated group ids to keep ("": all); needs group_field
+
+    @property
+    def group_ids(self) -> tuple[str, ...]:
+        return tuple(g.strip() for g in self.groups.split(",") if g.strip())
 
 
 @dataclasses.dataclass(frozen=True)
@@ -102,6 +108,7 @@ class RLSection:
 
     rewards: str = "toy_letter"  # comma-separated names from align_jax.rewards.REWARDS
     reward_weights: str = ""  # comma-separated weights, one per reward ("": all 1)
+    reward_combine: str = "sum"  # "sum": sum_k w_k r_k; "min": min_k w_k r_k (MaxMin-RLHF, arXiv:2402.08925)
     prompts_per_step: int = 8  # P prompts per rollout batch
     group_size: int = 8  # G samples per prompt: P * G rows per rollout batch
     max_new_tokens: int = 32
@@ -128,6 +135,8 @@ class RLSection:
         for name in ("prompts_per_step", "group_size", "max_new_tokens", "epochs", "minibatches"):
             if getattr(self, name) < 1:
                 raise ValueError(f"rl.{name} must be >= 1, got {getattr(self, name)}")
+        if self.reward_combine not in ("sum", "min"):
+            raise ValueError(f"rl.reward_combine must be 'sum' or 'min', got {self.reward_combine!r}")
         if self.kl_in not in ("loss", "reward"):
             raise ValueError(f"rl.kl_in must be 'loss' or 'reward', got {self.kl_in!r}")
         if (self.prompts_per_step * self.group_size) % self.minibatches:
@@ -180,6 +189,11 @@ class RunConfig:
             raise ValueError(f"data.group_multiple must be >= 1, got {self.data.group_multiple}")
         if self.data.batch_size % self.data.micro_batches:
             raise ValueError("data.batch_size must be a multiple of data.micro_batches")
+        if self.data.group_ids and not self.data.group_field:
+            raise ValueError(f"data.groups={self.data.groups!r} needs data.group_field (the column holding group ids)")
+        if self.data.group_field and self.data.source not in FILE_SOURCES:
+            raise ValueError(f"data.group_field reads a column of a data file: data.source={self.data.source!r} "
+                             f"is not a file source ({FILE_SOURCES})")
         if self.data.source in FILE_SOURCES and not self.data.train_path:
             raise ValueError(f"data.source={self.data.source!r} needs data.train_path")
         if task.reference == "none" and self.reference.mode != "none":

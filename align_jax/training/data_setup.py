@@ -29,7 +29,8 @@ class Splits:
 
 
 def _file_records(path: str, source: str, data: DataSection):
-    records, stats = load_records(path, source, dict(data.fields) or None, format=data.format, on_error=data.on_error)
+    records, stats = load_records(path, source, dict(data.fields) or None, format=data.format, on_error=data.on_error,
+                                  group_field=data.group_field or None, groups=data.group_ids)
     return records, {"rows": stats.rows, "records": stats.records, "skipped": dict(stats.skipped)}
 
 

@@ -98,7 +98,8 @@ def build_state(cfg: RunConfig, lm: LoadedModel, mesh, task_loss, *, reference_f
         spec,
         jax.tree.map(jnp.copy, model_state),
         lora_key=jax.random.key(cfg.lora.seed),
-        reward_head=init_reward_head(lm.model.cfg.hidden_size) if task.uses_head else None,
+        reward_head=init_reward_head(lm.model.cfg.hidden_size, int(dict(cfg.loss_options).get("ensemble_size", 1)))
+        if task.uses_head else None,
     )
     state_sh = S.train_state_shardings(state, mesh)
     return spec, S.shard_state(state, state_sh), state_sh

@@ -271,7 +271,7 @@ def run_online(cfg: RunConfig, workdir: str | Path) -> dict[str, Any]:
         out = jax.device_get(engine.rollout(state, eval_set.tokens, eval_set.mask, base_key, greedy))
         texts = _decode(lm.tokenizer, out["tokens"][:, eval_set.width:], out["completion_mask"])
         scores = R.score(rl.reward_names, reward_fns, eval_set.records, texts)
-        total = scores.total(rl.weights)
+        total = scores.total(rl.weights, rl.reward_combine)
         metrics = {"eval/reward": float(np.nanmean(total)) if scores.ok.any() else float("nan"),
                    "eval/response_length": float(out["completion_mask"].sum(1).mean()),
                    "eval/reward_failures": float(scores.failed.any(1).sum())}
@@ -334,7 +334,7 @@ def _rl_step(cfg, engine: OnlineRL, train_step, state, step, prompt_idx, prompts
     for message in scores.errors[:3]:
         logging.warning("step %d: %s", step, message)
     lengths = batch["completion_mask"].sum(1)
-    total = scores.total(rl.weights) + overlong_penalty(lengths, rl.max_new_tokens, rl.overlong_buffer,
+    total = scores.total(rl.weights, rl.reward_combine) + overlong_penalty(lengths, rl.max_new_tokens, rl.overlong_buffer,
                                                         rl.overlong_penalty)
     t_score = time.perf_counter()
     extra = jax.device_get(engine.logps_pass(state, batch)) if (engine.recompute or engine.need_ref or engine.ppo) else {}

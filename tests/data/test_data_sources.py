@@ -166,3 +166,22 @@ def test_hh_real_file():
         assert prompt + "\n\nAssistant: " + r.rejected == row["rejected"]
     with pytest.raises(sources.DataError, match=r"line 87: empty_text"):
         sources.load_records(HH_FILE, "hh_rlhf")
+
+
+def test_group_field_keeps_the_named_groups_and_names_what_is_missing(tmp_path):
+    """MaxMin-RLHF records carry a group id: rows of other groups are counted, absent groups and rows
+    without the field are errors naming the file (and line)."""
+    rows = [{"prompt": f"q{i}", "chosen": "a", "rejected": "b", "group": "AB"[i % 2]} for i in range(5)]
+    path = tmp_path / "groups.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    records, stats = sources.load_records(path, "preference", group_field="group", groups=["B"])
+    assert [r.prompt[-1]["content"] for r in records] == ["q1", "q3"] and stats.skipped["other_group"] == 3
+    everything, _ = sources.load_records(path, "preference", group_field="group")
+    assert len(everything) == 5
+    with pytest.raises(sources.DataError, match=r"groups.jsonl: group\(s\) \['C'\] absent from field 'group' "
+                                                r"\(groups present: \{'A': 3, 'B': 2\}\)"):
+        sources.load_records(path, "preference", group_field="group", groups=["A", "C"])
+    with pytest.raises(sources.DataError, match=r"groups.jsonl, line 1: the row has no group field 'annotator'"):
+        sources.load_records(path, "preference", group_field="annotator")
+    with pytest.raises(ValueError, match="without a group_field"):
+        sources.load_records(path, "preference", groups=["A"])

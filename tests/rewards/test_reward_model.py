@@ -165,3 +165,55 @@ def test_reward_model_run_exports_a_folder_that_scores_like_training(pairs_file,
     rm = load_reward_model(result["export"])
     assert rm.meta["loss_options"] == {"center_coef": 0.01, "margin": 0.1} and rm.tokenize.max_length == 64
     np.testing.assert_allclose(rm.score(prompts, GOOD), want, atol=1e-5)
+
+
+def test_bootstrap_weights_are_poisson_counts_fixed_per_example():
+    from align_jax.training.tasks.losses import bootstrap_weights
+
+    tokens = jnp.asarray(np.random.RandomState(3).randint(0, 1000, (4000, 12)), jnp.int32)
+    w = np.asarray(bootstrap_weights(tokens, 3, seed=0))
+    assert w.shape == (4000, 3) and np.all(w == np.round(w)) and w.min() >= 0
+    assert abs(w.mean() - 1) < 0.05 and abs(w.var() - 1) < 0.1  # Poisson(1)
+    assert np.corrcoef(w[:, 0], w[:, 1])[0, 1] < 0.05  # members resample independently
+    perm = np.random.RandomState(4).permutation(4000)
+    np.testing.assert_array_equal(np.asarray(bootstrap_weights(tokens[perm], 3, seed=0)), w[perm])  # per example
+    assert not np.array_equal(np.asarray(bootstrap_weights(tokens, 3, seed=1)), w)
+
+
+def test_ensemble_loss_is_the_mean_of_member_losses_on_their_resamples(toy):
+    from align_jax.training.tasks.losses import bootstrap_weights
+
+    tok = Tokenize(toy.tokenizer, template=toy.chat_template, max_length=64)
+    rows = [tok(PreferenceRecord(p, c, r)) for p, c, r in zip(PROMPTS, GOOD, BAD)]
+    batch = {**stack(rows, "chosen"), **stack(rows, "rejected")}
+    rng = np.random.RandomState(5)
+    head = {"w": jnp.asarray(rng.randn(3, 64).astype(np.float32)), "b": jnp.asarray(rng.randn(3).astype(np.float32))}
+    loss, metrics, _ = REWARD_MODEL_LOSSES.build("bradley_terry", ensemble_size=3, center_coef=0.01, margin=0.2)(
+        toy.model, head, batch)
+    boot = np.asarray(bootstrap_weights(batch["chosen_tokens"], 3, 0))
+    want = []
+    for e in range(3):
+        member = {"w": head["w"][e], "b": head["b"][e]}
+        c = np.asarray(sequence_rewards(toy.model, member, batch, "chosen"), np.float64)
+        r = np.asarray(sequence_rewards(toy.model, member, batch, "rejected"), np.float64)
+        per = np.log1p(np.exp(-(c - r - 0.2))) + 0.01 * (c + r) ** 2
+        want.append(np.sum(per * boot[:, e]) / max(boot[:, e].sum(), 1e-9))
+    np.testing.assert_allclose(loss, np.mean(want), rtol=1e-5)
+    assert float(metrics["rm/ensemble_std"]) > 0
+
+
+def test_ensemble_run_exports_stacked_heads(pairs_file, tmp_path):
+    from align_jax.training.config import parse_config
+    from align_jax.training.loop import run
+
+    c = make_config(materialize(), pairs_file, train__task="reward_model", reference__mode="none",
+                    train__export_hf=True, train__steps=2, optimizer__total_steps=2, data__max_length=64)
+    c.loss = dict(name="bradley_terry", ensemble_size=2)
+    result = run(parse_config(c), tmp_path / "ens")
+    w = np.asarray(result["reward_head"]["w"])
+    assert w.shape == (2, 64) and not np.allclose(w[0], w[1])  # the resamples made the members differ
+    rm = load_reward_model(result["export"])
+    assert rm.ensemble_size == 2 and rm.score(PROMPTS, GOOD).shape == (5, 2)
+    records = [PromptRecord(p) for p in PROMPTS]
+    got = R.score(["m"], R.build([f"rm:{result['export']}@min"]), records, GOOD).values[:, 0]
+    np.testing.assert_allclose(got, rm.score(PROMPTS, GOOD).min(1), atol=1e-6)

@@ -56,3 +56,17 @@ def test_weighted_total_and_unknown_names():
         R.build(["exact"])
     with pytest.raises(ValueError, match="no reward named"):
         R.build([])
+
+
+def test_total_sums_or_takes_the_worst_weighted_reward():
+    values = np.array([[0.2, 0.9], [0.7, 0.1], [np.nan, 0.5]], np.float32)
+    scores = R.Scores(("a", "b"), values, np.isnan(values), [])
+    np.testing.assert_allclose(scores.total([1.0, 2.0])[:2], [2.0, 0.9], rtol=1e-6)
+    np.testing.assert_allclose(scores.total([1.0, 2.0], "min")[:2], [0.2, 0.2], rtol=1e-6)  # min(0.2, 1.8), min(0.7, 0.2)
+    assert np.isnan(scores.total([1.0, 1.0], "min")[2]) and np.isnan(scores.total([1.0, 1.0])[2])
+    with pytest.raises(ValueError, match="combine must be 'sum' or 'min'"):
+        scores.total([1.0, 1.0], "max")
+    from align_jax.training.config import RLSection
+
+    with pytest.raises(ValueError, match="rl.reward_combine must be 'sum' or 'min'"):
+        RLSection(reward_combine="mean")

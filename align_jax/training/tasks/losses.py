@@ -157,24 +157,67 @@ def sequence_rewards(model: Decoder, head: Mapping[str, jax.Array], batch: Batch
     return last_token_rewards(hidden, batch[f"{side}_segment_ids"], head)
 
 
+def bootstrap_weights(
+    tokens: jax.Array,  # [B, L] int: the rows that identify each example (its chosen sequence)
+    ensemble_size: int,
+    seed: int,
+) -> jax.Array:  # [B, E] float32 Poisson(1) counts, fixed per example and member
+    """Bootstrap resampling for ensemble member ``e``: each example counts ``Poisson(1)`` times, drawn
+    from a hash of its token ids, so a member sees the same resample in every epoch and on every host
+    (Poisson bootstrap, as online bagging: Oza and Russell 2001)."""
+    positions = jnp.arange(1, tokens.shape[1] + 1, dtype=jnp.uint32)
+    digest = jnp.sum(tokens.astype(jnp.uint32) * (positions * jnp.uint32(2654435761)), axis=1)  # [B] mod 2^32
+    base = jax.random.key(seed)
+
+    def draw(e, h):
+        return jax.random.poisson(jax.random.fold_in(jax.random.fold_in(base, e), h), 1.0)
+
+    members = jnp.arange(ensemble_size, dtype=jnp.uint32)
+    return jax.vmap(lambda h: jax.vmap(lambda e: draw(e, h))(members))(digest).astype(jnp.float32)
+
+
 def reward_model_loss(
-    model: Decoder, head: Mapping[str, jax.Array], batch: Batch, *, center_coef: float = 0.0, margin: float = 0.0
+    model: Decoder, head: Mapping[str, jax.Array], batch: Batch, *, center_coef: float = 0.0, margin: float = 0.0,
+    ensemble_size: int = 1, bootstrap: bool = True, bootstrap_seed: int = 0,
 ) -> tuple[jax.Array, dict, jax.Array]:
     """Bradley-Terry loss of a reward model (decoder + linear head) on preference pairs.
 
     ``center_coef`` pins the reward's offset (arXiv:2312.09244); ``margin`` asks the chosen reward
     to exceed the rejected one by that much (a constant form of Llama 2's margin, arXiv:2307.09288).
+    With ``ensemble_size`` E > 1 the head is E stacked heads over one shared trunk (one forward for
+    all members; Coste et al., arXiv:2310.02743 train separate models) and each member's loss weighs
+    the examples by its own bootstrap resample (``bootstrap``); the loss is the members' mean, and
+    ``rm/ensemble_std`` is their disagreement (the std of the members' rewards, averaged over examples).
     """
-    chosen = sequence_rewards(model, head, batch, "chosen")
+    chosen = sequence_rewards(model, head, batch, "chosen")  # [B] or [B, E]
     rejected = sequence_rewards(model, head, batch, "rejected")
     weight = _weight(batch, chosen.shape[0])
-    margins = jnp.full_like(chosen, margin) if margin else None
-    loss, metrics = bradley_terry_loss(chosen, rejected, margins, mask=weight, center_coef=center_coef)
-    return loss, {"loss": loss, **metrics}, jnp.sum(weight)
+    margins = jnp.full(chosen.shape[:1], margin, jnp.float32) if margin else None
+    if ensemble_size == 1:
+        loss, metrics = bradley_terry_loss(chosen, rejected, margins, mask=weight, center_coef=center_coef)
+        return loss, {"loss": loss, **metrics}, jnp.sum(weight)
+    if chosen.ndim != 2 or chosen.shape[1] != ensemble_size:
+        raise ValueError(f"ensemble_size={ensemble_size} but the head scores shape {chosen.shape}")
+    member_weight = weight[:, None] * (
+        bootstrap_weights(batch["chosen_tokens"], ensemble_size, bootstrap_seed) if bootstrap else 1.0)
+    member_weight = jnp.broadcast_to(member_weight, chosen.shape)  # [B, E]: counts, not a 0/1 mask
+    valid = weight[:, None] > 0
+    c, r = jnp.where(valid, chosen, 0.0), jnp.where(valid, rejected, 0.0)
+    per_pair = -jax.nn.log_sigmoid(c - r - margin) + center_coef * jnp.square(c + r)  # [B, E]
+    losses = jnp.sum(per_pair * member_weight, 0) / jnp.maximum(jnp.sum(member_weight, 0), 1e-9)  # [E]
+    loss = jnp.mean(losses)
+    _, metrics = bradley_terry_loss(jnp.mean(chosen, 1), jnp.mean(rejected, 1), margins, mask=weight)
+    metrics = {**metrics, "loss": loss, "rm/loss": loss}
+    metrics["rm/ensemble_std"] = jax.lax.stop_gradient(
+        jnp.sum(jnp.std(chosen, axis=1) * weight) / jnp.maximum(jnp.sum(weight), 1e-9))
+    return loss, metrics, jnp.sum(weight)
 
 
-def init_reward_head(hidden_size: int) -> dict[str, Any]:
-    return {"w": jnp.zeros((hidden_size,), jnp.float32), "b": jnp.zeros((), jnp.float32)}
+def init_reward_head(hidden_size: int, ensemble_size: int = 1) -> dict[str, Any]:
+    """Zero head(s): ``w [D]``, ``b []``; stacked ``[E, D]`` / ``[E]`` for an ensemble."""
+    if ensemble_size == 1:
+        return {"w": jnp.zeros((hidden_size,), jnp.float32), "b": jnp.zeros((), jnp.float32)}
+    return {"w": jnp.zeros((ensemble_size, hidden_size), jnp.float32), "b": jnp.zeros((ensemble_size,), jnp.float32)}
 
 
 def confidence_positions(

@@ -25,7 +25,10 @@ SFT_LOSSES.register("sft")(sft_loss)
 REWARD_MODEL_LOSSES = Registry("reward-model loss")
 
 
-def _check_bradley_terry(*, center_coef: float, margin: float) -> None:
+def _check_bradley_terry(*, center_coef: float, margin: float, ensemble_size: int, bootstrap: bool,
+                         bootstrap_seed: int) -> None:
+    if ensemble_size < 1:
+        raise ValueError(f"ensemble_size must be >= 1, got {ensemble_size}")
     if center_coef < 0:
         raise ValueError(f"center_coef must be >= 0, got {center_coef}")
     if margin < 0:
