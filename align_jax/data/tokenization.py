@@ -132,6 +132,14 @@ class Tokenize:
             return {**out, **stacked, "scores": np.asarray(record.scores, np.float32)}
         raise TypeError(f"not a record: {type(record).__name__}")
 
+    def completions(self, prompt: Sequence[dict] | tuple, replies: dict[str, str]) -> dict[str, np.ndarray]:
+        """The arrays of ``prompt`` (chat messages) with each named reply, as for a record's completions;
+        a reply may be empty (a policy's empty answer is still its end-of-turn token, and is scored).
+        Always truncates (never drops)."""
+        if self.policy != "truncate":
+            raise ValueError("completions() needs policy='truncate'")
+        return self._completions(prompt, replies)
+
     def prompt_ids(self, messages) -> list[int]:
         return chat.encode_chat(self.tokenizer, messages, template=self.template, add_generation_prompt=True).ids
 

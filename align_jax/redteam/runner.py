@@ -157,10 +157,7 @@ def summary_markdown(summary: dict) -> str:
 
 
 def plot_heatmap(summary: dict, path: pathlib.Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure  # a standalone figure: the caller's pyplot backend is left alone
 
     attacks = list(summary["per_attack_hazard"])
     hazards = [h for h in HAZARD_CODES if any(h in summary["per_attack_hazard"][a] for a in attacks)]
@@ -170,7 +167,8 @@ def plot_heatmap(summary: dict, path: pathlib.Path) -> None:
             cell = summary["per_attack_hazard"][a].get(h)
             if cell and cell["n"]:
                 grid[i, j] = cell["asr"]
-    fig, ax = plt.subplots(figsize=(1.0 * len(hazards) + 3, 0.45 * len(attacks) + 1.5))
+    fig = Figure(figsize=(1.0 * len(hazards) + 3, 0.45 * len(attacks) + 1.5))
+    ax = fig.subplots()
     im = ax.imshow(grid, cmap="Reds", vmin=0, vmax=1, aspect="auto")
     ax.set_xticks(range(len(hazards)), hazards)
     ax.set_yticks(range(len(attacks)), attacks)
@@ -182,4 +180,3 @@ def plot_heatmap(summary: dict, path: pathlib.Path) -> None:
     ax.set_title(f"ASR by attack and hazard ({summary['n_behaviours']} behaviours)", fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
-    plt.close(fig)

@@ -29,7 +29,7 @@ import numpy as np
 import safetensors.numpy
 from flax import nnx
 
-from align_jax.data.records import UnpairedRecord
+from align_jax.data.records import PromptRecord
 from align_jax.data.tokenization import Tokenize
 from align_jax.models.hf_layout import CheckpointError
 from align_jax.models.registry import LoadedModel, load_model
@@ -141,8 +141,7 @@ class RewardModel:
         """
         if len(prompts) != len(completions):
             raise ValueError(f"{len(prompts)} prompts but {len(completions)} completions")
-        rows = [self.tokenize(UnpairedRecord(prompt=p, response=c, desirable=True))
-                for p, c in zip(prompts, completions)]
+        rows = [self.tokenize.completions(PromptRecord(p).prompt, {"completion": c}) for p, c in zip(prompts, completions)]
         out = [self._batch(rows[i:i + self.batch_size]) for i in range(0, len(rows), self.batch_size)]
         values = np.concatenate(out) if out else np.zeros((0,), np.float32)
         if self.aggregate is not None and values.ndim == 2:

@@ -79,13 +79,11 @@ def patching_heatmap(
 
 def plot_heatmap(result: PatchingResult, token_labels: Sequence[str], path: str, title: str = "") -> None:
     """The layer x position heat-map as a PNG."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure  # a standalone figure: the caller's pyplot backend is left alone
 
     L, t = result.scores.shape
-    fig, ax = plt.subplots(figsize=(max(6, 0.55 * t + 2), max(4, 0.22 * L + 1.5)))
+    fig = Figure(figsize=(max(6, 0.55 * t + 2), max(4, 0.22 * L + 1.5)))
+    ax = fig.subplots()
     im = ax.imshow(result.scores, aspect="auto", cmap="RdBu_r", vmin=-1, vmax=1, origin="lower")
     ax.set_xticks(range(t), [repr(s)[1:-1] for s in token_labels], rotation=60, ha="right", fontsize=8)
     ax.set_ylabel(f"layer ({result.site})")
@@ -94,4 +92,3 @@ def plot_heatmap(result: PatchingResult, token_labels: Sequence[str], path: str,
     fig.colorbar(im, ax=ax, fraction=0.03)
     fig.tight_layout()
     fig.savefig(path, dpi=130)
-    plt.close(fig)

@@ -64,6 +64,13 @@ def test_loaded_reward_model_scores_what_the_head_scored(toy, random_rm):
     got = rm.score(PROMPTS, GOOD)
     assert got.shape == (5,) and np.ptp(got) > 1e-3  # distinct rewards: the comparison can fail
     np.testing.assert_allclose(got, want, atol=1e-5)
+    # an empty reply (the policy ended its turn at once) is scored, not an error
+    tok = Tokenize(toy.tokenizer, template=toy.chat_template, max_length=64)
+    ids = tok.prompt_ids([{"role": "user", "content": PROMPTS[0]}]) + toy.tokenizer.encode("<|im_end|>")
+    n = len(ids)
+    hidden = toy.model(jnp.asarray([ids]), jnp.arange(n)[None], jnp.ones((1, n), jnp.int32),
+                       return_logits=False).final_hidden[0, -1]
+    np.testing.assert_allclose(rm.score(PROMPTS[:1], [""]), [float(hidden @ head["w"] + head["b"])], atol=1e-5)
     # chat messages are prompts too
     np.testing.assert_allclose(rm.score([[{"role": "user", "content": PROMPTS[0]}]], GOOD[:1]), want[:1], atol=1e-5)
 
