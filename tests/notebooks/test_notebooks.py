@@ -1,6 +1,7 @@
 """The walk-through notebooks run top to bottom on the tiny character model (their code cells in
 order, in one namespace, as a kernel would; ``ALIGN_JAX_NOTEBOOK_MODEL=toy``), and what they show
-is what they say: notebooks/02_dpo_quickstart.ipynb, 04_online_rl.ipynb, 06_red_team.ipynb."""
+is what they say: notebooks/02_dpo_quickstart.ipynb, 03_calibration.ipynb, 04_online_rl.ipynb,
+06_red_team.ipynb."""
 
 import json
 import math
@@ -36,6 +37,29 @@ def check_dpo(ns):
     assert [r["step"] for r in ns["evals"]] == [0, *range(ns["cfg"].train.eval_every, steps + 1, ns["cfg"].train.eval_every)]
 
 
+def check_calibration(ns):
+    reports, floors, test_idx = ns["reports"], ns["floors"], ns["test_idx"]
+    assert ns["n"] == 2_000 and len(test_idx) == len(ns["fit_idx"]) == 1_000  # the toy size
+    assert not set(test_idx.tolist()) & set(ns["fit_idx"].tolist())  # fitted on one half, scored on the other
+    assert list(reports) == ["none", "temperature", "platt"]
+    for k, r in reports.items():
+        assert r.n == len(test_idx) and 0 <= r.ece <= 1 and 0 <= floors[k] <= 1
+        assert r.accuracy == reports["none"].accuracy  # recalibration changes confidences, not answers
+        assert r.auroc == pytest.approx(reports["none"].auroc)  # both maps are monotone: same ranking
+    before = reports["none"]
+    assert before.mean_confidence > before.accuracy + 0.1  # the synthetic model is over-confident
+    assert before.ece > 3 * floors["none"]  # ... measurably, not binning noise
+    assert ns["T"] > 1  # temperature scaling flattens it
+    assert ns["ece_before"] == before.ece and ns["ece_after"] == reports["temperature"].ece
+    assert ns["ece_after"] < ns["ece_before"]  # lower held-out ECE after temperature scaling
+    assert reports["platt"].ece < reports["temperature"].ece  # what the markdown says
+    assert isinstance(ns["fig"], matplotlib.figure.Figure) and len(ns["fig"].axes) == 3
+    assert set(ns["paths"]) == {"none", "temperature", "platt"}
+    for path in ns["paths"].values():
+        path = pathlib.Path(path)
+        assert path.parent == ns["WORKDIR"] and path.stat().st_size > 1000
+
+
 def check_online_rl(ns):
     cfg = ns["cfg"]
     assert cfg.task.name == "grpo" and cfg.model.name == "toy-chars"
@@ -62,9 +86,10 @@ def check_red_team(ns):
 
 @pytest.mark.parametrize("name, check", [
     ("02_dpo_quickstart.ipynb", check_dpo),
+    ("03_calibration.ipynb", check_calibration),
     ("04_online_rl.ipynb", check_online_rl),
     ("06_red_team.ipynb", check_red_team),
-], ids=["dpo_quickstart", "online_rl", "red_team"])
+], ids=["dpo_quickstart", "calibration", "online_rl", "red_team"])
 def test_notebook_runs_on_the_toy_model(name, check, monkeypatch, tmp_path):
     matplotlib.use("Agg")
     monkeypatch.setenv("ALIGN_JAX_NOTEBOOK_MODEL", "toy")
