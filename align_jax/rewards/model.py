@@ -222,11 +222,11 @@ class LazyRewardModel:
     def __init__(self, spec: str, **options: Any):
         path, _, rule = spec.partition("@")
         self.path, self.aggregate, self.options = path, rule or None, options
-        _, meta = read_head(path)  # missing or mismatched heads fail here, before any model loads
+        head, _ = read_head(path)  # missing or mismatched heads fail here, before any model loads
         if self.aggregate is not None:
             ENSEMBLE_AGGREGATIONS.entry(self.aggregate)
-        elif meta.get("ensemble_size"):
-            raise RewardModelError(f"{Path(path) / HEAD_FILE}: an ensemble of {meta['ensemble_size']} heads; "
+        elif head["w"].ndim == 2:
+            raise RewardModelError(f"{Path(path) / HEAD_FILE}: an ensemble of {head['w'].shape[0]} heads; "
                                    f"name an aggregation rule: rm:{path}@RULE, RULE one of "
                                    f"{', '.join(ENSEMBLE_AGGREGATIONS.names())}")
         self._model: RewardModel | None = None
