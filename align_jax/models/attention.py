@@ -51,30 +51,61 @@ def attention_mask(
 
 def dot_product_attention(
     q: jax.Array,  # [B, T, N, H]
-    k: jax.Array,  # [B, S, K, H]
-    v: jax.Array,  # [B, S, K, H]
+    k: jax.Array,  # [B, S, K, H] ([B, K, S, H] with kv_heads_first)
+    v: jax.Array,  # [B, S, K, H] ([B, K, S, H] with kv_heads_first)
     mask: jax.Array,  # [B, T, S] bool
     scale: float,
     softcap: float | None = None,
+    kv_heads_first: bool = False,
 ) -> jax.Array:  # [B, T, N, H]
-    """Softmax attention in float32; query heads grouped over the K key/value heads."""
+    """Softmax attention in float32; query heads grouped over the K key/value heads.
+
+    ``kv_heads_first`` takes keys and values head-major, as the KV cache stores them: the
+    attention matmuls then read them in place (batched over B and K) instead of XLA transposing
+    every layer's cache slice at every decode step.
+    """
     b, t, n, h = q.shape
-    kv_heads = k.shape[2]
+    kv_heads = k.shape[1 if kv_heads_first else 2]
+    kv = "bksh" if kv_heads_first else "bskh"
     q = q.reshape(b, t, kv_heads, n // kv_heads, h)
-    scores = jnp.einsum("btkgh,bskh->bkgts", q, k, preferred_element_type=jnp.float32) * scale
+    if kv_heads_first and t == 1 and softcap is None:
+        return _decode_attention(q, k, v, mask, scale).reshape(b, t, n, h)
+    scores = jnp.einsum(f"btkgh,{kv}->bkgts", q, k, preferred_element_type=jnp.float32) * scale
     if softcap is not None:
         scores = softcap * jnp.tanh(scores / softcap)
     scores = jnp.where(mask[:, None, None], scores, _MASK_VALUE)
     probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
-    out = jnp.einsum("bkgts,bskh->btkgh", probs, v)
+    out = jnp.einsum(f"bkgts,{kv}->btkgh", probs, v)
     return out.reshape(b, t, n, h)
+
+
+def _decode_attention(
+    q: jax.Array,  # [B, 1, K, G, H]
+    k: jax.Array,  # [B, K, S, H]
+    v: jax.Array,  # [B, K, S, H]
+    mask: jax.Array,  # [B, 1, S] bool
+    scale: float,
+) -> jax.Array:  # [B, 1, K, G, H]
+    """One query token over the cache as broadcast multiplies and sums, not batched matmuls.
+
+    With one query per row the attention matmuls are B*K tiny matrix-vector products; XLA:CPU
+    runs them as batched dots at a few GFLOP/s, while the elementwise form streams each layer's
+    keys and values once (about 2x faster per decode step at batch 64; same sums up to float
+    rounding order).
+    """
+    qf = q[:, 0].astype(jnp.float32)  # [B, K, G, H]
+    scores = (qf[:, :, :, None, :] * k[:, :, None].astype(jnp.float32)).sum(-1) * scale  # [B, K, G, S]
+    scores = jnp.where(mask[:, None, :, :], scores, _MASK_VALUE)  # mask [B, 1, 1, S] over K, G
+    probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
+    out = (probs[..., None] * v[:, :, None]).sum(-2)  # [B, K, G, H]
+    return out[:, None].astype(q.dtype)
 
 
 # ``dot_product_attention`` whose scores and probabilities are recomputed in the backward pass
 # instead of stored: no ``[B, N, T, S]`` residual per layer (the flash-attention trade, without a
 # kernel). The decoder uses it under every remat policy but "none".
 recomputed_attention = jax.checkpoint(
-    dot_product_attention, static_argnums=(4, 5), policy=jax.checkpoint_policies.nothing_saveable
+    dot_product_attention, static_argnums=(4, 5, 6), policy=jax.checkpoint_policies.nothing_saveable
 )
 
 

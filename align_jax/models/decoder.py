@@ -29,8 +29,8 @@ from align_jax.models.rope import inverse_frequencies
 class KVCache:
     """Pre-allocated keys/values of every layer plus the position and segment of each slot."""
 
-    k: jax.Array  # [L, B, S, K, H]
-    v: jax.Array  # [L, B, S, K, H]
+    k: jax.Array  # [L, B, K, S, H]: head-major, so attention reads a layer's slice without a transpose
+    v: jax.Array  # [L, B, K, S, H]
     positions: jax.Array  # [B, S] int32
     segment_ids: jax.Array  # [B, S] int32, 0 = empty
     index: jax.Array  # [] int32, next slot to write
@@ -38,7 +38,7 @@ class KVCache:
     @classmethod
     def init(cls, cfg: ModelConfig, batch: int, max_len: int, dtype=None) -> "KVCache":
         dtype = dtype or cfg.jnp_dtype
-        shape = (cfg.num_layers, batch, max_len, cfg.num_kv_heads, cfg.head_dim)
+        shape = (cfg.num_layers, batch, cfg.num_kv_heads, max_len, cfg.head_dim)
         return cls(
             k=jnp.zeros(shape, dtype),
             v=jnp.zeros(shape, dtype),
@@ -49,7 +49,20 @@ class KVCache:
 
     @property
     def max_len(self) -> int:
-        return self.k.shape[2]
+        return (self.k[0] if isinstance(self.k, tuple) else self.k).shape[-2]
+
+    def per_layer(self) -> "KVCache":
+        """The same cache with ``k`` / ``v`` as tuples of L arrays ``[B, K, S, H]``.
+
+        A layer then reads and writes its own buffer: reading a layer's slice of the stacked
+        array is a copy on XLA:CPU (two per layer and decode step, over a quarter of a batch-64
+        step), while separate buffers carried by the decode loop are updated in place. Only
+        ``forward(layer_states=...)`` (the unrolled layers) takes this form.
+        """
+        if isinstance(self.k, tuple):
+            return self
+        split = lambda a: tuple(a[i] for i in range(a.shape[0]))
+        return dataclasses.replace(self, k=split(self.k), v=split(self.v))
 
 
 @jax.tree_util.register_dataclass
@@ -88,16 +101,18 @@ class Block(nnx.Module):
         self,
         x: jax.Array,  # [B, T, D] the block's input (the residual stream)
         q: jax.Array,  # [B, T, N, H]
-        keys: jax.Array,  # [B, S, K, H]
-        values: jax.Array,  # [B, S, K, H]
+        keys: jax.Array,  # [B, S, K, H] ([B, K, S, H] with kv_heads_first)
+        values: jax.Array,  # [B, S, K, H] ([B, K, S, H] with kv_heads_first)
         mask: jax.Array,  # [B, T, S] bool
         hook=None,  # (site, h [B, T, D]) -> h: edits / records the sublayer outputs ("attn_out", "mlp_out")
+        kv_heads_first: bool = False,  # keys / values in the KV cache's head-major layout
     ) -> jax.Array:  # [B, T, D]
         """Attention of q over keys/values, then the MLP; returns the new x."""
         hook = hook or (lambda site, h: h)
         attend = dot_product_attention if self.cfg.remat == "none" else recomputed_attention
         attended = attend(
-            q, keys.astype(q.dtype), values.astype(q.dtype), mask, self.attn.scale, self.cfg.attn_logit_softcap
+            q, keys.astype(q.dtype), values.astype(q.dtype), mask, self.attn.scale, self.cfg.attn_logit_softcap,
+            kv_heads_first,
         )
         h = self.attn.output(attended)
         if self.cfg.sandwich_norm:
@@ -292,25 +307,33 @@ class Decoder(nnx.Module):
             q, k, v = block.qkv(x, positions, inv)
             if kv is None:
                 keys, values = k, v
+            elif isinstance(kv[0], tuple):  # per-layer buffers (KVCache.per_layer); i is a Python int
+                write = lambda c, new: jax.lax.dynamic_update_slice(
+                    c, jnp.swapaxes(new, 1, 2).astype(c.dtype), (0, 0, cache.index, 0))
+                kv = tuple(buf[:i] + (write(buf[i], new),) + buf[i + 1:] for buf, new in zip(kv, (k, v)))
+                keys, values = kv[0][i], kv[1][i]  # [B, K, S, H]
             else:  # write the new rows into the stacked cache in place, then read this layer's slice
                 kv = tuple(
-                    jax.lax.dynamic_update_slice(c, new[None].astype(c.dtype), (i, 0, cache.index, 0, 0))
+                    jax.lax.dynamic_update_slice(c, jnp.swapaxes(new, 1, 2)[None].astype(c.dtype), (i, 0, 0, cache.index, 0))
                     for c, new in zip(kv, (k, v))
                 )
-                keys, values = kv[0][i], kv[1][i]
-            x = block.finish(x, q, keys, values, mask, hook)
+                keys, values = kv[0][i], kv[1][i]  # [B, K, S, H]
+            x = block.finish(x, q, keys, values, mask, hook, kv_heads_first=kv is not None)
             return (x, kv), ((x if return_hidden_states else None), captured)
 
         if cfg.remat in _REMAT_POLICIES:
             layer = jax.checkpoint(layer, policy=_REMAT_POLICIES[cfg.remat], prevent_cse=not cfg.scan_layers)
         carry = (x, (cache.k, cache.v) if cache is not None else None)
         xs = (block_state, jnp.asarray(sliding), jnp.arange(cfg.num_layers), intervention)
+        if cache is not None and isinstance(cache.k, tuple) and layer_states is None:
+            raise ValueError("a per-layer KV cache (KVCache.per_layer) needs layer_states (unrolled layers)")
         if cfg.scan_layers and layer_states is None:
             (x, kv), (hidden, captured) = jax.lax.scan(layer, carry, xs)
         else:
             outs = []
             for i in range(cfg.num_layers):
                 per_layer = jax.tree.map(lambda a: a[i], xs)
+                per_layer = per_layer[:2] + (i,) + per_layer[3:]  # a static layer index
                 if layer_states is not None:
                     per_layer = (layer_states[i],) + per_layer[1:]
                 carry, out = layer(carry, per_layer)

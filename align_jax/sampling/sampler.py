@@ -175,7 +175,7 @@ def sample_program(
     zeros = lambda dt: _constrain(jnp.zeros((rows, buffer_len), dt), row2_sharding)
     loop = _Loop(
         step=jnp.zeros((), jnp.int32),
-        cache=cache,
+        cache=cache.per_layer() if hoist_weights else cache,
         last=jnp.zeros((rows,), jnp.int32),
         pos=next_pos - 1,
         done=jnp.zeros((rows,), bool),
@@ -240,8 +240,8 @@ def batch_ways(mesh: Mesh, rules: Rules = DEFAULT_RULES) -> int:
 
 def decode_shardings(cfg, mesh: Mesh, batch: int, rules: Rules = DEFAULT_RULES) -> tuple[NamedSharding, ...]:
     """The ``shardings`` argument of :func:`sample_program`: KV cache, [R] rows, [R, X] rows."""
-    kv_spec = logical_to_spec(("layers", "batch", "length", "kv_heads", "head_dim"), mesh, rules,
-                              (cfg.num_layers, batch, 1, cfg.num_kv_heads, cfg.head_dim))
+    kv_spec = logical_to_spec(("layers", "batch", "kv_heads", "length", "head_dim"), mesh, rules,
+                              (cfg.num_layers, batch, cfg.num_kv_heads, 1, cfg.head_dim))
     return NamedSharding(mesh, kv_spec), batch_sharding(mesh, 1, rules), batch_sharding(mesh, 2, rules)
 
 
