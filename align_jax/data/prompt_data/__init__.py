@@ -8,6 +8,8 @@ them into prompts stays in its module:
 * ``harmful_written.jsonl``: :mod:`align_jax.safety.refusal.harmful_written` (frames, motives, goals).
 * ``benign_sensitive.jsonl``: :mod:`align_jax.safety.refusal.benign_sensitive` (topic lists, templates).
 * ``factual_qa.jsonl``: :mod:`align_jax.data.factual_qa` (fact tables).
+* ``refusal_contrast/S{1..14}.jsonl``: :mod:`align_jax.safety.refusal.contrast` (harmful / benign
+  minimal pairs; the folder's README is the datasheet).
 
 A line that is not a JSON object, names an unknown table, or lacks, adds or mistypes a field
 raises :class:`~align_jax.data.sources.DataError` naming the file and the line.
