@@ -20,6 +20,8 @@ from pathlib import Path
 
 from absl import app, flags
 
+from benchmarks.quiet import Contention
+
 flags.DEFINE_list("batch_sizes", ["1", "16", "64"], "batch sizes to run")
 flags.DEFINE_integer("prompt_len", 64, "prompt tokens")
 flags.DEFINE_integer("new_tokens", 128, "new tokens per sequence")
@@ -79,11 +81,12 @@ def main(argv):
         first = time.perf_counter() - t
         times = {"ours": [], "hf": []}
         impls = (("ours", ours), ("hf", theirs)) if FLAGS.hf else (("ours", ours),)
-        for _ in range(FLAGS.repeats):
-            for name, fn in impls:
-                t = time.perf_counter()
-                fn()
-                times[name].append(time.perf_counter() - t)
+        with Contention() as machine:
+            for _ in range(FLAGS.repeats):
+                for name, fn in impls:
+                    t = time.perf_counter()
+                    fn()
+                    times[name].append(time.perf_counter() - t)
         ours_s = statistics.median(times["ours"])
         hf_s = statistics.median(times["hf"]) if FLAGS.hf else float("nan")
         new = batch * FLAGS.new_tokens
@@ -91,17 +94,17 @@ def main(argv):
             batch=batch, ours_tok_s=new / ours_s, hf_tok_s=new / hf_s, speedup=hf_s / ours_s,
             ours_compute_fraction=new / ours_s * 2 * n_params / peak,
             hf_compute_fraction=new / hf_s * 2 * n_params / peak,
-            ours_first_call_s=first, ours_runs_s=times["ours"], hf_runs_s=times["hf"],
+            ours_first_call_s=first, ours_runs_s=times["ours"], hf_runs_s=times["hf"], **machine.record(),
         )
         rows.append(row)
         print(json.dumps(row), flush=True)
 
-    print("\n| batch | ours tok/s | HF tok/s | ratio | ours % of peak | HF % of peak | ours 1st call s |")
-    print("|---|---|---|---|---|---|---|")
+    print("\n| batch | ours tok/s | HF tok/s | ratio | ours % of peak | HF % of peak | ours 1st call s | other cores |")
+    print("|---|---|---|---|---|---|---|---|")
     for r in rows:
         print(f"| {r['batch']} | {r['ours_tok_s']:.1f} | {r['hf_tok_s']:.1f} | {r['speedup']:.2f}x | "
               f"{100 * r['ours_compute_fraction']:.1f}% | {100 * r['hf_compute_fraction']:.1f}% | "
-              f"{r['ours_first_call_s']:.1f} |")
+              f"{r['ours_first_call_s']:.1f} | {r['other_cores']}{' BUSY' if r['busy_machine'] else ''} |")
     out = Path(FLAGS.output_json)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(dict(
