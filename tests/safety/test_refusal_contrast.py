@@ -182,3 +182,11 @@ def test_run_contrast_end_to_end_on_features_that_know_the_label(monkeypatch):
     assert r["pairs"]["train_families"] + r["pairs"]["test_families"] == 2100
     md = X.contrast_markdown(r)
     assert "held-out phenomenon" in md and "nonsense_group" in md
+
+
+def test_auroc_matches_pairwise_count():
+    rng = np.random.default_rng(1)
+    pos, neg = rng.normal(1, 1, 40).round(1), rng.normal(0, 1, 60).round(1)  # rounding makes ties
+    pairwise = np.mean([(p > n) + 0.5 * (p == n) for p in pos for n in neg])
+    assert X.auroc(pos, neg) == pytest.approx(pairwise)
+    assert X.auroc(np.array([2.0]), np.array([1.0])) == 1.0

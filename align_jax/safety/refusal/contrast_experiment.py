@@ -40,7 +40,7 @@ from align_jax.safety.refusal.metrics import wilson_interval
 from align_jax.safety.refusal.probe import group_weights, positive_score, threshold_for_groups, train_head
 from align_jax.safety.refusal.sources import benchmark_of
 from align_jax.safety.refusal.run import (
-    BENIGN_KINDS, RefusalConfig, build_source_sets, fit_prompt_classifier, multi_model_prompt_features,
+    BENIGN_KINDS, MODEL_STRIDE, RefusalConfig, build_source_sets, fit_prompt_classifier, multi_model_prompt_features,
 )
 
 # loss-weight shares of the five training groups (harmful / benign, source / contrast)
@@ -48,6 +48,22 @@ SHARES: dict[str, float] = {
     "source_harmful": 0.25, "contrast_harmful": 0.25, "contrast_benign": 0.25,
     "benign_sensitive": 0.125, "plain_benign": 0.125,
 }
+
+
+OPERATING_FPRS: tuple[float, ...] = (0.005, 0.015, 0.03, 0.05, 0.1)  # threshold targets also reported
+
+
+def auroc(pos: np.ndarray, neg: np.ndarray) -> float:
+    """P(score of a random positive > a random negative), ties counted half (Mann-Whitney)."""
+    pos, neg = np.asarray(pos, np.float64), np.asarray(neg, np.float64)
+    order = np.argsort(np.concatenate([pos, neg]), kind="mergesort")
+    ranks = np.empty(order.size)
+    allv = np.concatenate([pos, neg])[order]
+    # average ranks over ties
+    _, inv, counts = np.unique(allv, return_inverse=True, return_counts=True)
+    cum = np.cumsum(counts)
+    ranks[order] = (cum - (counts - 1) / 2)[inv]
+    return float((ranks[:pos.size].sum() - pos.size * (pos.size + 1) / 2) / (pos.size * neg.size))
 
 
 def _group(p) -> str:
@@ -157,15 +173,21 @@ def run_contrast(
 
     # 3. held-out phenomenon: test families, head and threshold without the phenomenon
     te_phen = np.array([p.phenomenon for p in te_pairs])
-    fh, fb, order = np.zeros(len(te_pairs), bool), np.zeros(len(te_pairs), bool), {}
+    sh, sb = np.zeros(len(te_pairs)), np.zeros(len(te_pairs))
     for ph, head in lo.heads.items():
         m = te_phen == ph
-        t = lo.threshold(cfg.threshold_fpr, without=ph)
-        order[ph] = t
-        fh[m] = positive_score(head, xh[te_idx][m]) > t
-        fb[m] = positive_score(head, xb[te_idx][m]) > t
+        sh[m], sb[m] = positive_score(head, xh[te_idx][m]), positive_score(head, xb[te_idx][m])
+
+    def flags_at(fpr):
+        t = np.array([lo.threshold(fpr, without=ph) for ph in te_phen])
+        return sh > t, sb > t
+
+    fh, fb = flags_at(cfg.threshold_fpr)
     held_phen = {
-        "recall": rate(fh), "fpr": rate(fb), "thresholds": order,
+        "recall": rate(fh), "fpr": rate(fb),
+        "auroc": auroc(sh, sb),
+        "operating_points": {f"{f:g}": {"recall": rate(a), "fpr": rate(b)}
+                             for f in OPERATING_FPRS for a, b in [flags_at(f)]},
         "per_phenomenon": pair_rates(fh, fb, te_pairs, "phenomenon"),
         "per_category": pair_rates(fh, fb, te_pairs, "category"),
         "false_positives": [p.benign for p, f in zip(te_pairs, fb) if f][:40],
@@ -182,7 +204,8 @@ def run_contrast(
                   **_evaluate(lambda v: positive_score(final, v) > t_final, xh[te_idx], xb[te_idx], te_pairs,
                               x["test"], sets["test"])}
     report: dict[str, Any] = {
-        "model": model_id, "config": dataclasses.asdict(cfg), "shares": SHARES,
+        "model": " + ".join([model_id] + [f"{m} (layers {MODEL_STRIDE * k}+)" for k, (_, m, _) in enumerate(extra_models, 1)]),
+        "config": dataclasses.asdict(cfg), "shares": SHARES,
         "pairs": {"train_families": len(tr_pairs), "test_families": len(te_pairs), "counts": C.counts(pairs)},
         "splits": summary, "dropped_near_duplicates": dropped,
         "selection": selection, "chosen": chosen,
@@ -196,6 +219,7 @@ def run_contrast(
         report["old"] = {
             "spec": table["chosen"], "threshold": clf.threshold,
             **_evaluate(clf.flags, xo[0::2][te_idx], xo[1::2][te_idx], te_pairs, clf.view(feats["test"]), sets["test"]),
+            "auroc_test_families": auroc(clf.scores(xo[0::2][te_idx]), clf.scores(xo[1::2][te_idx])),
             "all_pairs": {"recall": rate(oh), "fpr": rate(ob), "per_phenomenon": pair_rates(oh, ob, pairs, "phenomenon")},
         }
     report["seconds"] = time.time() - t0
@@ -235,6 +259,10 @@ def contrast_markdown(r: dict) -> str:
              f"(threshold for {100 * r['config']['threshold_fpr']:.1f}% FPR on out-of-phenomenon benign twins and val benign).",
              "", "| candidate | LOPO recall | LOPO benign-twin FPR |", "|---|---|---|"]
     lines += [f"| {s} | {100 * v['lopo_recall']:.1f}% | {100 * v['lopo_fpr_benign_twins']:.1f}% |" for s, v in r["selection"].items()]
+    lines += ["", f"Held-out phenomenon AUROC (harmful vs benign twin scores): {hp['auroc']:.3f}"
+              + (f" (old classifier on the same pairs: {old['auroc_test_families']:.3f})." if old and "auroc_test_families" in old else "."), "",
+              "| threshold set for FPR | recall | FPR on held-out twins |", "|---|---|---|"]
+    lines += [f"| {100 * float(f):g}% | {_pct(v['recall'])} | {_pct(v['fpr'])} |" for f, v in hp["operating_points"].items()]
     lines += ["", "## Test-family pairs, Wilson 95% intervals", "",
               "| classifier | recall (harmful) | FPR (benign twins) |", "|---|---|---|",
               f"| new, held-out phenomenon | {_pct(hp['recall'])} | {_pct(hp['fpr'])} |",
