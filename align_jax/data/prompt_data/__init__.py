@@ -10,6 +10,7 @@ them into prompts stays in its module:
 * ``factual_qa.jsonl``: :mod:`align_jax.data.factual_qa` (fact tables).
 * ``refusal_contrast/S{1..14}.jsonl``: :mod:`align_jax.safety.refusal.contrast` (harmful / benign
   minimal pairs; the folder's README is the datasheet).
+* ``refusal_audit.jsonl``: :mod:`align_jax.safety.refusal.audit` (real generations labelled by hand).
 
 A line that is not a JSON object, names an unknown table, or lacks, adds or mistypes a field
 raises :class:`~align_jax.data.sources.DataError` naming the file and the line.
