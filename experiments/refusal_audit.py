@@ -43,7 +43,8 @@ from align_jax.safety.refusal.responses import RESPONSE_CLASSES, build_response_
 from align_jax.safety.refusal.run import RefusalConfig, build_prompt_sets, build_source_sets, train_response_judge
 
 flags.DEFINE_string("data_dir", "../shared/data/refusal_direction", "refusal_direction folder")
-flags.DEFINE_list("models", ["smollm2-135m-instruct", "gemma3-270m"], "registered models that answer")
+flags.DEFINE_list("models", ["smollm2-135m-instruct", "gemma3-270m"], "registered models that answer "
+                  "(with --score: the models asked as LM judges)")
 flags.DEFINE_string("out", "/tmp/refusal_audit.jsonl", "where the unlabelled records go")
 flags.DEFINE_integer("per_kind", 32, "prompts of each of the five kinds per model")
 flags.DEFINE_integer("max_new_tokens", 96, "tokens per answer")
@@ -123,7 +124,7 @@ def score(F) -> None:
     rows = A.read_audit(pathlib.Path(F.audit)) if F.audit else A.load_audit()
     y = A.labels_of(rows)
     prompts, responses = [r["prompt"] for r in rows], [r["response"] for r in rows]
-    models = np.array([r["model"] for r in rows])
+    models = np.array([str(r["model"]) for r in rows], dtype=object)
     cfg = RefusalConfig(data_dir=F.data_dir, seed=F.seed, layers=tuple(int(x) for x in F.judge_layers))
     judged: dict[str, np.ndarray] = {"phrases": substring_labels(responses)}
     lm = load_model(F.judge_model)
