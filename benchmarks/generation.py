@@ -8,6 +8,12 @@ Greedy, 64-token prompts, 128 new tokens, EOS ignored by both (ours: ``ignore_eo
 load hits both alike; the figure is the median over repeats. Also reported: the fraction of the
 compute ceiling, i.e. (new tokens/s x 2 x params FLOPs) / the fp32 matmul peak measured here with
 a large ``jnp.dot``. Prints a Markdown table and writes JSON.
+
+The rollout row (``--rollout``, on by default) is what an RL step asks of the sampler: 8 chat
+prompts of mixed length (benign questions from the packaged contrast benchmark), 8 samples each at
+temperature 1 (no top-k / top-p), EOS on, up to ``--rollout_new_tokens``; both sides sample, so
+each side's tokens/s counts its own generated tokens up to and including each row's EOS. Every
+row records the machine's load and the CPU other processes used while it ran (``quiet.py``).
 """
 
 from __future__ import annotations
@@ -29,6 +35,9 @@ flags.DEFINE_integer("repeats", 2, "timed runs per implementation and batch size
 flags.DEFINE_string("model", "smollm2-135m-instruct", "registered model name")
 flags.DEFINE_bool("hf", True, "also run transformers.generate (--nohf: ours only)")
 flags.DEFINE_enum("hoist_weights", "auto", ["auto", "true", "false"], "sample(hoist_weights=...)")
+flags.DEFINE_bool("rollout", True, "also the rollout-shaped row: 8 chat prompts of mixed length x 8 samples at "
+                  "temperature 1, EOS on (tokens/s counts tokens up to and including each row's stop)")
+flags.DEFINE_integer("rollout_new_tokens", 128, "rollout row: max new tokens per sample")
 flags.DEFINE_string("output_json", "benchmarks/results/generation.json", "where to write the results")
 FLAGS = flags.FLAGS
 
@@ -99,9 +108,18 @@ def main(argv):
         rows.append(row)
         print(json.dumps(row), flush=True)
 
+    if FLAGS.rollout:
+        rows.append(rollout_row(loaded, hf if FLAGS.hf else None, hoist, n_params, peak))
+        print(json.dumps(rows[-1]), flush=True)
+
     print("\n| batch | ours tok/s | HF tok/s | ratio | ours % of peak | HF % of peak | ours 1st call s | other cores |")
     print("|---|---|---|---|---|---|---|---|")
     for r in rows:
+        if r["batch"] == "rollout":
+            print(f"| rollout 8x8 | {r['ours_tok_s']:.1f} | {r['hf_tok_s']:.1f} | {r['speedup']:.2f}x | "
+                  f"{100 * r['ours_compute_fraction']:.1f}% | {100 * r['hf_compute_fraction']:.1f}% | "
+                  f"{r['ours_first_call_s']:.1f} | {r['other_cores']}{' BUSY' if r['busy_machine'] else ''} |")
+            continue
         print(f"| {r['batch']} | {r['ours_tok_s']:.1f} | {r['hf_tok_s']:.1f} | {r['speedup']:.2f}x | "
               f"{100 * r['ours_compute_fraction']:.1f}% | {100 * r['hf_compute_fraction']:.1f}% | "
               f"{r['ours_first_call_s']:.1f} | {r['other_cores']}{' BUSY' if r['busy_machine'] else ''} |")
@@ -113,6 +131,75 @@ def main(argv):
         hoist_weights=FLAGS.hoist_weights,
         rows=rows), indent=2))
     print(f"wrote {out}")
+
+
+def rollout_prompts(loaded, n_prompts: int = 8) -> list[list[int]]:
+    """``n_prompts`` chat-formatted benign questions (the contrast benchmark's benign twins), of
+    mixed lengths: the shortest, the longest and evenly spaced lengths between."""
+    from align_jax.models.chat import encode_chat
+    from align_jax.safety.refusal.contrast import load_pairs
+
+    texts = sorted({p.benign for p in load_pairs()}, key=lambda t: (len(t), t))
+    picks = [texts[round(i * (len(texts) - 1) / (n_prompts - 1))] for i in range(n_prompts)]
+    return [encode_chat(loaded.tokenizer, [{"role": "user", "content": t}], template=loaded.chat_template,
+                        add_generation_prompt=True).ids for t in picks]
+
+
+def rollout_row(loaded, hf, hoist, n_params, peak, n: int = 8, repeats: int | None = None) -> dict:
+    """8 prompts x ``n`` samples, temperature 1, EOS on: what an RL rollout asks of the sampler.
+    Both sides sample (different draws), so each side's tokens/s counts its own generated tokens."""
+    import jax
+    import numpy as np
+
+    from align_jax.sampling import SamplingParams, sample
+
+    prompts = rollout_prompts(loaded)
+    tok = loaded.tokenizer
+    eos = list(tok.eos_ids)
+    pad = tok.pad_id if tok.pad_id is not None else 0
+    new = FLAGS.rollout_new_tokens
+
+    def ours(seed):
+        p = SamplingParams(temperature=1.0, n=n, max_new_tokens=new, seed=seed)
+        out = sample(loaded.model, prompts, p, eos_ids=eos, pad_id=pad, hoist_weights=hoist)
+        return int(np.asarray(jax.block_until_ready(out.completion_mask)).sum())
+
+    def theirs(seed):
+        import torch
+
+        width = max(map(len, prompts))
+        ids = torch.tensor([[pad] * (width - len(q)) + q for q in prompts])
+        mask = torch.tensor([[0] * (width - len(q)) + [1] * len(q) for q in prompts])
+        torch.manual_seed(seed)
+        with torch.no_grad():
+            out = hf.generate(ids, attention_mask=mask, do_sample=True, temperature=1.0, top_k=0, top_p=1.0,
+                              num_return_sequences=n, max_new_tokens=new, eos_token_id=eos, pad_token_id=pad)
+        gen = out[:, width:].numpy()
+        stopped = np.isin(gen, eos)
+        first = np.where(stopped.any(1), stopped.argmax(1) + 1, gen.shape[1])
+        return int(first.sum())
+
+    t = time.perf_counter()
+    ours(0)
+    first = time.perf_counter() - t
+    impls = (("ours", ours), ("hf", theirs)) if hf is not None else (("ours", ours),)
+    times = {"ours": [], "hf": []}
+    toks = {"ours": [], "hf": []}
+    with Contention() as machine:
+        for r in range(repeats or FLAGS.repeats):
+            for name, fn in impls:
+                t = time.perf_counter()
+                toks[name].append(fn(r + 1))
+                times[name].append(time.perf_counter() - t)
+    rate = {k: statistics.median([a / b for a, b in zip(toks[k], times[k])]) if times[k] else float("nan")
+            for k in times}
+    return dict(
+        batch="rollout", prompts=len(prompts), samples_per_prompt=n, prompt_lens=sorted(map(len, prompts)),
+        max_new_tokens=new, ours_tok_s=rate["ours"], hf_tok_s=rate["hf"], speedup=rate["ours"] / rate["hf"],
+        ours_compute_fraction=rate["ours"] * 2 * n_params / peak, hf_compute_fraction=rate["hf"] * 2 * n_params / peak,
+        ours_first_call_s=first, ours_runs_s=times["ours"], hf_runs_s=times["hf"],
+        ours_tokens=toks["ours"], hf_tokens=toks["hf"], **machine.record(),
+    )
 
 
 if __name__ == "__main__":

@@ -149,6 +149,21 @@ def sampling_logprobs(
     return lp
 
 
+def greedy_argmax(
+    logits: jax.Array,  # [B, V] float32
+) -> tuple[jax.Array, jax.Array]:  # ([B] int32 first index of the row maximum, [B] the maximum)
+    """The first index of each row's maximum, and the maximum.
+
+    Same tokens as ``jnp.argmax`` (ties go to the lowest index), as two plain reductions: XLA:CPU
+    lowers ``argmax`` to a variadic (value, index) reduce that ran at a fraction of the speed of a
+    max, 6 of the ~95 ms of a batch-64 decode step over SmolLM2's 49k vocabulary.
+    """
+    top = jnp.max(logits, axis=-1)
+    iota = jax.lax.broadcasted_iota(jnp.int32, logits.shape, logits.ndim - 1)
+    idx = jnp.min(jnp.where(logits == top[..., None], iota, logits.shape[-1] - 1), axis=-1)
+    return idx, top
+
+
 class TokenChoice(NamedTuple):
     tokens: jax.Array  # [B] int32
     sampling_logprobs: jax.Array  # [B] float32, under the sampling distribution
@@ -163,13 +178,13 @@ def choose_tokens(
 ) -> TokenChoice:
     """Draws one token per row and returns its log-probs under both distributions."""
     logits = logits.astype(jnp.float32)
+    if structure.greedy:  # the chosen token's log-prob is max - logsumexp = -log(sum(exp(logits - max)))
+        tokens, top = greedy_argmax(logits)
+        model = -jnp.log(jnp.sum(jnp.exp(logits - top[:, None]), axis=-1))
+        return TokenChoice(tokens, jnp.zeros(tokens.shape, jnp.float32), model)
     model_lp = jax.nn.log_softmax(logits, axis=-1)
-    if structure.greedy:
-        tokens = jnp.argmax(logits, axis=-1).astype(jnp.int32)
-        samp = jnp.zeros(tokens.shape, jnp.float32)
-    else:
-        lp = sampling_logprobs(logits, structure, values)
-        tokens = jax.random.categorical(key, lp, axis=-1).astype(jnp.int32)
-        samp = jnp.take_along_axis(lp, tokens[:, None], axis=-1)[:, 0]
+    lp = sampling_logprobs(logits, structure, values)
+    tokens = jax.random.categorical(key, lp, axis=-1).astype(jnp.int32)
+    samp = jnp.take_along_axis(lp, tokens[:, None], axis=-1)[:, 0]
     model = jnp.take_along_axis(model_lp, tokens[:, None], axis=-1)[:, 0]
     return TokenChoice(tokens, samp, model)

@@ -86,3 +86,25 @@ def test_greedy_is_point_mass():
     got = np.asarray(sampling_logprobs(logits, p.structure(), p.values()))
     assert (got.argmax(-1) == logits.argmax(-1)).all()
     assert (np.isfinite(got).sum(-1) == 1).all() and (got.max(-1) == 0).all()
+
+
+def test_greedy_choice_matches_argmax_and_log_softmax_with_ties():
+    import jax
+    import jax.numpy as jnp
+
+    from align_jax.sampling.decoding import choose_tokens, greedy_argmax
+
+    rng = np.random.default_rng(0)
+    logits = rng.normal(size=(6, 1000)).astype(np.float32)
+    logits[1, [7, 500]] = 9.0  # a tie: the lower index wins, as with argmax
+    logits[2, -1] = 12.0  # the last index
+    logits[3] = 0.0  # all equal
+    idx, top = greedy_argmax(jnp.asarray(logits))
+    np.testing.assert_array_equal(np.asarray(idx), logits.argmax(-1))
+    np.testing.assert_array_equal(np.asarray(top), logits.max(-1))
+    p = SamplingParams(temperature=0.0)
+    choice = choose_tokens(jax.random.key(0), jnp.asarray(logits), p.structure(), p.values())
+    ref = np.asarray(jax.nn.log_softmax(jnp.asarray(logits), axis=-1))[np.arange(6), logits.argmax(-1)]
+    np.testing.assert_array_equal(np.asarray(choice.tokens), logits.argmax(-1))
+    np.testing.assert_allclose(np.asarray(choice.model_logprobs), ref, rtol=1e-6, atol=1e-6)
+    np.testing.assert_array_equal(np.asarray(choice.sampling_logprobs), 0.0)

@@ -5,8 +5,9 @@ JailbreakBench and HarmBench; the benign-sensitive test templates; plain benign 
 refusal_direction's ``harmless_test``), at most ``limit`` of each kind (0 = all), taken in a
 stable hash order. The model answers each greedily; a saved 3-way response judge (full
 compliance / partial refusal / full refusal: a head on one model's frozen features trained on the
-project's response templates by ``align_jax.safety.refusal.run.train_response_judge``; make one
-with ``experiments/refusal_judge.py``) judges the answers. The suite loads it from ``judge_path``
+project's response templates by ``align_jax.safety.refusal.run.train_response_judge``, made with
+``experiments/refusal_judge.py``, or on hand-labelled real answers too, made with
+``experiments/refusal_audit.py --score --save_judge=...``) judges the answers. The suite loads it from ``judge_path``
 and never trains one. It reads the features of the model it was trained on: the evaluated model
 itself when that is the same weights, else that model, loaded beside it. Its accuracy on held-out
 response templates (from its saved report) is in ``settings``, beside the rates.
@@ -54,8 +55,9 @@ def load_judge(path: str) -> SavedJudge:
     if not resolved.is_file():
         raise FileNotFoundError(
             f"no saved response judge at {resolved} (config judge_path={path!r}; relative paths are taken from "
-            f"the repository root); train and save one with `python experiments/refusal_judge.py "
-            f"--out={resolved}`, or set --config.judge_path=/path/to/response_judge.npz")
+            f"the repository root); fit one on the hand-labelled audit with `python experiments/refusal_audit.py "
+            f"--score --models=smollm2-135m-instruct --save_judge={resolved}` (or on response templates alone: "
+            f"`python experiments/refusal_judge.py --out={resolved}`), or set --config.judge_path=/path/to/response_judge.npz")
     return load_response_judge(resolved)
 
 
