@@ -36,7 +36,8 @@ def base_config() -> ml_collections.ConfigDict:
     c.optimizer = dict(learning_rate=5e-6, schedule="cosine", warmup_steps=0, total_steps=0, weight_decay=0.0,
                        b1=0.9, b2=0.999, eps=1e-8, max_grad_norm=1.0)
     # Online RL (train.task="grpo" / "ppo") only: rollouts, rewards, advantages, KL.
-    c.rl = dict(rewards="toy_letter", reward_weights="", reward_combine="sum", prompts_per_step=8, group_size=8,
+    c.rl = dict(rewards="toy_letter", reward_weights="", reward_combine="sum", reward_transform="identity",
+                reference_samples=4, transform_quantile=0.85, prompts_per_step=8, group_size=8,
                 max_new_tokens=32, temperature=1.0, top_p=1.0, top_k=0, advantage="grpo", epochs=1, minibatches=1, kl_coef=0.0,
                 kl_estimator="k3", kl_in="loss", dynamic_sampling=False, overlong_buffer=0, overlong_penalty=1.0,
                 recompute_old_logps=False, eval_prompts=32, gamma=1.0, lam=0.95, value_coef=0.1, clip_eps_value=0.2)

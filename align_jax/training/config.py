@@ -14,6 +14,7 @@ from typing import Any, Mapping
 
 from align_jax.data.pipeline import TFDS_PREFIX, TFDS_RECORD_KINDS
 from align_jax.models import DEFAULT_MODEL
+from align_jax.objectives.reward import REWARD_TRANSFORMS
 from align_jax.training.optimizer import OptimizerConfig
 from align_jax.training.tasks import PAIR_LAYOUTS, TASKS, did_you_mean
 
@@ -109,6 +110,12 @@ class RLSection:
     rewards: str = "toy_letter"  # comma-separated names from align_jax.rewards.REWARDS
     reward_weights: str = ""  # comma-separated weights, one per reward ("": all 1)
     reward_combine: str = "sum"  # "sum": sum_k w_k r_k; "min": min_k w_k r_k (MaxMin-RLHF, arXiv:2402.08925)
+    # each reward relative to the reference policy's own samples of the same prompt, before combining:
+    # "identity" (off), "log-sigmoid" (log sigmoid(r - quantile of the reference rewards), arXiv:2402.00742)
+    # or "par" (mean over references of sigmoid(r - r_ref), arXiv:2502.18770); needs a reference
+    reward_transform: str = "identity"
+    reference_samples: int = 4  # R reference-policy samples per prompt scored for the transform (not identity)
+    transform_quantile: float = 0.85  # log-sigmoid: the quantile of the R reference rewards
     prompts_per_step: int = 8  # P prompts per rollout batch
     group_size: int = 8  # G samples per prompt: P * G rows per rollout batch
     max_new_tokens: int = 32
@@ -132,7 +139,11 @@ class RLSection:
     clip_eps_value: float = 0.2  # PPO: value clipping (<= 0: none)
 
     def __post_init__(self):
-        for name in ("prompts_per_step", "group_size", "max_new_tokens", "epochs", "minibatches"):
+        if self.reward_transform not in REWARD_TRANSFORMS.names():
+            raise ValueError(f"rl.reward_transform={self.reward_transform!r} is unknown; valid: {REWARD_TRANSFORMS.names()}")
+        if not 0.0 <= self.transform_quantile <= 1.0:
+            raise ValueError(f"rl.transform_quantile must be in [0, 1], got {self.transform_quantile}")
+        for name in ("prompts_per_step", "group_size", "max_new_tokens", "epochs", "minibatches", "reference_samples"):
             if getattr(self, name) < 1:
                 raise ValueError(f"rl.{name} must be >= 1, got {getattr(self, name)}")
         if self.reward_combine not in ("sum", "min"):

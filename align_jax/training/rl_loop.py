@@ -7,6 +7,9 @@ Each step (one rollout batch of ``P`` prompts x ``G`` samples):
    The sampling key is ``fold_in(key(data.seed), step)``, so a resumed run draws the same samples.
 2. **score** (host): every reward of ``rl.rewards`` on every decoded completion
    (:mod:`align_jax.rewards`); a reward that raises excludes that completion and is counted.
+   With ``rl.reward_transform`` (log-sigmoid, PAR) the reference policy also samples
+   ``rl.reference_samples`` completions per prompt, and each reward is taken relative to theirs
+   before the rewards are combined (``reference_relative_total``).
    Optional DAPO over-long shaping, and the KL to the reference in the reward (``rl.kl_in``).
 3. **advantages**: the registered estimator over each prompt's group; with
    ``rl.dynamic_sampling`` groups whose rewards are all equal get weight 0 (DAPO).
@@ -49,6 +52,7 @@ from align_jax.training.config import RunConfig
 from align_jax.training.loop import build_state, finish, load, open_checkpoints, save_cadence, stored_before
 from align_jax.training.metrics_logging import MetricsWriter, ProgressBar
 from align_jax.objectives.kl import kl_penalized_rewards, masked_mean
+from align_jax.objectives.reward import REWARD_TRANSFORMS
 from align_jax.objectives.policy_gradient import gae
 from align_jax.training.tasks.online import (
     completion_hidden,
@@ -111,6 +115,31 @@ def group_advantages(
     return adv.reshape(-1), keep.reshape(-1).astype(np.float32), dropped
 
 
+def reference_relative_total(
+    scores: R.Scores,  # [P*G, K] the policy's samples
+    ref_scores: R.Scores,  # [P*R, K] the reference policy's samples of the same P prompts
+    group_size: int,
+    weights,  # [K]
+    combine: str,
+    transform: str,
+    **options,
+) -> np.ndarray:  # [P*G] float32; NaN where a policy reward failed or no reference reward of a prompt scored
+    """Each reward ``k`` transformed against the reference rewards of its prompt (a transform of
+    ``objectives.reward.REWARD_TRANSFORMS``: log-sigmoid, arXiv:2402.00742; PAR, arXiv:2502.18770),
+    then weighted and combined as ``Scores.total`` does. Failed reference rewards are masked out."""
+    n, k = scores.values.shape
+    prompts = n // group_size
+    refs = np.asarray(ref_scores.values, np.float32).reshape(prompts, -1, k)  # [P, R, K]
+    ok = ~np.asarray(ref_scores.failed).reshape(prompts, -1, k)
+    refs = np.repeat(np.nan_to_num(refs), group_size, axis=0)  # [P*G, R, K]
+    ok = np.repeat(ok, group_size, axis=0)
+    fn = REWARD_TRANSFORMS.build(transform, **options)
+    out = np.stack([np.asarray(fn(jnp.asarray(scores.values[:, j]), jnp.asarray(refs[:, :, j]), jnp.asarray(ok[:, :, j])))
+                    for j in range(k)], axis=1)  # [P*G, K]
+    out = np.where(ok.any(axis=1), out, np.nan)
+    return R.Scores(scores.names, out.astype(np.float32), scores.failed, []).total(weights, combine)
+
+
 def overlong_penalty(lengths: np.ndarray, max_new_tokens: int, buffer: int, penalty: float) -> np.ndarray:  # [R]
     """DAPO's soft over-long punishment (arXiv:2503.14476): 0 up to ``max - buffer`` tokens, then
     falling linearly to ``-penalty`` at ``max_new_tokens``."""
@@ -155,23 +184,26 @@ class OnlineRL:
         self.logps_pass = jax.jit(self._logps_pass, in_shardings=(state_sh, None), out_shardings=self.replicated)
 
     # -- rollout ----------------------------------------------------------------------------
-    def rollout(self, state, tokens: np.ndarray, mask: np.ndarray, key, params: SamplingParams) -> dict:
-        """Samples ``params.n`` completions per prompt from the live policy; the batch of the
-        module docstring of :mod:`align_jax.training.tasks.online` (without advantages)."""
+    def rollout(self, state, tokens: np.ndarray, mask: np.ndarray, key, params: SamplingParams,
+                reference: bool = False) -> dict:
+        """Samples ``params.n`` completions per prompt from the live policy (or, with ``reference``,
+        from the reference policy); the batch of the module docstring of
+        :mod:`align_jax.training.tasks.online` (without advantages)."""
         rows = tokens.shape[0] * params.n
-        sig = (tokens.shape, params.structure(), params.n)
+        sig = (tokens.shape, params.structure(), params.n, reference)
         if sig not in self._rollouts:
             ways = batch_ways(self.mesh)
             split = tokens.shape[0] % ways == 0 and ways > 1
             shardings = decode_shardings(self.lm.model.cfg, self.mesh, rows) if split else None
             prompt_sh = S.batch_shardings(tokens, self.mesh, micro_axis=False) if split else self.replicated
-            fn = functools.partial(self._rollout, structure=params.structure(), n=params.n, shardings=shardings)
+            fn = functools.partial(self._rollout, structure=params.structure(), n=params.n, shardings=shardings,
+                                   reference=reference)
             self._rollouts[sig] = jax.jit(fn, in_shardings=(self.state_sh, prompt_sh, prompt_sh, None, None),
                                           out_shardings=self.replicated)
         return self._rollouts[sig](state, tokens, mask, key, params.values())
 
-    def _rollout(self, state, tokens, mask, key, values, *, structure, n, shardings):
-        policy = S.policy_state(self.spec, state.params, state.frozen)
+    def _rollout(self, state, tokens, mask, key, values, *, structure, n, shardings, reference=False):
+        policy = self._reference_state(state) if reference else S.policy_state(self.spec, state.params, state.frozen)
         out = sample_program(
             policy, tokens, mask, key, values, jnp.int32(self.m), self.eos, stop_array(()),
             graphdef=self.spec.graphdef, structure=structure, n=n, buffer_len=self.m,
@@ -187,6 +219,11 @@ class OnlineRL:
             "sampler_logps": out.sampling_logprobs,
         }
 
+    @staticmethod
+    def _reference_state(state):
+        """The reference policy: the frozen copy, or with LoRA the frozen base model."""
+        return state.reference if state.reference is not None else state.frozen["model"]
+
     # -- trainer-side log-probs ------------------------------------------------------------------
     def _logps_pass(self, state, batch) -> dict:
         out = {}
@@ -200,8 +237,7 @@ class OnlineRL:
             if self.ppo:
                 out["old_values"] = token_values(state.params["reward_head"], hidden)
         if self.need_ref:
-            ref_state = state.reference if state.reference is not None else state.frozen["model"]
-            ref = nnx.merge(self.spec.graphdef, ref_state)
+            ref = nnx.merge(self.spec.graphdef, self._reference_state(state))
             out["ref_logps"] = completion_logps(ref, batch, temperature)[0]
         return out
 
@@ -334,14 +370,27 @@ def _rl_step(cfg, engine: OnlineRL, train_step, state, step, prompt_idx, prompts
     for message in scores.errors[:3]:
         logging.warning("step %d: %s", step, message)
     lengths = batch["completion_mask"].sum(1)
-    total = scores.total(rl.weights, rl.reward_combine) + overlong_penalty(lengths, rl.max_new_tokens, rl.overlong_buffer,
-                                                        rl.overlong_penalty)
+    metrics: dict[str, float] = {}
+    if rl.reward_transform == "identity":
+        total = scores.total(rl.weights, rl.reward_combine)
+    else:
+        ref_params = dataclasses.replace(params, n=rl.reference_samples)
+        ref_batch = jax.device_get(engine.rollout(state, prompts.tokens[idx], prompts.mask[idx],
+                                                  jax.random.fold_in(key, 1), ref_params, reference=True))
+        ref_records = [prompts.records[i] for i in idx for _ in range(rl.reference_samples)]
+        ref_texts = _decode(engine.lm.tokenizer, ref_batch["tokens"][:, width:], ref_batch["completion_mask"])
+        ref_scores = R.score(rl.reward_names, reward_fns, ref_records, ref_texts)
+        options = {"quantile": rl.transform_quantile} if rl.reward_transform == "log-sigmoid" else {}
+        total = reference_relative_total(scores, ref_scores, rl.group_size, rl.weights, rl.reward_combine,
+                                         rl.reward_transform, **options)
+        metrics["rl/reference_reward"] = float(np.nanmean(ref_scores.total(rl.weights, rl.reward_combine)))
+        metrics["rl/transformed_reward"] = float(np.nanmean(total))
+    total = total + overlong_penalty(lengths, rl.max_new_tokens, rl.overlong_buffer, rl.overlong_penalty)
     t_score = time.perf_counter()
     extra = jax.device_get(engine.logps_pass(state, batch)) if (engine.recompute or engine.need_ref or engine.ppo) else {}
     old = extra.get("old_logps", batch["sampler_logps"])
     ref = extra.get("ref_logps", np.zeros_like(old))
     mask = batch["completion_mask"].astype(np.float32)
-    metrics: dict[str, float] = {}
     if engine.need_ref:
         kl = np.asarray(KL_ESTIMATORS.build(rl.kl_estimator)(jnp.asarray(old), jnp.asarray(ref), jnp.asarray(mask)))
         metrics["rl/kl_to_reference"] = float((kl * mask).sum() / max(mask.sum(), 1.0))
@@ -352,12 +401,13 @@ def _rl_step(cfg, engine: OnlineRL, train_step, state, step, prompt_idx, prompts
         metrics["rl/sampler_trainer_logp_maxdiff"] = float(diff.max())
     full = {"tokens": batch["tokens"], "positions": batch["positions"], "segment_ids": batch["segment_ids"],
             "old_logps": old.astype(np.float32), "ref_logps": ref.astype(np.float32)}
+    valid = scores.ok & np.isfinite(total)  # a transform leaves NaN where no reference reward scored
     if engine.ppo:
-        adv, returns, keep = ppo_advantages(rl, total, scores.ok, old, ref, extra["old_values"], mask)
+        adv, returns, keep = ppo_advantages(rl, total, valid, old, ref, extra["old_values"], mask)
         full.update(returns=returns, old_values=np.asarray(extra["old_values"], np.float32))
         dropped = 0.0
     else:
-        adv, keep, dropped = group_advantages(total, scores.ok, rl.group_size, rl.advantage, rl.dynamic_sampling)
+        adv, keep, dropped = group_advantages(total, valid, rl.group_size, rl.advantage, rl.dynamic_sampling)
     full.update(completion_mask=mask * keep[:, None], advantages=adv.astype(np.float32))
     t2 = time.perf_counter()
 
@@ -380,7 +430,6 @@ def _rl_step(cfg, engine: OnlineRL, train_step, state, step, prompt_idx, prompts
             update_metrics.append(m)
     t3 = time.perf_counter()
 
-    valid = scores.ok
     if learn:
         last, first = update_metrics[-1], [m for m in update_metrics if m["epoch"] == 0]
         metrics.update({k: v for k, v in last.items() if k != "epoch"})

@@ -240,3 +240,18 @@ def test_ppo_with_a_value_head_learns_and_lora_rollouts_read_the_merged_policy(t
     assert all(abs(r["rl/ratio_mean_epoch0"] - 1) < 1e-4 for r in rows)
     assert rows[0]["rl/kl_to_reference"] == pytest.approx(0.0, abs=1e-6)  # adapters start at zero
     assert rows[-1]["rl/kl_to_reference"] > 0
+
+
+def test_grpo_toy_learns_with_par_rewards_relative_to_the_reference(tmp_path):
+    """rl.reward_transform='par' (arXiv:2502.18770): the frozen reference samples 4 completions per
+    prompt each step; the policy's reward is its mean win probability against them, in (0, 1).
+    The policy learns past the reference, whose own reward stays where the run started."""
+    cfg = toy_config(rl__reward_transform="par", rl__reference_samples=4, reference__mode="frozen",
+                     train__steps=20, train__eval_every=100, train__checkpoint_every=100)
+    run(parse_config(cfg), tmp_path / "par")
+    rows = read_metrics(tmp_path / "par", split="train")
+    assert all(0 < r["rl/transformed_reward"] < 1 for r in rows)
+    assert max(r["rl/reference_reward"] for r in rows) < 0.1  # the frozen reference does not learn
+    assert rows[-1]["reward/toy_letter"] > 0.5 > rows[0]["reward/toy_letter"]
+    # rewards are in [0, 1] and the reference's near 0, so PAR tops out near sigmoid(1) = 0.73
+    assert rows[0]["rl/transformed_reward"] < 0.55 < 0.65 < rows[-1]["rl/transformed_reward"] < 1 / (1 + np.exp(-1)) + 1e-6

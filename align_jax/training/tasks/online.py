@@ -137,6 +137,9 @@ def _check_rl_config(cfg: Any) -> None:
         raise ValueError(f"rl.reward_weights has {len(rl.weights)} values for {len(rl.reward_names)} rewards")
     ADVANTAGE_ESTIMATORS.entry(rl.advantage)
     KL_ESTIMATORS.entry(rl.kl_estimator)
+    if rl.reward_transform != "identity" and cfg.reference.mode == "none" and not cfg.lora.rank:
+        raise ValueError(f"rl.reward_transform={rl.reward_transform!r} scores the reference policy's samples, so it "
+                         "needs a reference: set reference.mode='frozen', or use LoRA (the frozen base is the reference)")
     if rl.kl_coef and cfg.reference.mode == "none" and not cfg.lora.rank:
         raise ValueError("rl.kl_coef > 0 needs a reference: set reference.mode='frozen', or use LoRA "
                          "(lora.rank > 0: the frozen base is the reference)")
