@@ -83,6 +83,8 @@ from typing import Any, Sequence
 import numpy as np
 from absl import app, flags
 
+from benchmarks.quiet import Contention
+
 Pair = tuple[list[int], list[int], list[int]]  # (prompt ids, chosen ids, rejected ids)
 Batch = list[Pair]
 
@@ -748,9 +750,12 @@ def main(argv):
             data_info[workload]["counted_tokens_per_batch"] = [counted_tokens(b) for b in batches]
             log(f"workload {workload}: {len(batches)} batch(es) of {FLAGS.pairs} pairs, counted tokens "
                 f"{data_info[workload]['counted_tokens_per_batch']}")
-            rows = measure_workload(batches, jax_names, trl_names, model=model, pad_id=pad_id,
-                                    trl_folder=trl_folder, workdir=tmp, log=log)
+            with Contention() as machine:  # load and other processes' CPU while the rows ran
+                rows = measure_workload(batches, jax_names, trl_names, model=model, pad_id=pad_id,
+                                        trl_folder=trl_folder, workdir=tmp, log=log)
             results[workload] = summarise(rows, batches, cfg)
+            for r in results[workload]:
+                r.update(machine.record())
             del rows  # frees this workload's TRL trainers before the next one builds its own
             gc.collect()
             for r in results[workload]:
@@ -812,6 +817,10 @@ def markdown(results: dict, peak: float, dtype: str) -> str:
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for workload, rows in results.items():
+        if rows and "other_cores" in rows[0]:
+            busy = " BUSY: other processes used the CPU, do not quote" if rows[0]["busy_machine"] else ""
+            lines.insert(1, f"{workload}: load {rows[0]['load_before']} -> {rows[0]['load_after']}, "
+                            f"other processes {rows[0]['other_cores']} cores{busy}.")
         for r in rows:
             if "tokens_per_s" not in r:
                 lines.append(f"| {workload} | {r['row']} | {r['notes'] or 'not run'} | | | | | | | |")

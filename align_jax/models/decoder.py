@@ -285,9 +285,10 @@ class Decoder(nnx.Module):
         embeddings = x
         graphdef, block_state = nnx.split(self.blocks)
 
-        def layer(carry, per_layer):
+        def layer(carry, per_layer, static_i):  # static_i: the layer index as a Python int (unrolled), or None
             x, kv = carry
             state, is_sliding, i, edits = per_layer
+            i = i if static_i is None else static_i
             block = nnx.merge(graphdef, state)
             captured = {}
 
@@ -322,21 +323,21 @@ class Decoder(nnx.Module):
             return (x, kv), ((x if return_hidden_states else None), captured)
 
         if cfg.remat in _REMAT_POLICIES:
-            layer = jax.checkpoint(layer, policy=_REMAT_POLICIES[cfg.remat], prevent_cse=not cfg.scan_layers)
+            layer = jax.checkpoint(layer, policy=_REMAT_POLICIES[cfg.remat], prevent_cse=not cfg.scan_layers,
+                                   static_argnums=(2,))
         carry = (x, (cache.k, cache.v) if cache is not None else None)
         xs = (block_state, jnp.asarray(sliding), jnp.arange(cfg.num_layers), intervention)
         if cache is not None and isinstance(cache.k, tuple) and layer_states is None:
             raise ValueError("a per-layer KV cache (KVCache.per_layer) needs layer_states (unrolled layers)")
         if cfg.scan_layers and layer_states is None:
-            (x, kv), (hidden, captured) = jax.lax.scan(layer, carry, xs)
+            (x, kv), (hidden, captured) = jax.lax.scan(lambda c, p: layer(c, p, None), carry, xs)
         else:
             outs = []
             for i in range(cfg.num_layers):
                 per_layer = jax.tree.map(lambda a: a[i], xs)
-                per_layer = per_layer[:2] + (i,) + per_layer[3:]  # a static layer index
                 if layer_states is not None:
                     per_layer = (layer_states[i],) + per_layer[1:]
-                carry, out = layer(carry, per_layer)
+                carry, out = layer(carry, per_layer, i)  # a static layer index (per-layer cache buffers)
                 outs.append(out)
             (x, kv) = carry
             hidden = jnp.stack([o[0] for o in outs]) if return_hidden_states else None

@@ -113,6 +113,18 @@ def test_hoisted_weights_equal_stacked_decode(model, gemma_like):
     np.testing.assert_allclose(np.asarray(new.sampling_logprobs), np.asarray(ref.sampling_logprobs), atol=1e-5)
 
 
+@pytest.mark.parametrize("remat", ["full", "dots"])
+def test_a_remat_model_samples_what_the_plain_one_does(model, remat):
+    """A model configured with layer remat (training's setting, e.g. the demo's) decodes through the
+    same per-layer cache path: the layer index must stay static under jax.checkpoint."""
+    params = SamplingParams(temperature=0.0, max_new_tokens=6)
+    remat_model = init_decoder(CFG.replace(remat=remat, scan_layers=False), seed=3)
+    remat_model.lm_head[...] = remat_model.lm_head[...] * 25.0
+    ref, new = (sample(m, PROMPTS, params, hoist_weights=True) for m in (model, remat_model))
+    np.testing.assert_array_equal(np.asarray(new.tokens), np.asarray(ref.tokens))
+    np.testing.assert_allclose(np.asarray(new.model_logprobs), np.asarray(ref.model_logprobs), atol=1e-5)
+
+
 def test_sliding_window_logprobs_equal_teacher_forced():
     """Gemma-style sliding layers: decoding far past the window (4) through the KV cache gives the
     log-probs of a cache-free forward, whose sliding mask is checked against transformers."""
