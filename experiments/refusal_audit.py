@@ -38,6 +38,7 @@ from align_jax.safety.refusal import audit as A
 from align_jax.safety.refusal import contrast as C
 from align_jax.safety.refusal.classifiers import ResponseClassifier, featurize, save_response_judge
 from align_jax.safety.refusal.datasets import stable_hash
+from align_jax.safety.refusal.metrics import format_rate
 from align_jax.safety.refusal.probe import train_head
 from align_jax.safety.refusal.responses import RESPONSE_CLASSES, build_response_examples
 from align_jax.safety.refusal.run import RefusalConfig, build_prompt_sets, build_source_sets, train_response_judge
@@ -171,24 +172,18 @@ def score(F) -> None:
     print(md)
 
 
-def _pct(r: dict) -> str:
-    if not r.get("n"):
-        return "-"
-    return f"{100 * r['point']:.0f}% [{100 * r['wilson_low']:.0f}, {100 * r['wilson_high']:.0f}] (n={r['n']})"
-
-
 def audit_markdown(r: dict) -> str:
     lines = [f"# Refusal judges vs hand labels ({r['n']} real answers)", "",
              f"Labels: {r['label_counts']}; per answering model: {r['per_model_label_counts']}.", "",
              "| judge | accuracy | kappa | " + " | ".join(f"recall {c}" for c in RESPONSE_CLASSES) + " |",
              "|---|---|---|" + "---|" * len(RESPONSE_CLASSES)]
     for k, v in r["judges"].items():
-        lines.append(f"| {k} | {_pct(v['accuracy'])} | {v['kappa']:.2f} | "
-                     + " | ".join(_pct(v["per_class"][c]["recall"]) for c in RESPONSE_CLASSES) + " |")
+        lines.append(f"| {k} | {format_rate(v['accuracy'], 0)} | {v['kappa']:.2f} | "
+                     + " | ".join(format_rate(v["per_class"][c]["recall"], 0) for c in RESPONSE_CLASSES) + " |")
     lines += ["", "Precision per class:", "", "| judge | " + " | ".join(RESPONSE_CLASSES) + " |",
               "|---|" + "---|" * len(RESPONSE_CLASSES)]
     for k, v in r["judges"].items():
-        lines.append(f"| {k} | " + " | ".join(_pct(v["per_class"][c]["precision"]) for c in RESPONSE_CLASSES) + " |")
+        lines.append(f"| {k} | " + " | ".join(format_rate(v["per_class"][c]["precision"], 0) for c in RESPONSE_CLASSES) + " |")
     lines += ["", f"Best learned judge (kappa): {r['best_learned']}."]
     return "\n".join(lines)
 

@@ -308,16 +308,15 @@ class Decoder(nnx.Module):
             q, k, v = block.qkv(x, positions, inv)
             if kv is None:
                 keys, values = k, v
-            elif isinstance(kv[0], tuple):  # per-layer buffers (KVCache.per_layer); i is a Python int
-                write = lambda c, new: jax.lax.dynamic_update_slice(
-                    c, jnp.swapaxes(new, 1, 2).astype(c.dtype), (0, 0, cache.index, 0))
-                kv = tuple(buf[:i] + (write(buf[i], new),) + buf[i + 1:] for buf, new in zip(kv, (k, v)))
-                keys, values = kv[0][i], kv[1][i]  # [B, K, S, H]
-            else:  # write the new rows into the stacked cache in place, then read this layer's slice
-                kv = tuple(
-                    jax.lax.dynamic_update_slice(c, jnp.swapaxes(new, 1, 2)[None].astype(c.dtype), (i, 0, 0, cache.index, 0))
-                    for c, new in zip(kv, (k, v))
-                )
+            else:  # write the new rows [B, K, T, H] into the cache in place, then read this layer's keys
+                rows = [jnp.swapaxes(a, 1, 2) for a in (k, v)]
+                if isinstance(kv[0], tuple):  # per-layer buffers (KVCache.per_layer); i is a Python int
+                    kv = tuple(buf[:i] + (jax.lax.dynamic_update_slice(buf[i], new.astype(buf[i].dtype),
+                                                                       (0, 0, cache.index, 0)),) + buf[i + 1:]
+                               for buf, new in zip(kv, rows))
+                else:  # the stacked [L, B, K, S, H] cache
+                    kv = tuple(jax.lax.dynamic_update_slice(c, new[None].astype(c.dtype), (i, 0, 0, cache.index, 0))
+                               for c, new in zip(kv, rows))
                 keys, values = kv[0][i], kv[1][i]  # [B, K, S, H]
             x = block.finish(x, q, keys, values, mask, hook, kv_heads_first=kv is not None)
             return (x, kv), ((x if return_hidden_states else None), captured)

@@ -27,7 +27,7 @@ import numpy as np
 from align_jax.data.prompt_data import read_tables
 from align_jax.data.sources import DataError
 from align_jax.safety.refusal.datasets import stable_hash
-from align_jax.safety.refusal.metrics import confusion_matrix, wilson_interval
+from align_jax.safety.refusal.metrics import confusion_matrix, wilson_rate
 from align_jax.safety.refusal.responses import RESPONSE_CLASSES
 
 AUDIT_FILE = "refusal_audit.jsonl"
@@ -66,13 +66,6 @@ def labels_of(rows: Sequence[dict]) -> np.ndarray:
     return np.array([RESPONSE_CLASSES.index(r["label"]) for r in rows])
 
 
-def _rate(k: int, n: int) -> dict:
-    if n == 0:
-        return {"k": 0, "n": 0}
-    lo, hi = wilson_interval(k, n)
-    return {"k": k, "n": n, "point": k / n, "wilson_low": lo, "wilson_high": hi}
-
-
 def cohen_kappa(a: np.ndarray, b: np.ndarray, n_classes: int) -> float:
     """Cohen's kappa of two labelings: (observed - chance agreement) / (1 - chance agreement)."""
     cm = confusion_matrix(np.asarray(a), np.asarray(b), n_classes).astype(np.float64)
@@ -89,13 +82,13 @@ def agreement(human: np.ndarray, judged: np.ndarray) -> dict:
     if human.shape != judged.shape:
         raise ValueError(f"label shapes differ: {human.shape} vs {judged.shape}")
     k = len(RESPONSE_CLASSES)
-    out = {"accuracy": _rate(int((human == judged).sum()), int(human.size)),
+    out = {"accuracy": wilson_rate(int((human == judged).sum()), int(human.size)),
            "kappa": cohen_kappa(human, judged, k), "per_class": {},
            "confusion": confusion_matrix(human, judged, k).tolist()}
     for c, name in enumerate(RESPONSE_CLASSES):
         out["per_class"][name] = {
-            "recall": _rate(int(((human == c) & (judged == c)).sum()), int((human == c).sum())),
-            "precision": _rate(int(((human == c) & (judged == c)).sum()), int((judged == c).sum())),
+            "recall": wilson_rate(int(((human == c) & (judged == c)).sum()), int((human == c).sum())),
+            "precision": wilson_rate(int(((human == c) & (judged == c)).sum()), int((judged == c).sum())),
         }
     return out
 

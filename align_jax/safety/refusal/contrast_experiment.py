@@ -36,7 +36,7 @@ import numpy as np
 
 from align_jax.safety.refusal import contrast as C
 from align_jax.safety.refusal.features import parse_feature_spec, select_features
-from align_jax.safety.refusal.metrics import wilson_interval
+from align_jax.safety.refusal.metrics import format_rate, wilson_rate
 from align_jax.safety.refusal.probe import group_weights, positive_score, threshold_for_groups, train_head
 from align_jax.safety.refusal.sources import benchmark_of
 from align_jax.safety.refusal.run import (
@@ -54,16 +54,12 @@ OPERATING_FPRS: tuple[float, ...] = (0.005, 0.015, 0.03, 0.05, 0.1)  # threshold
 
 
 def auroc(pos: np.ndarray, neg: np.ndarray) -> float:
-    """P(score of a random positive > a random negative), ties counted half (Mann-Whitney)."""
-    pos, neg = np.asarray(pos, np.float64), np.asarray(neg, np.float64)
-    order = np.argsort(np.concatenate([pos, neg]), kind="mergesort")
-    ranks = np.empty(order.size)
-    allv = np.concatenate([pos, neg])[order]
-    # average ranks over ties
-    _, inv, counts = np.unique(allv, return_inverse=True, return_counts=True)
-    cum = np.cumsum(counts)
-    ranks[order] = (cum - (counts - 1) / 2)[inv]
-    return float((ranks[:pos.size].sum() - pos.size * (pos.size + 1) / 2) / (pos.size * neg.size))
+    """P(score of a random positive > a random negative), ties counted half (Mann-Whitney rank
+    sum; the statistic of ``evals.calibration_metrics.auroc``, which this layer cannot import)."""
+    _, inv, counts = np.unique(np.concatenate([pos, neg]).astype(np.float64), return_inverse=True, return_counts=True)
+    ranks = (np.cumsum(counts) - (counts - 1) / 2)[inv]  # 1-based, ties share their mean rank
+    n_pos, n_neg = len(pos), len(neg)
+    return float((ranks[:n_pos].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
 
 
 def _group(p) -> str:
@@ -73,12 +69,9 @@ def _group(p) -> str:
 
 
 def rate(flags: np.ndarray) -> dict:
-    """{"k", "n", "point", "wilson_low", "wilson_high"} of 0/1 flags (empty -> n = 0 only)."""
+    """``metrics.wilson_rate`` of 0/1 flags (empty -> n = 0 only)."""
     f = np.asarray(flags, bool)
-    if f.size == 0:
-        return {"k": 0, "n": 0}
-    lo, hi = wilson_interval(int(f.sum()), int(f.size))
-    return {"k": int(f.sum()), "n": int(f.size), "point": float(f.mean()), "wilson_low": lo, "wilson_high": hi}
+    return wilson_rate(int(f.sum()), int(f.size))
 
 
 def pair_rates(flags_h: np.ndarray, flags_b: np.ndarray, pairs: Sequence[C.Pair], by: str) -> dict[str, dict]:
@@ -244,12 +237,6 @@ def _evaluate(flag: Callable[[np.ndarray], np.ndarray], xh, xb, pairs, x_test, t
     }
 
 
-def _pct(r: dict) -> str:
-    if not r.get("n"):
-        return "-"
-    return f"{100 * r['point']:.1f}% [{100 * r['wilson_low']:.1f}, {100 * r['wilson_high']:.1f}] (n={r['n']})"
-
-
 def contrast_markdown(r: dict) -> str:
     """The report as Markdown tables."""
     hp, hf = r["held_out_phenomenon"], r["held_out_family"]
@@ -262,22 +249,22 @@ def contrast_markdown(r: dict) -> str:
     lines += ["", f"Held-out phenomenon AUROC (harmful vs benign twin scores): {hp['auroc']:.3f}"
               + (f" (old classifier on the same pairs: {old['auroc_test_families']:.3f})." if old and "auroc_test_families" in old else "."), "",
               "| threshold set for FPR | recall | FPR on held-out twins |", "|---|---|---|"]
-    lines += [f"| {100 * float(f):g}% | {_pct(v['recall'])} | {_pct(v['fpr'])} |" for f, v in hp["operating_points"].items()]
+    lines += [f"| {100 * float(f):g}% | {format_rate(v['recall'])} | {format_rate(v['fpr'])} |" for f, v in hp["operating_points"].items()]
     lines += ["", "## Test-family pairs, Wilson 95% intervals", "",
               "| classifier | recall (harmful) | FPR (benign twins) |", "|---|---|---|",
-              f"| new, held-out phenomenon | {_pct(hp['recall'])} | {_pct(hp['fpr'])} |",
-              f"| new, held-out family only | {_pct(hf['test_families']['recall'])} | {_pct(hf['test_families']['fpr'])} |"]
+              f"| new, held-out phenomenon | {format_rate(hp['recall'])} | {format_rate(hp['fpr'])} |",
+              f"| new, held-out family only | {format_rate(hf['test_families']['recall'])} | {format_rate(hf['test_families']['fpr'])} |"]
     if old:
-        lines.append(f"| old (`{old['spec']}`) | {_pct(old['test_families']['recall'])} | {_pct(old['test_families']['fpr'])} |")
+        lines.append(f"| old (`{old['spec']}`) | {format_rate(old['test_families']['recall'])} | {format_rate(old['test_families']['fpr'])} |")
     for key, title in (("per_phenomenon", "phenomenon"), ("per_category", "category")):
         lines += ["", f"### Per {title} (new: held-out phenomenon; old: never saw any pair)", "",
                   f"| {title} | new recall | new FPR | old recall | old FPR |", "|---|---|---|---|---|"]
         for g, v in hp[key].items():
             o = old["test_families"][key].get(g) if old else None
-            lines.append(f"| {g} | {_pct(v['recall'])} | {_pct(v['fpr'])} | "
-                         f"{_pct(o['recall']) if o else '-'} | {_pct(o['fpr']) if o else '-'} |")
+            lines.append(f"| {g} | {format_rate(v['recall'])} | {format_rate(v['fpr'])} | "
+                         f"{format_rate(o['recall']) if o else '-'} | {format_rate(o['fpr']) if o else '-'} |")
     lines += ["", "## Source test sets (held-out benchmarks)", "", "| metric | new | old |", "|---|---|---|"]
     for k, v in hf["source_test"].items():
-        lines.append(f"| {k} | {_pct(v)} | {_pct(old['source_test'][k]) if old else '-'} |")
+        lines.append(f"| {k} | {format_rate(v)} | {format_rate(old['source_test'][k]) if old else '-'} |")
     lines += ["", f"{r['seconds']:.0f} s"]
     return "\n".join(lines)

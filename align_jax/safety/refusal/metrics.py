@@ -119,6 +119,22 @@ def wilson_interval(k: int, n: int, z: float = 1.959964) -> tuple[float, float]:
     return max(0.0, centre - half), min(1.0, centre + half)
 
 
+def wilson_rate(k: int, n: int) -> dict:
+    """{"k", "n", "point", "wilson_low", "wilson_high"} of k hits in n (n = 0 -> {"k": 0, "n": 0})."""
+    if n == 0:
+        return {"k": 0, "n": 0}
+    lo, hi = wilson_interval(k, n)
+    return {"k": k, "n": n, "point": k / n, "wilson_low": lo, "wilson_high": hi}
+
+
+def format_rate(r: Mapping, digits: int = 1) -> str:
+    """A ``wilson_rate`` as "point% [low, high] (n=N)", or "-" when it has no cases."""
+    if not r.get("n"):
+        return "-"
+    return (f"{100 * r['point']:.{digits}f}% [{100 * r['wilson_low']:.{digits}f}, "
+            f"{100 * r['wilson_high']:.{digits}f}] (n={r['n']})")
+
+
 def ci_dict(ci: BootstrapCI, flags: np.ndarray | None = None) -> Mapping[str, float]:
     """point / low / high (bootstrap); with the 0/1 ``flags`` also wilson_low / wilson_high."""
     out = {"point": ci.point, "low": ci.low, "high": ci.high}
