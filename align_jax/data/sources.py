@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping, Sequence
 
 from align_jax.data import hh_rlhf
-from align_jax.data.records import RECORD_KINDS, RecordError, check_fields, record_from_row
+from align_jax.data.records import RECORD_KINDS, PromptRecord, RecordError, check_fields, kind_of, record_from_row, to_dict
 
 log = logging.getLogger(__name__)
 
@@ -241,3 +241,24 @@ def load_source(config: SourceConfig) -> tuple[list[Any], SourceStats]:
     return load_records(
         config.path, config.kind, config.fields, format=config.format, on_error=config.on_error
     )
+
+
+def write_records(records: Sequence[Any], path: str | os.PathLike) -> Path:
+    """Records of one kind as JSONL that ``load_records(path, kind)`` reads back (``data.source=kind``
+    with ``data.train_path=path``): one record's fields a line; a prompt record's ``info`` becomes
+    columns of its own, which the prompt parser puts back into ``info``."""
+    kinds = {kind_of(r) for r in records}
+    if len(kinds) > 1:
+        raise ValueError(f"write_records writes one record kind a file, got {sorted(kinds)}")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", encoding="utf-8") as f:
+        for r in records:
+            row = to_dict(r)
+            if isinstance(r, PromptRecord):
+                clash = {"prompt", "system"} & set(r.info)
+                if clash:
+                    raise ValueError(f"a prompt record's info may not use the column names {sorted(clash)}")
+                row = {"prompt": row["prompt"], **row["info"]}
+            f.write(json.dumps(row, ensure_ascii=False) + "\n")
+    return path

@@ -23,7 +23,8 @@ Suites only produce per-example outcomes (``SuiteResult``); every statistic is c
   separately, so every resample has both classes; None when all answers are right or all wrong).
 
 Shared model helpers used by the suites: ``continuation_logprobs`` (teacher-forced, batched,
-jit-compiled, bucketed widths) and ``generate_greedy`` (KV-cache sampler, fixed batch shape).
+jit-compiled, bucketed widths) and ``generate_greedy`` (KV-cache sampler, fixed batch shape; it lives in
+``align_jax.sampling.greedy`` so that layers below evals generate with it too).
 ``evaluate(cfg, workdir)`` also loads the model named by ``cfg.model``; the CLI is
 ``align_jax/evaluate.py``. Training runs call ``run_suite`` with ``load_eval_config(suite, ...)``.
 Both parse ``cfg`` into the suite's typed ``Config`` first (``align_jax.evals.config``): a key the
@@ -58,10 +59,9 @@ from align_jax.evals.calibration_metrics import (
 )
 from align_jax.evals.config import EvalConfig, parse_eval_config
 from align_jax.evals.reliability_plot import save_reliability_diagram
-from align_jax.models.chat import encode_chat
 from align_jax.models.interventions import Intervention
 from align_jax.models.registry import LoadedModel, load_model
-from align_jax.sampling import SamplingParams, sample
+from align_jax.sampling.greedy import Generation, chat_ids, generate_greedy  # noqa: F401 - the suites' helpers
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[2]
 CONFIG_DIR = REPO_ROOT / "configs" / "eval"
@@ -204,64 +204,7 @@ def continuation_logprobs(
 
 def chat_prompt_ids(lm: LoadedModel, text: str) -> list[int]:
     """One user turn rendered with the model's chat template, generation prompt added."""
-    if lm.chat_template is None:
-        raise ValueError(f"model {lm.source!r} has no chat template; this suite needs one")
-    return encode_chat(lm.tokenizer, [{"role": "user", "content": text}], template=lm.chat_template,
-                       add_generation_prompt=True).ids
-
-
-@dataclasses.dataclass(frozen=True)
-class Generation:
-    text: str  # decoded completion, special tokens skipped
-    token_ids: tuple[int, ...]  # the completion, stop token included
-    logprobs: np.ndarray  # [len(token_ids)] model log-probs (log_softmax of raw logits)
-    stopped: bool  # ended with an end-of-text token (False: hit max_new_tokens)
-
-    @property
-    def answer_logprobs(self) -> np.ndarray:
-        """Log-probs of the completion without its stop token."""
-        return self.logprobs[:-1] if self.stopped else self.logprobs
-
-
-def generate_greedy(
-    lm: LoadedModel,
-    prompts: Sequence[Sequence[int]],
-    *,
-    max_new_tokens: int,
-    batch_size: int,
-    progress: bool = False,
-    desc: str = "generating",
-    intervention: Intervention | None = None,
-) -> list[Generation]:
-    """Greedy completions of token-id prompts; every batch has the same shape (one compile);
-    ``intervention`` (no per-row ``patch``) edits the prefill and every decode step (steering)."""
-    if not prompts:
-        raise ValueError("no prompts to generate for")
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    tok = lm.tokenizer
-    eos = sorted(tok.eos_ids)
-    params = SamplingParams(temperature=0.0, max_new_tokens=int(max_new_tokens))
-    width = _round_up(max(len(p) for p in prompts), 32)
-    out: list[Generation] = []
-    for start in tqdm(range(0, len(prompts), batch_size), desc=desc, disable=not progress):
-        batch = [list(p) for p in prompts[start:start + batch_size]]
-        real = len(batch)
-        batch += [batch[-1]] * (batch_size - real)
-        res = sample(lm.model, batch, params, eos_ids=eos, pad_id=tok.pad_id or 0, prompt_bucket=width,
-                     intervention=intervention)
-        tokens, mask = np.asarray(res.tokens), np.asarray(res.completion_mask)
-        logps = np.asarray(res.model_logprobs, np.float64)
-        for row in range(real):
-            n = int(mask[row].sum())
-            ids = tuple(int(t) for t in tokens[row, :n])
-            out.append(Generation(
-                text=tok.decode(list(ids), skip_special_tokens=True),
-                token_ids=ids,
-                logprobs=logps[row, :n],
-                stopped=bool(n) and ids[-1] in tok.eos_ids,
-            ))
-    return out
+    return chat_ids(lm, [{"role": "user", "content": text}])
 
 
 # --- config, data paths -----------------------------------------------------------------

@@ -1,1 +1,1 @@
-"""Automated red-teaming: attacks on a model's refusals (GCG so far)."""
+"""Automated red-teaming: attacks on a model's refusals (templates, GCG, PAIR), judges, the runner."""

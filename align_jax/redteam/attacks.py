@@ -4,7 +4,9 @@ Template attacks are data (``templates.jsonl``: name, family, template, source),
 behaviour and views of it: ``{behaviour}``, ``{behaviour_lower}`` (first letter lower-cased),
 ``{part_a}`` / ``{part_b}`` (its two halves, for payload splitting), ``{behaviour_base64}``,
 ``{behaviour_rot13}``, ``{behaviour_leet}``. ``gcg`` optimises an adversarial suffix against the
-attacked model itself (``redteam.gcg``; Zou et al., arXiv:2307.15043).
+attacked model itself (``redteam.gcg``; Zou et al., arXiv:2307.15043). ``pair`` has an attacker
+model write and refine the prompt from the target's answers and a judge's scores (``redteam.pair``;
+Chao et al., arXiv:2310.08419).
 
 Every attack has the signature ``attack(behaviour, lm) -> prompt``; template attacks ignore ``lm``.
 """
@@ -22,9 +24,11 @@ from typing import Callable
 
 from align_jax.models.registry import LoadedModel
 from align_jax.redteam.gcg import GCGConfig, run_gcg
+from align_jax.redteam.pair import PAIRAttack
 from align_jax.registry import did_you_mean
 
 TEMPLATES_PATH = pathlib.Path(__file__).with_name("templates.jsonl")
+SEARCH_ATTACKS = {"gcg": "gcg", "pair": "lm_attacker"}  # attacks that search against the model -> family
 FIELDS = ("behaviour", "behaviour_lower", "part_a", "part_b", "behaviour_base64", "behaviour_rot13", "behaviour_leet")
 _LEET = str.maketrans({"a": "4", "e": "3", "i": "1", "o": "0", "s": "5", "t": "7"})
 
@@ -102,16 +106,19 @@ def gcg_attack(behaviour: str, lm: LoadedModel, *, num_steps: int = 50, search_w
 
 
 def attack_names(path: str | pathlib.Path = TEMPLATES_PATH) -> list[str]:
-    return sorted(load_templates(path)) + ["gcg"]
+    return sorted(load_templates(path)) + list(SEARCH_ATTACKS)
 
 
 def build_attack(name: str, path: str | pathlib.Path = TEMPLATES_PATH, **options) -> Callable[[str, LoadedModel], str]:
-    """``attack(behaviour, lm) -> prompt`` by name; ``options`` go to ``gcg`` only."""
+    """``attack(behaviour, lm) -> prompt`` by name; ``options`` go to ``gcg`` (its keyword arguments)
+    and ``pair`` (``PAIRConfig``'s fields) only."""
     if name == "gcg":
         return functools.partial(gcg_attack, **options)
+    if name == "pair":
+        return PAIRAttack(**options)
     templates = load_templates(path)
     if name not in templates:
-        valid = sorted(templates) + ["gcg"]
+        valid = sorted(templates) + list(SEARCH_ATTACKS)
         raise KeyError(f"unknown attack {name!r}; valid: {', '.join(valid)}{did_you_mean(name, valid)}")
     if options:
         raise ValueError(f"template attack {name!r} takes no options, got {sorted(options)}")
@@ -119,4 +126,4 @@ def build_attack(name: str, path: str | pathlib.Path = TEMPLATES_PATH, **options
 
 
 def attack_family(name: str, path: str | pathlib.Path = TEMPLATES_PATH) -> str:
-    return "gcg" if name == "gcg" else load_templates(path)[name].family
+    return SEARCH_ATTACKS[name] if name in SEARCH_ATTACKS else load_templates(path)[name].family

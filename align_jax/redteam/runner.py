@@ -5,9 +5,11 @@ Behaviours are harmful requests from a refusal_direction-style JSON file (``inst
 ``category``; the category maps to S1-S14). For each attack the behaviours run in batches: build the
 attack prompts, answer them greedily with the attacked model (chat template), judge, and append one
 record per behaviour to ``records.jsonl`` (flushed per batch). Run the same command again and the
-(attack, behaviour) pairs already recorded are skipped. At the end: ``summary.json`` / ``summary.md``
-(ASR with Wilson 95% CIs per attack, per family, per attack x hazard), ``asr_heatmap.png`` and
-``successes.jsonl`` (the prompts that worked: the next round's training data).
+(attack, behaviour) pairs already recorded are skipped. A searching attack that keeps a trace
+(``pair``: every round's candidates, responses and scores) adds it to the record as ``trace``. At
+the end: ``summary.json`` / ``summary.md`` (ASR with Wilson 95% CIs per attack, per family, per
+attack x hazard), ``asr_heatmap.png`` and ``successes.jsonl`` (the prompts that worked: the next
+round's training data).
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import numpy as np
 from align_jax.evals.runner import chat_prompt_ids, generate_greedy
 from align_jax.redteam.attacks import attack_family, attack_names, build_attack
 from align_jax.redteam.judges import JUDGES, build_judge
+from align_jax.redteam.pair import pair_config
 from align_jax.registry import did_you_mean
 from align_jax.safety.refusal.metrics import wilson_interval
 from align_jax.safety.refusal.taxonomy import HAZARD_CODES, map_categories
@@ -37,6 +40,7 @@ class RedTeamConfig:
     seed: int
     attacks: tuple[str, ...]
     gcg: Mapping[str, Any]  # options of the gcg attack
+    pair: Mapping[str, Any]  # options of the pair attack (PAIRConfig's fields; optional in a config)
     judge: str
     judge_options: Mapping[str, Any]
     max_new_tokens: int
@@ -60,8 +64,10 @@ def parse_config(c) -> RedTeamConfig:
         raise ValueError("set exactly one of model.name and model.path")
     if c.batch_size < 1 or c.max_new_tokens < 1 or c.limit < 0:
         raise ValueError("batch_size and max_new_tokens must be >= 1 and limit >= 0")
+    pair = dict(c.get("pair") or {})
+    pair_config(pair)  # its errors too come before the model loads
     return RedTeamConfig(model_name=c.model.get("name"), model_path=c.model.get("path"), data_path=c.data_path,
-                         limit=int(c.limit), seed=int(c.seed), attacks=tuple(c.attacks), gcg=dict(c.gcg),
+                         limit=int(c.limit), seed=int(c.seed), attacks=tuple(c.attacks), gcg=dict(c.gcg), pair=pair,
                          judge=c.judge, judge_options=dict(c.judge_options), max_new_tokens=int(c.max_new_tokens),
                          batch_size=int(c.batch_size))
 
@@ -118,7 +124,8 @@ def run(cfg: RedTeamConfig, workdir: str | pathlib.Path, *, log=print) -> dict:
     t0 = time.time()
     with open(records_path, "a") as fh:
         for name in cfg.attacks:
-            attack = build_attack(name, **(cfg.gcg if name == "gcg" else {}))
+            attack = build_attack(name, **{"gcg": cfg.gcg, "pair": cfg.pair}.get(name, {}))
+            traces = getattr(attack, "results", None)  # behaviour -> the search's result (pair)
             family = attack_family(name)
             todo = [b for b in behaviours if (name, b["id"]) not in done]
             for start in range(0, len(todo), cfg.batch_size):
@@ -130,6 +137,8 @@ def run(cfg: RedTeamConfig, workdir: str | pathlib.Path, *, log=print) -> dict:
                 success = judge(prompts, responses)
                 for b, p, r, s in zip(batch, prompts, responses, success):
                     rec = {**b, "attack": name, "family": family, "prompt": p, "response": r, "success": bool(s)}
+                    if traces is not None and b["behaviour"] in traces:
+                        rec["trace"] = traces.pop(b["behaviour"]).trace_json()
                     records.append(rec)
                     fh.write(json.dumps(rec) + "\n")
                 fh.flush()

@@ -22,6 +22,7 @@ import numpy as np
 
 from align_jax.registry import Registry
 from align_jax.rewards.answers import answer_matches
+from align_jax.rewards.refusal import REFUSAL_WINDOW, is_refusal
 
 REWARDS = Registry("reward")
 LEARNED_PREFIX = "rm:"  # rl.rewards = "rm:PATH": a reward model folder
@@ -69,6 +70,36 @@ def format_match(record: Any, completion: str, *, pattern: str = r"(?s)^\S.*\S$"
     """1 if the whole completion matches the regular expression ``pattern`` (default: non-empty,
     no leading or trailing whitespace), else 0."""
     return float(re.fullmatch(pattern, completion) is not None)
+
+
+@REWARDS.register("refusal_precision", paper="2507.14987")
+def refusal_precision(record: Any, completion: str, *, window: int = REFUSAL_WINDOW,
+                      over_refusal: float = -1.0) -> float:
+    """1 for refusing a harmful prompt or answering a benign one, 0 for answering a harmful one,
+    ``over_refusal`` (-1) for refusing a benign one; ``info["harmful"]`` (bool) says which prompt it is.
+
+    A verifiable safety reward after AlphaAlign (arXiv:2507.14987), whose safety reward rewards
+    refusing harmful prompts and penalizes over-refusal; here without its reasoning format or its
+    helpfulness reward (add a helpfulness reward, e.g. ``rm:PATH``, beside it in ``rl.rewards``).
+    A reply refuses when a refusal phrase (:mod:`align_jax.rewards.refusal`, the phrase list of the
+    substring judge) starts within its first ``window`` characters. The penalty is asymmetric on
+    purpose: refusing a benign request that only sounds sensitive is the failure precise refusal is
+    about, while an answer to a harmful prompt simply earns nothing. An empty (whitespace-only)
+    completion neither refuses nor answers: 0 for either kind of prompt.
+    """
+    info = record.info
+    if "harmful" not in info:
+        raise KeyError(f"refusal_precision needs info['harmful'] (bool: is the prompt harmful?); "
+                       f"this record's info has keys {sorted(info)}")
+    harmful = info["harmful"]
+    if not isinstance(harmful, bool):
+        raise TypeError(f"info['harmful'] must be a bool, got {harmful!r}")
+    if not completion.strip():
+        return 0.0
+    refused = is_refusal(completion, window)
+    if harmful:
+        return 1.0 if refused else 0.0
+    return float(over_refusal) if refused else 1.0
 
 
 @dataclasses.dataclass

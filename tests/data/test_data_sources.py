@@ -185,3 +185,18 @@ def test_group_field_keeps_the_named_groups_and_names_what_is_missing(tmp_path):
         sources.load_records(path, "preference", group_field="annotator")
     with pytest.raises(ValueError, match="without a group_field"):
         sources.load_records(path, "preference", groups=["A"])
+
+
+def test_write_records_is_read_back_by_load_records(tmp_path):
+    from align_jax.data.records import PromptRecord
+
+    prompts = [PromptRecord("Is this harmful?", {"harmful": False, "kind": "plain_benign"}),
+               PromptRecord([{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"}], {"id": 3})]
+    back, _ = sources.load_records(sources.write_records(prompts, tmp_path / "a" / "p.jsonl"), "prompt")
+    assert back == prompts and [r.info for r in back] == [r.info for r in prompts]  # info columns -> info
+    pairs = [PreferenceRecord("q", "good", "bad")]
+    assert sources.load_records(sources.write_records(pairs, tmp_path / "pairs.jsonl"), "preference")[0] == pairs
+    with pytest.raises(ValueError, match="one record kind a file"):
+        sources.write_records(pairs + [SFTRecord([{"role": "assistant", "content": "x"}])], tmp_path / "x.jsonl")
+    with pytest.raises(ValueError, match=r"column names \['prompt'\]"):
+        sources.write_records([PromptRecord("q", {"prompt": "clash"})], tmp_path / "y.jsonl")

@@ -28,7 +28,7 @@ def test_templates_fill_and_decode_back():
     assert codecs.decode(views["behaviour_rot13"], "rot13") == BEHAVIOUR
     assert views["part_a"] + views["part_b"] == BEHAVIOUR
     for name in attack_names():
-        if name != "gcg":
+        if name not in ("gcg", "pair"):  # the searching attacks need a model
             prompt = build_attack(name)(BEHAVIOUR, None)
             assert isinstance(prompt, str) and len(prompt) >= len(BEHAVIOUR) // 2
     assert build_attack("direct")(BEHAVIOUR, None) == BEHAVIOUR

@@ -11,9 +11,11 @@ them into prompts stays in its module:
 * ``refusal_contrast/S{1..14}.jsonl``: :mod:`align_jax.safety.refusal.contrast` (harmful / benign
   minimal pairs; the folder's README is the datasheet).
 * ``refusal_audit.jsonl``: :mod:`align_jax.safety.refusal.audit` (real generations labelled by hand).
+* ``constitution.jsonl``: :mod:`align_jax.safety.cai` (the principles: a critique and a revision request each).
 
 A line that is not a JSON object, names an unknown table, or lacks, adds or mistypes a field
-raises :class:`~align_jax.data.sources.DataError` naming the file and the line.
+raises :class:`~align_jax.data.sources.DataError` naming the file and the line; so does a record
+that the caller's ``check(table, row)`` rejects (a ``ValueError``: an empty text, a duplicate name).
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from __future__ import annotations
 import importlib.resources
 import json
 import types
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 from align_jax.data.sources import DataError
 
@@ -34,9 +36,11 @@ def _has_type(value: Any, kind: Any) -> bool:
     return isinstance(value, kind) and not (kind is int and isinstance(value, bool))
 
 
-def read_tables(resource: Any, schema: Schema) -> dict[str, list[dict[str, Any]]]:
+def read_tables(resource: Any, schema: Schema, check: Callable[[str, dict[str, Any]], None] | None = None
+                ) -> dict[str, list[dict[str, Any]]]:
     """Records of one JSONL file (a path or an importlib Traversable) grouped by table, each
-    table in file order; every table of ``schema`` is present (possibly empty)."""
+    table in file order; every table of ``schema`` is present (possibly empty). ``check(table, row)``
+    sees each well-typed record in file order; a ``ValueError`` it raises names the file and line."""
     out: dict[str, list[dict[str, Any]]] = {table: [] for table in schema}
     with resource.open("r", encoding="utf-8") as f:
         for n, line in enumerate(f, 1):
@@ -59,10 +63,16 @@ def read_tables(resource: Any, schema: Schema) -> dict[str, list[dict[str, Any]]
                 if not _has_type(row[name], kind):
                     shown = kind if isinstance(kind, types.GenericAlias) else kind.__name__
                     raise DataError(f"{where}: field {name!r} must be {shown}, got {row[name]!r}")
+            if check is not None:
+                try:
+                    check(table, row)
+                except ValueError as e:
+                    raise DataError(f"{where}: {e}") from None
             out[table].append(row)
     return out
 
 
-def load_tables(name: str, schema: Schema) -> dict[str, list[dict[str, Any]]]:
+def load_tables(name: str, schema: Schema, check: Callable[[str, dict[str, Any]], None] | None = None
+                ) -> dict[str, list[dict[str, Any]]]:
     """:func:`read_tables` of the packaged file ``name`` (e.g. ``"factual_qa.jsonl"``)."""
-    return read_tables(importlib.resources.files(__name__).joinpath(name), schema)
+    return read_tables(importlib.resources.files(__name__).joinpath(name), schema, check)
