@@ -91,7 +91,7 @@ def define_flags() -> None:
 
 
 # -- measurements inside a worker ---------------------------------------------------------------------
-def _status_mib(field: str) -> float:
+def status_mib(field: str) -> float:
     """VmRSS (current) or VmHWM (peak) of this process, MiB."""
     with open("/proc/self/status") as f:
         for line in f:
@@ -101,7 +101,7 @@ def _status_mib(field: str) -> float:
 
 
 def _setup_done(out: dict) -> None:
-    out["setup_rss_mib"], out["setup_peak_mib"] = _status_mib("VmRSS"), _status_mib("VmHWM")
+    out["setup_rss_mib"], out["setup_peak_mib"] = status_mib("VmRSS"), status_mib("VmHWM")
 
 
 # -- the demo's data, shared by both sides ------------------------------------------------------------
@@ -355,7 +355,7 @@ def worker(name: str, plan_path: str, out_path: str) -> None:
     framework, kind, options = ROWS[name]
     out: dict[str, Any] = {}
     WORKERS[framework, kind](plan, data, options, out)
-    out["peak_self_mib"] = _status_mib("VmHWM")
+    out["peak_self_mib"] = status_mib("VmHWM")
     Path(out_path).write_text(json.dumps(out))
 
 

@@ -1,4 +1,9 @@
-"""A Bradley-Terry reward model (decoder + linear head) on HH-RLHF pairs."""
+"""A Bradley-Terry reward model (decoder + linear head) on HH-RLHF pairs.
+
+An ensemble of E members, each on its own bootstrap resample: --config.loss.ensemble_size=4 gives 4
+heads over one shared trunk (about the cost of one model); add --config.loss.trunk=separate for a
+trunk each (~4x the step; with --config.lora.rank=8, one LoRA adapter each over the frozen base).
+benchmarks/README.md measures both."""
 
 import pathlib
 import runpy

@@ -12,6 +12,7 @@ import jax
 import jax.numpy as jnp
 
 from align_jax.objectives.kl import masked_mean, zero_padding
+from align_jax.objectives.types import weighted_mean
 from align_jax.registry import Registry
 
 ENSEMBLE_AGGREGATIONS = Registry("ensemble aggregation")
@@ -24,7 +25,7 @@ def bradley_terry_loss(
     chosen_rewards: jax.Array,  # [B] r(x, y_chosen)
     rejected_rewards: jax.Array,  # [B] r(x, y_rejected)
     margin: jax.Array | None = None,  # [B] per-pair margin m(r) >= 0 (Llama 2), or None
-    mask: jax.Array | None = None,  # [B] valid pairs, or None for all
+    mask: jax.Array | None = None,  # [B] pair weights (bool or 0 = padding; a count n = drawn n times), or None for all
     *,
     center_coef: float = 0.0,
 ) -> tuple[jax.Array, Metrics]:
@@ -32,7 +33,8 @@ def bradley_terry_loss(
 
     ``margin`` is Llama 2's preference-strength margin (arXiv:2307.09288). ``center_coef``
     adds ``center_coef * (r_c + r_r)^2``, which pins the reward's free offset near zero
-    (Eisenstein et al., arXiv:2312.09244, who use 0.01).
+    (Eisenstein et al., arXiv:2312.09244, who use 0.01). Loss and metrics are means weighted by
+    ``mask`` (a 0/1 mask averages the valid pairs; bootstrap counts weigh each pair by its draws).
     """
     if center_coef < 0:
         raise ValueError(f"center_coef must be >= 0, got {center_coef}")
@@ -41,14 +43,18 @@ def bradley_terry_loss(
     diff = chosen - rejected
     shifted = diff if margin is None else diff - zero_padding(margin, mask)
     per_pair = -jax.nn.log_sigmoid(shifted) + center_coef * jnp.square(chosen + rejected)
-    loss = masked_mean(per_pair, mask)
+
+    def mean(x):
+        return masked_mean(x) if mask is None else weighted_mean(x, jnp.asarray(mask, jnp.float32))
+
+    loss = mean(per_pair)
     metrics = jax.lax.stop_gradient(
         {
             "rm/loss": loss,
-            "rm/accuracy": masked_mean(diff > 0, mask),
-            "rm/margin": masked_mean(diff, mask),
-            "rm/chosen": masked_mean(chosen, mask),
-            "rm/rejected": masked_mean(rejected, mask),
+            "rm/accuracy": mean(diff > 0),
+            "rm/margin": mean(diff),
+            "rm/chosen": mean(chosen),
+            "rm/rejected": mean(rejected),
         }
     )
     return loss, metrics

@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any, Mapping, Sequence
 
 import jax
+import jax.numpy as jnp
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
@@ -25,7 +26,12 @@ DEFAULT_RULES: Rules = (
     ("mlp", "tensor"),
     ("head_dim", None),
     ("layers", None),
+    ("member", None),  # separate-trunk ensembles: E trunks stacked on a leading axis (replicated)
 )
+
+# The leading axis of ensemble members stacked in one pytree (``stack_members``): its logical name in
+# the parameters' ``axes`` and the axis name of the ``jax.vmap`` that runs them.
+MEMBER_AXIS = "member"
 
 
 def _mesh_axes(rule_value) -> tuple[str, ...]:
@@ -86,17 +92,53 @@ def state_shardings(state: nnx.State, mesh: Mesh, rules: Rules = DEFAULT_RULES) 
     return jax.tree.map(one, state, is_leaf=lambda x: isinstance(x, nnx.Variable))
 
 
+def _is_variable(x) -> bool:
+    return isinstance(x, nnx.Variable)
+
+
+def stack_members(trees: Sequence[Any]) -> Any:
+    """Equally structured trees (nnx states, dicts of arrays) stacked on a new leading axis, which
+    nnx variables name ``MEMBER_AXIS`` in their ``axes`` (so the stack shards by the rules)."""
+
+    def stack(*leaves):
+        if not _is_variable(leaves[0]):
+            return jnp.stack(leaves)
+        out = leaves[0].replace(value=jnp.stack([v.get_value() for v in leaves]))
+        out.set_metadata("axes", (MEMBER_AXIS,) + tuple(leaves[0].get_metadata().get("axes", ())))
+        return out
+
+    return jax.tree.map(stack, *trees, is_leaf=_is_variable)
+
+
+def member_of(tree: Any, index: int) -> Any:
+    """Member ``index`` of a tree made by :func:`stack_members` (variables lose the member axis name)."""
+
+    def take(leaf):
+        if not _is_variable(leaf):
+            return leaf[index]
+        out = leaf.replace(value=leaf.get_value()[index])
+        axes = tuple(leaf.get_metadata().get("axes", ()))
+        if axes[:1] == (MEMBER_AXIS,):
+            out.set_metadata("axes", axes[1:])
+        return out
+
+    return jax.tree.map(take, tree, is_leaf=_is_variable)
+
+
+def shard_state(state: nnx.State, mesh: Mesh, rules: Rules = DEFAULT_RULES) -> nnx.State:
+    """Places every variable of ``state`` according to the rules (returns a new state)."""
+    return jax.tree.map(
+        lambda v, s: v.replace(value=jax.device_put(v.get_value(), s.get_value())),
+        state,
+        state_shardings(state, mesh, rules),
+        is_leaf=_is_variable,
+    )
+
+
 def shard_model(model: nnx.Module, mesh: Mesh, rules: Rules = DEFAULT_RULES) -> nnx.Module:
     """Places every parameter of ``model`` according to the rules (returns a new module)."""
     graphdef, state = nnx.split(model)
-    shardings = state_shardings(state, mesh, rules)
-    state = jax.tree.map(
-        lambda v, s: v.replace(value=jax.device_put(v.get_value(), s.get_value())),
-        state,
-        shardings,
-        is_leaf=lambda x: isinstance(x, nnx.Variable),
-    )
-    return nnx.merge(graphdef, state)
+    return nnx.merge(graphdef, shard_state(state, mesh, rules))
 
 
 def batch_sharding(mesh: Mesh, ndim: int, rules: Rules = DEFAULT_RULES) -> NamedSharding:

@@ -8,6 +8,13 @@ formats its input). The trunk opens in ``transformers`` as the causal LM it is; 
 rendered exactly as training rendered the pairs (:class:`align_jax.data.tokenization.Tokenize`),
 so a loaded model scores what the training-time head scored.
 
+A separate-trunk ensemble (``loss.trunk="separate"``: each member its own trunk, or its own LoRA
+adapter merged into the base at export) is a folder of members, ``member_0/`` ... ``member_{E-1}/``,
+each a complete reward-model folder as above (its own trunk and a single head ``w [D]``, loadable
+alone), and a ``reward_model.json`` with ``"trunk": "separate"`` and ``"members"`` listing them.
+It loads as E trunks stacked on a leading member axis, run by one vmapped forward, and scores
+``[N, E]`` like stacked heads do; the aggregation rules reduce both the same way.
+
     rm = load_reward_model("runs/rm/export")
     rm.score(["How do I boil an egg?"], ["Put it in boiling water for 8 minutes."])  # -> [1] float32
 
@@ -21,7 +28,7 @@ import functools
 import json
 import os
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterable, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -35,7 +42,7 @@ from align_jax.models.hf_layout import CheckpointError
 from align_jax.models.registry import LoadedModel, load_model
 from align_jax.models.safetensors_io import read_hf_config, save_hf_dir
 from align_jax.objectives.reward import ENSEMBLE_AGGREGATIONS, last_token_rewards
-from align_jax.parallel.rules import batch_sharding
+from align_jax.parallel.rules import batch_sharding, shard_state, stack_members
 
 HEAD_FILE = "reward_head.safetensors"
 META_FILE = "reward_model.json"
@@ -45,6 +52,12 @@ class RewardModelError(ValueError):
     """A reward-model folder that cannot be used; the message names the file."""
 
 
+def _write_meta(folder: Path, *, hidden_size: int, ensemble_size: int | None, max_length: int, **meta: Any) -> None:
+    info = {"pooling": "last_token", "hidden_size": int(hidden_size), "ensemble_size": ensemble_size,
+            "max_length": int(max_length), **meta}
+    (folder / META_FILE).write_text(json.dumps(info, indent=2, default=str))
+
+
 def save_head(folder: str | os.PathLike, head: dict[str, Any], *, max_length: int, **meta: Any) -> Path:
     """Writes ``reward_head.safetensors`` and ``reward_model.json`` into ``folder``."""
     folder = Path(folder)
@@ -52,9 +65,8 @@ def save_head(folder: str | os.PathLike, head: dict[str, Any], *, max_length: in
     w = np.asarray(jax.device_get(head["w"]), np.float32)
     b = np.asarray(jax.device_get(head["b"]), np.float32)
     safetensors.numpy.save_file({"w": w, "b": b}, str(folder / HEAD_FILE), metadata={"format": "np"})
-    info = {"pooling": "last_token", "hidden_size": int(w.shape[-1]),
-            "ensemble_size": int(w.shape[0]) if w.ndim == 2 else None, "max_length": int(max_length), **meta}
-    (folder / META_FILE).write_text(json.dumps(info, indent=2, default=str))
+    _write_meta(folder, hidden_size=w.shape[-1], ensemble_size=int(w.shape[0]) if w.ndim == 2 else None,
+                max_length=max_length, **meta)
     return folder
 
 
@@ -66,11 +78,65 @@ def save_reward_model(folder: str | os.PathLike, model, head: dict[str, Any], to
     return save_head(folder, head, max_length=max_length, **meta)
 
 
+def save_member_ensemble(folder: str | os.PathLike, members: Iterable[tuple[Any, dict[str, Any]]], tokenizer, *,
+                         max_length: int, **meta: Any) -> Path:
+    """A separate-trunk ensemble: each ``(trunk model, head w [D] / b [])`` of ``members`` (written one
+    at a time) as the reward-model folder ``member_{e}``, and the ensemble's ``reward_model.json``."""
+    folder = Path(folder)
+    names, hidden = [], None
+    for e, (model, head) in enumerate(members):
+        if np.ndim(head["w"]) != 1:
+            raise ValueError(f"member {e}: a separate-trunk member has one head w [D], got shape {np.shape(head['w'])}")
+        names.append(f"member_{e}")
+        hidden = int(np.shape(head["w"])[0])
+        save_reward_model(folder / names[-1], model, head, tokenizer, max_length=max_length, member=e, **meta)
+    if not names:
+        raise ValueError("a separate-trunk ensemble needs at least one member")
+    _write_meta(folder, hidden_size=hidden, ensemble_size=len(names), max_length=max_length, trunk="separate",
+                members=names, **meta)
+    return folder
+
+
+def _read_meta(folder: Path) -> dict[str, Any]:
+    path = folder / META_FILE
+    try:
+        return json.loads(path.read_text()) if path.exists() else {}
+    except ValueError as e:
+        raise RewardModelError(f"{path}: not valid JSON: {e}") from e
+
+
+def _member_folders(folder: Path, meta: dict[str, Any]) -> list[Path]:
+    names = meta.get("members")
+    if not names or not isinstance(names, list):
+        raise RewardModelError(f"{folder / META_FILE}: trunk 'separate' but no list of 'members' folders")
+    return [folder / name for name in names]
+
+
+def _read_member_heads(folder: Path, meta: dict[str, Any]) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    """The members' heads, each checked against its own trunk, stacked ``w [E, D]`` / ``b [E]``; the
+    members' trunks must share one architecture (they are stacked and vmapped)."""
+    members = _member_folders(folder, meta)
+    heads = [read_head(member)[0] for member in members]
+    first = read_hf_config(members[0])
+    for member, head in zip(members, heads):
+        if head["w"].shape != heads[0]["w"].shape or head["w"].ndim != 1:
+            raise RewardModelError(f"{member / HEAD_FILE}: head w has shape {list(head['w'].shape)}; every member of "
+                                   f"{folder} needs one head of the first member's shape {list(heads[0]['w'].shape)}")
+        if read_hf_config(member) != first:
+            raise RewardModelError(f"{member / 'config.json'}: another architecture than {members[0] / 'config.json'}; "
+                                   "the members of a separate-trunk ensemble share one (they run as one vmapped forward)")
+    return {"w": np.stack([h["w"] for h in heads]), "b": np.stack([h["b"] for h in heads])}, meta
+
+
 def read_head(folder: str | os.PathLike) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
-    """``(head, metadata)`` of a reward-model folder, checked against its trunk's ``config.json``."""
+    """``(head, metadata)`` of a reward-model folder, checked against its trunk's ``config.json``
+    (a separate-trunk ensemble: every member's head against its own trunk, stacked)."""
     folder = Path(folder)
     if not folder.is_dir():
         raise RewardModelError(f"{folder}: no such reward-model folder")
+    meta = _read_meta(folder)
+    if meta.get("trunk") == "separate":
+        return _read_member_heads(folder, meta)
     path = folder / HEAD_FILE
     if not path.exists():
         raise RewardModelError(f"{path}: missing reward head file; a reward-model folder is the export of a "
@@ -92,17 +158,25 @@ def read_head(folder: str | os.PathLike) -> tuple[dict[str, np.ndarray], dict[st
                                f"({folder / 'config.json'}): the head does not belong to this trunk")
     if b.shape != w.shape[:-1]:
         raise RewardModelError(f"{path}: head b has shape {list(b.shape)}, expected {list(w.shape[:-1])}")
-    meta_path = folder / META_FILE
-    meta = json.loads(meta_path.read_text()) if meta_path.exists() else {}
     return {"w": w, "b": b}, meta
+
+
+def _rewards_of(state, head, tokens, positions, segment_ids, graphdef):
+    model = nnx.merge(graphdef, state)
+    hidden = model(tokens, positions, segment_ids, return_logits=False).final_hidden
+    return last_token_rewards(hidden, segment_ids, head)
 
 
 @functools.partial(jax.jit, static_argnames=("graphdef",))
 def _rewards(state, head, tokens, positions, segment_ids, *, graphdef):
     """[B, L] right-padded rows -> [B] (or [B, E]) float32 rewards."""
-    model = nnx.merge(graphdef, state)
-    hidden = model(tokens, positions, segment_ids, return_logits=False).final_hidden
-    return last_token_rewards(hidden, segment_ids, head)
+    return _rewards_of(state, head, tokens, positions, segment_ids, graphdef)
+
+
+@functools.partial(jax.jit, static_argnames=("graphdef",))
+def _member_rewards(trunks, heads, tokens, positions, segment_ids, *, graphdef):
+    """[B, L] right-padded rows -> [B, E]: member e's trunk and head (stacked on axis 0) on every row."""
+    return jax.vmap(lambda s, h: _rewards_of(s, h, tokens, positions, segment_ids, graphdef))(trunks, heads).T
 
 
 @dataclasses.dataclass
@@ -113,6 +187,8 @@ class RewardModel:
     multiple of ``bucket`` tokens, so there is one compiled forward per width. With a mesh the
     trunk is sharded by the parameter rules and each batch over the batch axes. An ensemble
     head scores ``[N, E]``; ``aggregate`` (a name from ``ENSEMBLE_AGGREGATIONS``) reduces it to ``[N]``.
+    A separate-trunk ensemble has ``trunks``, the E members' trunk states stacked on a leading axis
+    (``lm`` is member 0 as loaded: its tokenizer and graph), and heads ``w [E, D]``.
     """
 
     lm: LoadedModel
@@ -124,6 +200,7 @@ class RewardModel:
     mesh: jax.sharding.Mesh | None = None
     aggregate: str | None = None
     aggregate_options: dict[str, Any] = dataclasses.field(default_factory=dict)
+    trunks: Any = None  # nnx.State with leaves [E, ...], or None: one trunk (lm.model)
 
     def __post_init__(self):
         self._graphdef, self._state = nnx.split(self.lm.model)
@@ -157,7 +234,10 @@ class RewardModel:
         if self.mesh is not None:
             sharding = batch_sharding(self.mesh, 2)
             arrays = [jax.device_put(a, sharding) for a in arrays]
-        values = _rewards(self._state, self.head, *arrays, graphdef=self._graphdef)
+        if self.trunks is None:
+            values = _rewards(self._state, self.head, *arrays, graphdef=self._graphdef)
+        else:
+            values = _member_rewards(self.trunks, self.head, *arrays, graphdef=self._graphdef)
         return np.asarray(jax.device_get(values), np.float32)[:n]
 
     # --- the reward protocol of align_jax.rewards: per example and per batch of prompt records
@@ -193,7 +273,17 @@ def load_reward_model(
         shards = int(np.prod([mesh.shape[a] for a in _batch_axes(mesh)]))
         if batch_size % shards:
             raise ValueError(f"batch_size={batch_size} is not a multiple of the mesh's {shards} batch shards")
-    lm = load_model(path=path, mesh=mesh, param_dtype=param_dtype, dtype=dtype)
+    trunks = None
+    if meta.get("trunk") == "separate":  # one trunk per member, stacked (then vmapped)
+        members = [load_model(path=p, mesh=mesh, param_dtype=param_dtype, dtype=dtype)
+                   for p in _member_folders(Path(path), meta)]
+        lm = members[0]
+        trunks = stack_members([nnx.state(m.model) for m in members])
+        del members
+        if mesh is not None:
+            trunks = shard_state(trunks, mesh)
+    else:
+        lm = load_model(path=path, mesh=mesh, param_dtype=param_dtype, dtype=dtype)
     length = int(max_length or meta.get("max_length") or 512)
     prompt_length = meta.get("max_prompt_length")
     if prompt_length is not None and not 0 < prompt_length < length:
@@ -205,7 +295,7 @@ def load_reward_model(
         replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
         placed = jax.device_put(placed, replicated)
     return RewardModel(lm, placed, meta, tokenize, batch_size=batch_size, mesh=mesh, aggregate=aggregate,
-                       aggregate_options=dict(aggregate_options))
+                       aggregate_options=dict(aggregate_options), trunks=trunks)
 
 
 def _batch_axes(mesh: jax.sharding.Mesh) -> tuple[str, ...]:

@@ -31,7 +31,8 @@ from align_jax.data.packing import pad
 from align_jax.data.tokenization import Tokenize
 from align_jax.models import LoadedModel, load_model, save_hf_dir
 from align_jax.parallel.mesh import make_mesh
-from align_jax.rewards.model import save_head
+from align_jax.parallel.rules import member_of
+from align_jax.rewards.model import save_head, save_member_ensemble
 from align_jax.training import data_setup as D
 from align_jax.training import step as S
 from align_jax.training.checkpointing import Checkpointer, SaveCadence, check_finite
@@ -41,7 +42,7 @@ from align_jax.training.lora import LoraConfig
 from align_jax.training.metrics_logging import MetricsWriter, ProgressBar, Throughput, read_metrics
 from align_jax.training.optimizer import make_optimizer
 from align_jax.training.reference_cache import cached_reference_logps, model_fingerprint
-from align_jax.training.tasks import init_reward_head, reference_logps
+from align_jax.training.tasks import init_reward_head, reference_logps, separate_members
 
 
 REFERENCE_CACHE = "reference_cache"  # precomputed reference log-probs, under the workdir unless reference.cache_dir
@@ -81,6 +82,7 @@ def build_state(cfg: RunConfig, lm: LoadedModel, mesh, task_loss, *, reference_f
     task = cfg.task
     lora = LoraConfig(rank=cfg.lora.rank, alpha=cfg.lora.alpha, targets=cfg.lora.targets) if cfg.lora.rank else None
     needs = task.loss_needs(cfg.loss_name, dict(cfg.loss_options))
+    members = separate_members(dict(cfg.loss_options)) if task.uses_head else 0
     graphdef, model_state = nnx.split(lm.model)
     spec = S.StepSpec(
         graphdef=graphdef,
@@ -93,11 +95,13 @@ def build_state(cfg: RunConfig, lm: LoadedModel, mesh, task_loss, *, reference_f
         reference_sync_every=cfg.reference.sync_every,
         reference_sync_alpha=cfg.reference.sync_alpha,
         running_means=needs.running_means,  # BCO: delta = running mean of the batch reward means
+        members=members,
     )
     state = S.init_state(
         spec,
         jax.tree.map(jnp.copy, model_state),
-        lora_key=jax.random.key(cfg.lora.seed),
+        # separate trunks: member e's adapter is that of a single run with lora.seed + e
+        lora_key=[jax.random.key(cfg.lora.seed + e) for e in range(members)] if members else jax.random.key(cfg.lora.seed),
         reward_head=init_reward_head(lm.model.cfg.hidden_size, int(dict(cfg.loss_options).get("ensemble_size", 1)))
         if task.uses_head else None,
     )
@@ -158,16 +162,20 @@ def export_policy(cfg: RunConfig, spec, state, lm: LoadedModel, workdir: Path) -
     """The trained policy as a Hugging Face folder (``workdir/export``), if the config asks."""
     if not cfg.train.export_hf:
         return None
-    policy = nnx.merge(spec.graphdef, S.gather_to_hosts(S.policy_state(spec, state.params, state.frozen)))
+    policy_state = S.gather_to_hosts(S.policy_state(spec, state.params, state.frozen))
     if jax.process_index() != 0:
         return None
-    export = save_hf_dir(policy, workdir / "export")
+    head_meta = dict(max_length=cfg.data.max_length, max_prompt_length=cfg.data.max_prompt_length or None,
+                     chat_template=lm.chat_template, loss=cfg.loss_name, loss_options=dict(cfg.loss_options),
+                     source=lm.source)
+    if spec.members:  # a separate-trunk ensemble: one reward-model folder per member
+        head = S.gather_to_hosts(state.params["reward_head"])
+        members = ((nnx.merge(spec.graphdef, member_of(policy_state, e)), member_of(head, e)) for e in range(spec.members))
+        return str(save_member_ensemble(workdir / "export", members, lm.tokenizer, **head_meta))
+    export = save_hf_dir(nnx.merge(spec.graphdef, policy_state), workdir / "export")
     lm.tokenizer.save_pretrained(export)
     if cfg.train.task == "reward_model":  # the trunk plus its head: a folder rewards.model loads
-        head = S.gather_to_hosts(state.params["reward_head"])
-        save_head(export, head, max_length=cfg.data.max_length,
-                  max_prompt_length=cfg.data.max_prompt_length or None, chat_template=lm.chat_template,
-                  loss=cfg.loss_name, loss_options=dict(cfg.loss_options), source=lm.source)
+        save_head(export, S.gather_to_hosts(state.params["reward_head"]), **head_meta)
     return str(export)
 
 

@@ -12,6 +12,13 @@ Parameters live in three places of one pytree, all sharded by the same logical-a
 ``frozen`` (the LoRA base, when LoRA is on) and ``reference`` (the frozen reference policy, when
 the reference mode is "frozen"). Gradients only reach ``params``. ``extra`` holds the few running
 statistics a loss reads back (``StepSpec.running_means``: BCO's reward shift), updated by the step.
+
+Separate-trunk ensembles (``StepSpec.members`` E > 0): ``params`` and ``opt_state`` hold E members
+stacked on a leading ``MEMBER_AXIS`` (full trunk copies, or one LoRA adapter each over the shared
+frozen base; E heads), and the train / eval steps are the single-model steps ``jax.vmap``-ed over
+that axis (named, so a loss can read its member index and reduce across members). Each member has
+its own optimizer state and its own gradient clipping: member e trains exactly as a single-model
+run with e's initial parameters would (tests/training/test_rm_ensemble.py).
 """
 
 from __future__ import annotations
@@ -27,7 +34,15 @@ from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from align_jax.models.decoder import Decoder
-from align_jax.parallel.rules import DEFAULT_RULES, Rules, logical_to_spec, state_shardings
+from align_jax.parallel.rules import (
+    DEFAULT_RULES,
+    MEMBER_AXIS,
+    Rules,
+    logical_to_spec,
+    member_of,
+    stack_members,
+    state_shardings,
+)
 from align_jax.training import lora as lora_lib
 
 REFERENCE_MODES = ("frozen", "precomputed", "none")
@@ -79,27 +94,47 @@ class StepSpec:
     # (batch field, metric): the loss reads, as that field, the running mean over past steps of the metric
     # (BCO's reward shift delta, arXiv:2404.04656); kept in TrainState.extra, so it is checkpointed
     running_means: tuple[tuple[str, str], ...] = ()
+    # separate-trunk ensembles: E members stacked in params / opt_state, the step vmapped over them; 0: one model
+    members: int = 0
 
     def __post_init__(self):
         if self.reference_mode not in REFERENCE_MODES:
             raise ValueError(f"unknown reference mode {self.reference_mode!r}; valid: {REFERENCE_MODES}")
         if self.reference_sync_every and self.reference_mode != "frozen":
             raise ValueError("TR-DPO reference updates need reference mode 'frozen'")
+        if self.members and (self.reference_mode != "none" or self.running_means):
+            raise ValueError("separate-trunk ensembles (members > 0) train without a reference and running means")
+
+    @property
+    def member(self) -> "StepSpec":
+        """The spec of one member of a separate-trunk ensemble (what the vmapped step runs)."""
+        return dataclasses.replace(self, members=0)
 
 
 def policy_state(spec: StepSpec, params: Mapping[str, Any], frozen: Mapping[str, Any]) -> nnx.State:
-    """The policy's full parameter state (LoRA adapters merged into the frozen base)."""
+    """The policy's full parameter state (LoRA adapters merged into the frozen base); for a
+    separate-trunk ensemble, the members' states stacked on the member axis (E merged copies under LoRA)."""
+    if spec.members and spec.lora is not None:
+        return stack_members([policy_state(spec.member, member_of(params, e), frozen) for e in range(spec.members)])
     if spec.lora is None:
         return params["model"]
     return lora_lib.merge(frozen["model"], params["lora"], spec.lora)
 
 
 def init_state(spec: StepSpec, model_state: nnx.State, *, lora_key=None, reward_head=None) -> TrainState:
-    """A fresh state; the reference (frozen mode) starts as a copy of the initial policy."""
+    """A fresh state; the reference (frozen mode) starts as a copy of the initial policy.
+
+    Separate-trunk ensembles (``spec.members`` E): every member's trunk starts as ``model_state`` (E
+    copies; under LoRA the base is shared and ``lora_key`` is a sequence of E keys, one adapter each),
+    ``reward_head`` is already stacked ``[E, ...]``, and each member gets its own optimizer state."""
     if spec.lora is not None:
-        params, frozen = {"lora": lora_lib.init_lora(model_state, spec.lora, lora_key)}, {"model": model_state}
+        if spec.members:
+            adapters = stack_members([lora_lib.init_lora(model_state, spec.lora, key) for key in lora_key])
+        else:
+            adapters = lora_lib.init_lora(model_state, spec.lora, lora_key)
+        params, frozen = {"lora": adapters}, {"model": model_state}
     else:
-        params, frozen = {"model": model_state}, {}
+        params, frozen = {"model": stack_members([model_state] * spec.members) if spec.members else model_state}, {}
     if reward_head is not None:
         params["reward_head"] = reward_head
     reference = None
@@ -110,7 +145,7 @@ def init_state(spec: StepSpec, model_state: nnx.State, *, lora_key=None, reward_
         params=params,
         frozen=frozen,
         reference=reference,
-        opt_state=spec.optimizer.init(params),
+        opt_state=jax.vmap(spec.optimizer.init)(params) if spec.members else spec.optimizer.init(params),
         extra={field: {"mean": jnp.zeros((), jnp.float32), "count": jnp.zeros((), jnp.float32)}
                for field, _ in spec.running_means} or None,
     )
@@ -192,8 +227,29 @@ def _accumulate(spec: StepSpec, state: TrainState, batch):
     return grads, finish_metrics(sums, total), total
 
 
+def _member_mean(spec: StepSpec, metrics: Mapping[str, jax.Array]) -> dict[str, jax.Array]:
+    """Per-member metrics [E] -> their mean over members, plus each member's ``member_{e}/loss``."""
+    out = {k: jnp.mean(v, axis=0) for k, v in metrics.items()}
+    out.update({f"member_{e}/loss": metrics["loss"][e] for e in range(spec.members) if "loss" in metrics})
+    return out
+
+
+def _members_train_step(spec: StepSpec, state: TrainState, batch) -> tuple[TrainState, dict]:
+    """The single-model step vmapped over the stacked members (params, optimizer state); the frozen
+    base (LoRA) and the batch are shared."""
+
+    def member(params, opt_state):
+        new, metrics = train_step(spec.member, dataclasses.replace(state, params=params, opt_state=opt_state), batch)
+        return new.params, new.opt_state, metrics
+
+    params, opt_state, metrics = jax.vmap(member, axis_name=MEMBER_AXIS)(state.params, state.opt_state)
+    return dataclasses.replace(state, step=state.step + 1, params=params, opt_state=opt_state), _member_mean(spec, metrics)
+
+
 def train_step(spec: StepSpec, state: TrainState, batch) -> tuple[TrainState, dict]:
     """One optimizer update from a batch [A, B, ...] (pure; jit it with `compile_train_step`)."""
+    if spec.members:
+        return _members_train_step(spec, state, batch)
     grads, metrics, total = _accumulate(spec, state, batch)
     updates, opt_state = spec.optimizer.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
@@ -221,6 +277,10 @@ def train_step(spec: StepSpec, state: TrainState, batch) -> tuple[TrainState, di
 
 def eval_step(spec: StepSpec, state: TrainState, batch) -> dict:
     """Weighted metrics of a batch [A, B, ...] (or a tuple of length groups) without an update."""
+    if spec.members:
+        metrics = jax.vmap(lambda params: eval_step(spec.member, dataclasses.replace(state, params=params), batch),
+                           axis_name=MEMBER_AXIS)(state.params)
+        return _member_mean(spec, metrics)
 
     def micro(carry, micro_batch):
         sums, total = carry

@@ -79,6 +79,20 @@ def test_bradley_terry_gradient_signs_and_centering():
         reward.bradley_terry_loss(chosen, rejected, center_coef=-1.0)
 
 
+
+def test_bradley_terry_count_weights_equal_repeated_pairs():
+    """A bootstrap resample's counts weigh each pair as if it were drawn that many times."""
+    rng = np.random.default_rng(1)
+    chosen, rejected = rng.normal(size=(2, 6)).astype(np.float32)
+    counts = np.array([0, 1, 3, 2, 0, 1], np.float32)
+    loss, metrics = reward.bradley_terry_loss(chosen, rejected, None, counts, center_coef=0.01)
+    repeat = counts.astype(int)
+    want_loss, want_metrics = reward.bradley_terry_loss(np.repeat(chosen, repeat), np.repeat(rejected, repeat),
+                                                        center_coef=0.01)
+    np.testing.assert_allclose(loss, want_loss, rtol=1e-6)
+    for key in want_metrics:
+        np.testing.assert_allclose(metrics[key], want_metrics[key], rtol=1e-6, err_msg=key)
+
 @SETTINGS
 @given(st.integers(0, 10_000), st.sampled_from([np.nan, np.inf, 1e9]))
 def test_bradley_terry_padding_never_changes_results(seed, garbage):

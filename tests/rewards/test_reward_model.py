@@ -224,3 +224,47 @@ def test_ensemble_run_exports_stacked_heads(pairs_file, tmp_path):
     records = [PromptRecord(p) for p in PROMPTS]
     got = R.score(["m"], R.build([f"rm:{result['export']}@min"]), records, GOOD).values[:, 0]
     np.testing.assert_allclose(got, rm.score(PROMPTS, GOOD).min(1), atol=1e-6)
+
+
+@pytest.mark.parametrize("lora_rank", [0, 4], ids=["full_copies", "lora_adapters"])
+def test_separate_trunk_run_exports_members_that_score_like_training(pairs_file, tmp_path, lora_rank):
+    from align_jax.parallel.rules import member_of
+    from align_jax.training.config import parse_config
+    from align_jax.training.loop import run
+
+    c = make_config(materialize(), pairs_file, train__task="reward_model", reference__mode="none",
+                    train__export_hf=True, train__steps=3, optimizer__total_steps=3, data__max_length=64,
+                    lora__rank=lora_rank)
+    c.loss = dict(name="bradley_terry", ensemble_size=2, trunk="separate")
+    result = run(parse_config(c), tmp_path / "sep")
+    assert np.asarray(result["reward_head"]["w"]).shape == (2, 64)
+    rm = load_reward_model(result["export"], batch_size=2)
+    assert rm.ensemble_size == 2 and rm.meta["trunk"] == "separate"
+    prompts = [p + " #0" for p in PROMPTS]
+    got = rm.score(prompts, GOOD)  # [N, E]: one vmapped forward over the stacked member trunks
+    lm = result["loaded"]
+    for e in range(2):  # member e: its own trunk (LoRA merged) and its own head, as trained
+        model = nnx.merge(result["graphdef"], member_of(result["policy_state"], e))
+        want = training_time_rewards(model, member_of(result["reward_head"], e), lm.tokenizer, lm.chat_template, 64,
+                                     prompts, GOOD)
+        np.testing.assert_allclose(got[:, e], want, atol=1e-5)
+        alone = load_reward_model(Path(result["export"]) / f"member_{e}")  # each member folder is a reward model
+        np.testing.assert_allclose(alone.score(prompts, GOOD), want, atol=1e-5)
+    assert np.abs(got[:, 0] - got[:, 1]).max() > 1e-4  # the trunks differ, so the columns could be swapped
+    if len(jax.devices()) >= 8:  # the stacked trunks sharded by the rules (member axis replicated)
+        sharded = load_reward_model(result["export"], batch_size=4, mesh=make_mesh(data=2, fsdp=2, tensor=2))
+        assert max(len(x.sharding.device_set) for x in jax.tree.leaves(sharded.trunks)) == 8
+        np.testing.assert_allclose(sharded.score(prompts, GOOD), got, atol=1e-5)
+    records = [PromptRecord(p) for p in prompts]
+    with pytest.raises(RewardModelError, match="ensemble of 2 heads; name an aggregation rule"):
+        R.build([f"rm:{result['export']}"])
+    for rule, want in (("min", got.min(1)), ("mean", got.mean(1)), ("mean-minus-std", got.mean(1) - got.std(1))):
+        values = R.score([rule], R.build([f"rm:{result['export']}@{rule}"]), records, GOOD).values[:, 0]
+        np.testing.assert_allclose(values, want, atol=1e-5)
+    config = Path(result["export"]) / "member_1" / "config.json"
+    config.write_text(json.dumps({**json.loads(config.read_text()), "num_hidden_layers": 3}))
+    with pytest.raises(RewardModelError, match=rf"{config}: another architecture"):
+        R.build([f"rm:{result['export']}@min"])  # checked when named, before any weights load
+    (Path(result["export"]) / "member_1" / HEAD_FILE).unlink()
+    with pytest.raises(RewardModelError, match=rf"{Path(result['export']) / 'member_1' / HEAD_FILE}: missing reward head"):
+        R.build([f"rm:{result['export']}@min"])

@@ -8,6 +8,7 @@ from align_jax.training.tasks import offline, online  # noqa: F401  (registers t
 from align_jax.training.tasks.base import PAIR_LAYOUTS, REFERENCE_NEEDS, TASKS, Task, did_you_mean
 from align_jax.training.tasks.losses import (
     PAIR_SIDES,
+    TRUNKS,
     calibration_loss,
     confidence_positions,
     init_reward_head,
@@ -15,6 +16,7 @@ from align_jax.training.tasks.losses import (
     preference_loss,
     reference_logps,
     reward_model_loss,
+    separate_members,
     sequence_rewards,
     sft_loss,
     sides_logps,
@@ -23,7 +25,7 @@ from align_jax.training.tasks.losses import (
 )
 
 __all__ = [
-    "PAIR_LAYOUTS", "PAIR_SIDES", "REFERENCE_NEEDS", "TASKS", "Task", "calibration_loss", "confidence_positions",
+    "PAIR_LAYOUTS", "PAIR_SIDES", "REFERENCE_NEEDS", "TASKS", "TRUNKS", "Task", "calibration_loss", "confidence_positions",
     "did_you_mean", "init_reward_head", "packed_preference_loss", "preference_loss", "reference_logps",
-    "reward_model_loss", "sequence_rewards", "sft_loss", "sides_logps", "token_logps", "unpaired_loss",
+    "reward_model_loss", "separate_members", "sequence_rewards", "sft_loss", "sides_logps", "token_logps", "unpaired_loss",
 ]

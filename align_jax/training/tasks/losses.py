@@ -24,6 +24,7 @@ from align_jax.objectives.calibration import confidence_brier_loss, label_smooth
 from align_jax.objectives.logprobs import sequence_logps
 from align_jax.objectives.reward import bradley_terry_loss, last_token_rewards
 from align_jax.objectives.types import PreferenceInputs, SequenceLogps, UnpairedInputs
+from align_jax.parallel.rules import MEMBER_AXIS
 from align_jax.training.packed_pairs import is_packed, packed_example_weight, packed_sides_logps
 
 Batch = Mapping[str, jax.Array]
@@ -157,59 +158,102 @@ def sequence_rewards(model: Decoder, head: Mapping[str, jax.Array], batch: Batch
     return last_token_rewards(hidden, batch[f"{side}_segment_ids"], head)
 
 
+def member_bootstrap_weights(
+    tokens: jax.Array,  # [B, L] int: the rows that identify each example (its chosen sequence)
+    member: jax.Array | int,  # [] the ensemble member (may be traced: a vmapped member index)
+    seed: int,
+) -> jax.Array:  # [B] float32 Poisson(1) counts of member ``member``, fixed per example
+    """Bootstrap resampling for ensemble member ``member``: each example counts ``Poisson(1)`` times,
+    drawn from a hash of its token ids, so a member sees the same resample in every epoch and on
+    every host (Poisson bootstrap, as online bagging: Oza and Russell 2001)."""
+    positions = jnp.arange(1, tokens.shape[1] + 1, dtype=jnp.uint32)
+    digest = jnp.sum(tokens.astype(jnp.uint32) * (positions * jnp.uint32(2654435761)), axis=1)  # [B] mod 2^32
+    key = jax.random.fold_in(jax.random.key(seed), jnp.asarray(member, jnp.uint32))
+    return jax.vmap(lambda h: jax.random.poisson(jax.random.fold_in(key, h), 1.0))(digest).astype(jnp.float32)
+
+
 def bootstrap_weights(
     tokens: jax.Array,  # [B, L] int: the rows that identify each example (its chosen sequence)
     ensemble_size: int,
     seed: int,
 ) -> jax.Array:  # [B, E] float32 Poisson(1) counts, fixed per example and member
-    """Bootstrap resampling for ensemble member ``e``: each example counts ``Poisson(1)`` times, drawn
-    from a hash of its token ids, so a member sees the same resample in every epoch and on every host
-    (Poisson bootstrap, as online bagging: Oza and Russell 2001)."""
-    positions = jnp.arange(1, tokens.shape[1] + 1, dtype=jnp.uint32)
-    digest = jnp.sum(tokens.astype(jnp.uint32) * (positions * jnp.uint32(2654435761)), axis=1)  # [B] mod 2^32
-    base = jax.random.key(seed)
-
-    def draw(e, h):
-        return jax.random.poisson(jax.random.fold_in(jax.random.fold_in(base, e), h), 1.0)
-
+    """:func:`member_bootstrap_weights` of every member."""
     members = jnp.arange(ensemble_size, dtype=jnp.uint32)
-    return jax.vmap(lambda h: jax.vmap(lambda e: draw(e, h))(members))(digest).astype(jnp.float32)
+    return jax.vmap(lambda e: member_bootstrap_weights(tokens, e, seed), out_axes=1)(members)
+
+
+TRUNKS = ("shared", "separate")  # an ensemble's members: heads over one trunk, or a trunk (or LoRA adapter) each
+
+
+def separate_members(options: Mapping[str, Any]) -> int:
+    """E when reward-model loss options ask for an ensemble of E > 1 members with separate trunks
+    (the train state stacks E trunks and the step is vmapped over them), else 0."""
+    size = int(options.get("ensemble_size", 1))
+    return size if options.get("trunk", "shared") == "separate" and size > 1 else 0
+
+
+def _ensemble_metrics(
+    loss: jax.Array,  # [] the members' mean loss
+    mean_chosen: jax.Array,  # [B] the members' mean rewards
+    mean_rejected: jax.Array,  # [B]
+    std_chosen: jax.Array,  # [B] the members' disagreement on the chosen reply
+    margins: jax.Array | None,  # [B]
+    weight: jax.Array,  # [B] example weights (not resampled)
+) -> dict[str, jax.Array]:
+    """An ensemble's metrics: those of its mean reward, the loss, and ``rm/ensemble_std``."""
+    _, metrics = bradley_terry_loss(mean_chosen, mean_rejected, margins, mask=weight)
+    std = jnp.sum(jnp.where(weight > 0, std_chosen, 0.0) * weight) / jnp.maximum(jnp.sum(weight), 1e-9)
+    return {**metrics, "loss": loss, "rm/loss": loss, "rm/ensemble_std": jax.lax.stop_gradient(std)}
 
 
 def reward_model_loss(
     model: Decoder, head: Mapping[str, jax.Array], batch: Batch, *, center_coef: float = 0.0, margin: float = 0.0,
-    ensemble_size: int = 1, bootstrap: bool = True, bootstrap_seed: int = 0,
+    ensemble_size: int = 1, trunk: str = "shared", bootstrap: bool = True, bootstrap_seed: int = 0,
 ) -> tuple[jax.Array, dict, jax.Array]:
     """Bradley-Terry loss of a reward model (decoder + linear head) on preference pairs.
 
     ``center_coef`` pins the reward's offset (arXiv:2312.09244); ``margin`` asks the chosen reward
     to exceed the rejected one by that much (a constant form of Llama 2's margin, arXiv:2307.09288).
-    With ``ensemble_size`` E > 1 the head is E stacked heads over one shared trunk (one forward for
-    all members; Coste et al., arXiv:2310.02743 train separate models) and each member's loss weighs
-    the examples by its own bootstrap resample (``bootstrap``); the loss is the members' mean, and
-    ``rm/ensemble_std`` is their disagreement (the std of the members' rewards, averaged over examples).
+
+    An ensemble of ``ensemble_size`` E > 1 members (Coste et al., arXiv:2310.02743): each member's loss
+    weighs the examples by its own bootstrap resample (``bootstrap``: the Poisson counts of
+    :func:`member_bootstrap_weights`, member e's column ``e``); the loss is the members' mean, the
+    metrics are those of the members' mean reward, and ``rm/ensemble_std`` is their disagreement (the
+    std of the members' rewards of the chosen reply, averaged over examples). ``trunk``:
+
+    * ``"shared"``: E stacked heads (``w [E, D]``) over one trunk, one forward for all members;
+    * ``"separate"``: each member has its own trunk (a full copy, or its own LoRA adapter over the
+      frozen base). The train step is vmapped over the members (``StepSpec.members``), so this loss
+      sees ONE member: its trunk, its head ``w [D]``, its index ``lax.axis_index(MEMBER_AXIS)``. It is
+      then exactly the single-model loss on examples weighted by that member's resample, and returns
+      that member's weight; the cross-member metrics are taken over the vmapped axis.
     """
-    chosen = sequence_rewards(model, head, batch, "chosen")  # [B] or [B, E]
+    chosen = sequence_rewards(model, head, batch, "chosen")  # [B], or [B, E] for shared-trunk members
     rejected = sequence_rewards(model, head, batch, "rejected")
     weight = _weight(batch, chosen.shape[0])
     margins = jnp.full(chosen.shape[:1], margin, jnp.float32) if margin else None
     if ensemble_size == 1:
         loss, metrics = bradley_terry_loss(chosen, rejected, margins, mask=weight, center_coef=center_coef)
         return loss, {"loss": loss, **metrics}, jnp.sum(weight)
+
+    def member_loss(c, r, member):  # [B], [B], [] -> ([] loss, [] its weight)
+        w = weight * member_bootstrap_weights(batch["chosen_tokens"], member, bootstrap_seed) if bootstrap else weight
+        return bradley_terry_loss(c, r, margins, mask=w, center_coef=center_coef)[0], jnp.sum(w)
+
+    if trunk == "separate":
+        if chosen.ndim != 1 or jax.lax.axis_size(MEMBER_AXIS) != ensemble_size:
+            raise ValueError(f"trunk='separate': the loss runs per member under a vmap of {ensemble_size} members, "
+                             f"got rewards {chosen.shape} over {jax.lax.axis_size(MEMBER_AXIS)} members")
+        loss, member_weight = member_loss(chosen, rejected, jax.lax.axis_index(MEMBER_AXIS))
+        c, r = jax.lax.stop_gradient(chosen), jax.lax.stop_gradient(rejected)
+        mean_c = jax.lax.pmean(c, MEMBER_AXIS)
+        std_c = jnp.sqrt(jax.lax.pmean(jnp.square(c - mean_c), MEMBER_AXIS))
+        return loss, _ensemble_metrics(loss, mean_c, jax.lax.pmean(r, MEMBER_AXIS), std_c, margins, weight), member_weight
     if chosen.ndim != 2 or chosen.shape[1] != ensemble_size:
         raise ValueError(f"ensemble_size={ensemble_size} but the head scores shape {chosen.shape}")
-    member_weight = weight[:, None] * (
-        bootstrap_weights(batch["chosen_tokens"], ensemble_size, bootstrap_seed) if bootstrap else 1.0)
-    member_weight = jnp.broadcast_to(member_weight, chosen.shape)  # [B, E]: counts, not a 0/1 mask
-    valid = weight[:, None] > 0
-    c, r = jnp.where(valid, chosen, 0.0), jnp.where(valid, rejected, 0.0)
-    per_pair = -jax.nn.log_sigmoid(c - r - margin) + center_coef * jnp.square(c + r)  # [B, E]
-    losses = jnp.sum(per_pair * member_weight, 0) / jnp.maximum(jnp.sum(member_weight, 0), 1e-9)  # [E]
+    losses, _ = jax.vmap(member_loss, in_axes=(1, 1, 0))(chosen, rejected, jnp.arange(ensemble_size))  # [E]
     loss = jnp.mean(losses)
-    _, metrics = bradley_terry_loss(jnp.mean(chosen, 1), jnp.mean(rejected, 1), margins, mask=weight)
-    metrics = {**metrics, "loss": loss, "rm/loss": loss}
-    metrics["rm/ensemble_std"] = jax.lax.stop_gradient(
-        jnp.sum(jnp.std(chosen, axis=1) * weight) / jnp.maximum(jnp.sum(weight), 1e-9))
+    metrics = _ensemble_metrics(loss, jnp.mean(chosen, 1), jnp.mean(rejected, 1), jnp.std(chosen, axis=1), margins, weight)
     return loss, metrics, jnp.sum(weight)
 
 

@@ -15,7 +15,9 @@ from align_jax.training.tasks.losses import (
     calibration_loss,
     packed_preference_loss,
     preference_loss,
+    TRUNKS,
     reward_model_loss,
+    separate_members,
     sft_loss,
     unpaired_loss,
 )
@@ -25,10 +27,12 @@ SFT_LOSSES.register("sft")(sft_loss)
 REWARD_MODEL_LOSSES = Registry("reward-model loss")
 
 
-def _check_bradley_terry(*, center_coef: float, margin: float, ensemble_size: int, bootstrap: bool,
+def _check_bradley_terry(*, center_coef: float, margin: float, ensemble_size: int, trunk: str, bootstrap: bool,
                          bootstrap_seed: int) -> None:
     if ensemble_size < 1:
         raise ValueError(f"ensemble_size must be >= 1, got {ensemble_size}")
+    if trunk not in TRUNKS:
+        raise ValueError(f"trunk must be one of {', '.join(map(repr, TRUNKS))}, got {trunk!r}")
     if center_coef < 0:
         raise ValueError(f"center_coef must be >= 0, got {center_coef}")
     if margin < 0:
@@ -36,6 +40,16 @@ def _check_bradley_terry(*, center_coef: float, margin: float, ensemble_size: in
 
 
 REWARD_MODEL_LOSSES.register("bradley_terry", paper="2203.02155", validate=_check_bradley_terry)(reward_model_loss)
+
+
+def _check_reward_model(cfg) -> None:
+    """Separate trunks that would stay identical copies of each other (before any model loads)."""
+    options = dict(cfg.loss_options)
+    if separate_members(options) and not options.get("bootstrap", True) and not cfg.lora.rank:
+        raise ValueError("loss.trunk='separate' with loss.bootstrap=False and full fine-tuning (lora.rank=0) trains "
+                         f"{options['ensemble_size']} identical copies: every member starts from the same pretrained "
+                         "trunk and zero head and sees the same data. Keep loss.bootstrap=True, or give each member "
+                         "its own LoRA adapter (lora.rank > 0; member e's adapter is seeded with lora.seed + e)")
 CALIBRATION_TASK_LOSSES = Registry("calibration task loss")
 CALIBRATION_TASK_LOSSES.register("confidence_brier", paper="2508.18847")(calibration_loss)
 
@@ -96,7 +110,7 @@ TASKS.register(Task(
 ))
 TASKS.register(Task(
     name="reward_model", summary="Bradley-Terry reward model: decoder + linear head on the last token",
-    record_kind="preference", losses=REWARD_MODEL_LOSSES, uses_head=True,
+    record_kind="preference", losses=REWARD_MODEL_LOSSES, uses_head=True, check_config=_check_reward_model,
 ))
 TASKS.register(Task(
     name="calibration", summary="tokenized Brier loss on a verbalized confidence digit (ConfTuner)",
