@@ -6,7 +6,7 @@ rounds; in each round
 
 1. the attacker (a system prompt and one user turn, from ``pair_prompts.jsonl``) proposes one
    candidate prompt per stream, sampled at ``temperature`` in one batch (``sampling.sample``);
-2. the target answers every candidate greedily in one batch (``evals.runner.generate_greedy``,
+2. the target answers every candidate greedily in one batch (``sampling.greedy.generate_greedy``,
    the candidate as a user turn of its chat template);
 3. a judge of ``redteam.judges`` scores each answer in [0, 1] (a bool judge gives 0 or 1; 1 is a
    success);
@@ -37,12 +37,11 @@ from typing import Any, Mapping, Sequence
 import jax
 import numpy as np
 
-from align_jax.evals.runner import chat_prompt_ids, generate_greedy
-from align_jax.models.chat import encode_chat
 from align_jax.models.registry import MODELS, LoadedModel, load_model
 from align_jax.redteam.judges import JUDGES, Judge, build_judge
 from align_jax.registry import did_you_mean
 from align_jax.sampling import SamplingParams, sample
+from align_jax.sampling.greedy import chat_ids, generate_greedy
 
 PROMPTS_PATH = pathlib.Path(__file__).with_name("pair_prompts.jsonl")
 # The placeholders each prompt may use, and those it must use.
@@ -222,10 +221,7 @@ def attacker_request(prompts: PAIRPrompts, behaviour: str, previous: Candidate |
 
 def attacker_prompt_ids(lm: LoadedModel, system: str, request: str) -> list[int]:
     """System prompt and user turn in the attacker's chat template, generation prompt added."""
-    if lm.chat_template is None:
-        raise ValueError(f"PAIR's attacker {lm.source!r} has no chat template")
-    messages = [{"role": "system", "content": system}, {"role": "user", "content": request}]
-    return encode_chat(lm.tokenizer, messages, template=lm.chat_template, add_generation_prompt=True).ids
+    return chat_ids(lm, [{"role": "system", "content": system}, {"role": "user", "content": request}])
 
 
 def propose(attacker: LoadedModel, system: str, requests: Sequence[str], cfg: PAIRConfig, seed: int) -> list[str]:
@@ -267,7 +263,7 @@ def run_pair(behaviour: str, target: LoadedModel, judge: Judge, cfg: PAIRConfig 
         seed = int(jax.random.randint(jax.random.fold_in(key, t), (), 0, 2**31 - 1))
         completions = propose(attacker, system, requests, cfg, seed)
         parsed = [parse_attacker_output(c, behaviour) for c in completions]
-        gens = generate_greedy(target, [chat_prompt_ids(target, p.prompt) for p in parsed],
+        gens = generate_greedy(target, [chat_ids(target, [{"role": "user", "content": p.prompt}]) for p in parsed],
                                max_new_tokens=cfg.max_target_tokens, batch_size=cfg.n_streams)
         responses = [g.text for g in gens]
         scores = judge_scores(judge, [p.prompt for p in parsed], responses)

@@ -72,7 +72,15 @@ def format_match(record: Any, completion: str, *, pattern: str = r"(?s)^\S.*\S$"
     return float(re.fullmatch(pattern, completion) is not None)
 
 
-@REWARDS.register("refusal_precision", paper="2507.14987")
+def _check_refusal_precision(*, window: int, over_refusal: float) -> None:
+    if isinstance(window, bool) or not isinstance(window, int) or window < 1:
+        raise ValueError(f"refusal_precision: window must be an integer >= 1 (characters), got {window!r}")
+    if not over_refusal < 1.0:  # also rejects NaN
+        raise ValueError(f"refusal_precision: over_refusal must be < 1 (the reward for answering a benign prompt), "
+                         f"got {over_refusal!r}")
+
+
+@REWARDS.register("refusal_precision", paper="2507.14987", validate=_check_refusal_precision)
 def refusal_precision(record: Any, completion: str, *, window: int = REFUSAL_WINDOW,
                       over_refusal: float = -1.0) -> float:
     """1 for refusing a harmful prompt or answering a benign one, 0 for answering a harmful one,

@@ -180,16 +180,16 @@ def write_cai_data(results: Sequence[CritiqueRevision], out_dir: str | os.PathLi
     """Writes ``out_dir/{pairs,sft,revisions}.jsonl`` and ``summary.json``; returns the summary.
 
     ``pairs.jsonl`` is ``data.source="preference"``, ``sft.jsonl`` is ``data.source="sft"``;
-    ``revisions.jsonl`` keeps every result (skipped ones included) with its principle's name.
+    ``revisions.jsonl`` keeps every result (skipped ones included) with its principle's name. Every
+    file is rewritten, an empty one when nothing is usable.
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     pairs, skipped_pairs = preference_records(results)
     sft, skipped_sft = sft_records(results)
-    if pairs:
-        write_records(pairs, out / "pairs.jsonl")
-    if sft:
-        write_records(sft, out / "sft.jsonl")
+    # written even when empty: a file left by an earlier run in out_dir must not pass for this one's
+    write_records(pairs, out / "pairs.jsonl")
+    write_records(sft, out / "sft.jsonl")
     with open(out / "revisions.jsonl", "w", encoding="utf-8") as f:
         for r in results:
             row = dataclasses.asdict(r) | {"principle": r.principle.name}

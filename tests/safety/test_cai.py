@@ -167,6 +167,13 @@ def test_pairs_and_sft_round_trip_through_the_data_sources_skipping_unusable_res
     assert [r["principle"] for r in rows] == ["p"] * 5 and rows[2]["revision"] == "  same answer "
 
 
+def test_a_rerun_without_usable_results_leaves_no_stale_pairs(tmp_path):
+    cai.write_cai_data([_result("q", "a draft", "a revision")], tmp_path)
+    summary = cai.write_cai_data([_result("q", "a draft", "  ")], tmp_path)  # same folder, nothing usable
+    assert (summary["pairs"], summary["sft"]) == (0, 0)
+    assert (tmp_path / "pairs.jsonl").read_text() == "" and (tmp_path / "sft.jsonl").read_text() == ""
+
+
 def _prompts():
     return ([Prompt(f"harmful {i}", True, "harmful", "train", "advbench") for i in range(6)]
             + [Prompt(f"sensitive {i}", False, "benign_sensitive", "train", "t1") for i in range(3)]
