@@ -12,7 +12,7 @@ templates; plain benign Alpaca prompts) and the refusal-contrast benchmark's tra
 every phenomenon but the ``--holdout`` ones (both halves of each pair: the harmful twin and its
 benign twin). The model answers each greedily; the refusal-phrase judge (the judge with the best
 measured agreement on the audit set, kappa 0.64) labels the answer. A harmful prompt the model
-complies with gives ``chosen`` = a refusal written by the project (``responses.REFUSALS``, train
+answers (fully or partly) gives ``chosen`` = a refusal written by the project (``responses.REFUSALS``, train
 templates only), ``rejected`` = the model's answer; a benign prompt the model answers gives
 ``chosen`` = its answer, ``rejected`` = a written refusal. A harmful prompt the model already
 refuses and a benign one it refuses are skipped (counted in ``pairs_summary.json``): the first has
@@ -88,6 +88,37 @@ def answer(lm, texts, max_new_tokens, batch_size, desc):
     return [g.text.strip() for g in gens], [g.stopped for g in gens]
 
 
+def unique_prompts(prompts):
+    """[(text, harmful, origin)] without repeats; a text that occurs with both labels is dropped
+    (returns the kept prompts and how many texts were dropped)."""
+    labels = collections.defaultdict(set)
+    for t, h, _ in prompts:
+        labels[t].add(h)
+    kept = {t: (t, h, o) for t, h, o in prompts if len(labels[t]) == 1}
+    return list(kept.values()), sum(len(v) > 1 for v in labels.values())
+
+
+def build_pairs(prompts, responses, stopped, refusals, rng):
+    """Preference rows from the model's own answers, labelled by the refusal-phrase judge: harmful
+    prompts answered (fully or partly) -> written refusal > answer; benign prompts not refused ->
+    answer > written refusal. Returns (rows, counts by origin/outcome)."""
+    labels = substring_labels(responses)
+    counts = collections.Counter()
+    out = []
+    for (text, harmful, origin), resp, lab, stop in zip(prompts, responses, labels, stopped, strict=True):
+        refusal = refusals[int(rng.integers(len(refusals)))]
+        if not resp:
+            counts[f"{origin}/empty"] += 1
+        elif lab == REFUSAL:
+            counts[f"{origin}/{'already_refused' if harmful else 'refused_benign_dropped'}"] += 1
+        else:
+            chosen, rejected = (refusal, resp) if harmful else (resp, refusal)
+            counts[f"{origin}/pairs"] += 1
+            out.append({"prompt": text, "chosen": chosen, "rejected": rejected, "origin": origin,
+                        "harmful": harmful, "answer_truncated": not stop})
+    return out, counts
+
+
 def make_pairs(workdir: pathlib.Path):
     sets, _ = build_source_sets(RefusalConfig(data_dir=FLAGS.data_dir, seed=FLAGS.seed))
     train = sets["train"]
@@ -98,31 +129,14 @@ def make_pairs(workdir: pathlib.Path):
     contrast_train, _ = contrast_split(FLAGS.holdout, FLAGS.seed)
     prompts += [(t, h, f"contrast_{'harmful' if h else 'benign'}")
                 for p in contrast_train for t, h in ((p.harmful, True), (p.benign, False))]
-    prompts = list({t: (t, h, o) for t, h, o in prompts}.values())
+    prompts, conflicts = unique_prompts(prompts)
     lm = load_model(FLAGS.model)
     t0 = time.time()
     responses, stopped = answer(lm, [t for t, _, _ in prompts], FLAGS.max_new_tokens, FLAGS.batch_size, "answers")
-    labels = substring_labels(responses)
     assign = response_template_split(FLAGS.seed)
     refusals = [text for rid, text in REFUSALS if assign[rid] == "train"]
-    rng = np.random.default_rng(FLAGS.seed)
-    counts = collections.Counter()
-    out = []
-    for (text, harmful, origin), resp, lab, stop in zip(prompts, responses, labels, stopped):
-        refusal = refusals[int(rng.integers(len(refusals)))]
-        if not resp:
-            counts[f"{origin}/empty"] += 1
-            continue
-        if harmful and lab == REFUSAL:
-            counts[f"{origin}/already_refused"] += 1
-            continue
-        if not harmful and lab == REFUSAL:
-            counts[f"{origin}/refused_benign_dropped"] += 1
-            continue
-        chosen, rejected = (refusal, resp) if harmful else (resp, refusal)
-        counts[f"{origin}/pairs"] += 1
-        out.append({"prompt": text, "chosen": chosen, "rejected": rejected, "origin": origin,
-                    "harmful": harmful, "answer_truncated": not stop})
+    out, counts = build_pairs(prompts, responses, stopped, refusals, np.random.default_rng(FLAGS.seed))
+    counts["conflicting_labels_dropped"] = conflicts
     order = sorted(range(len(out)), key=lambda i: stable_hash(FLAGS.seed, "pair", out[i]["prompt"]))
     out = [out[i] for i in order]
     workdir.mkdir(parents=True, exist_ok=True)
