@@ -48,21 +48,25 @@ from absl import app, flags
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "configs"))
 
-flags.DEFINE_string("workdir", "runs/reward_kl_frontier", "where training runs and pair files go")
-flags.DEFINE_string("out", "experiments/results/reward_kl_frontier", "where results.json and frontier.png go")
-flags.DEFINE_integer("seed", 0, "sampling, data and training seed")
-flags.DEFINE_integer("max_new_tokens", 8, "reply length limit (tokens = characters)")
-flags.DEFINE_integer("eval_samples", 1024, "replies sampled per policy (and best-of-N groups)")
-flags.DEFINE_list("bon_n", ["1", "2", "4", "8", "16", "32", "64"], "best-of-N sizes")
-flags.DEFINE_list("ppo_kl_coefs", ["0.01", "0.02", "0.03", "0.05", "0.1"], "PPO KL coefficients (rl.kl_coef)")
-flags.DEFINE_integer("ppo_steps", 30, "PPO rollout batches (8 prompts x 8 samples each)")
-flags.DEFINE_integer("ppo_checkpoint_every", 5, "PPO policies measured every this many steps")
-flags.DEFINE_list("dpo_betas", ["0.05", "0.1", "0.3", "1.0"], "DPO betas (loss.beta)")
-flags.DEFINE_integer("pair_samples", 32768, "reference samples drawn for DPO pairs (two per pair, ties dropped)")
-flags.DEFINE_integer("dpo_steps", 60, "DPO steps (32 pairs each)")
-flags.DEFINE_integer("dpo_checkpoint_every", 10, "DPO policies measured every this many steps")
-flags.DEFINE_float("dpo_learning_rate", 1e-3, "DPO learning rate (constant)")
-flags.DEFINE_list("kl_grid", ["0.5", "1", "2", "3", "5", "9"], "KL values at which each frontier's reward is read")
+
+def define_flags():
+    """The script's flags, defined only when it runs as a script: tests import its functions into
+    a process whose other modules (align_jax.main) already own names like --workdir."""
+    flags.DEFINE_string("workdir", "runs/reward_kl_frontier", "where training runs and pair files go")
+    flags.DEFINE_string("out", "experiments/results/reward_kl_frontier", "where results.json and frontier.png go")
+    flags.DEFINE_integer("seed", 0, "sampling, data and training seed")
+    flags.DEFINE_integer("max_new_tokens", 8, "reply length limit (tokens = characters)")
+    flags.DEFINE_integer("eval_samples", 1024, "replies sampled per policy (and best-of-N groups)")
+    flags.DEFINE_list("bon_n", ["1", "2", "4", "8", "16", "32", "64"], "best-of-N sizes")
+    flags.DEFINE_list("ppo_kl_coefs", ["0.01", "0.02", "0.03", "0.05", "0.1"], "PPO KL coefficients (rl.kl_coef)")
+    flags.DEFINE_integer("ppo_steps", 30, "PPO rollout batches (8 prompts x 8 samples each)")
+    flags.DEFINE_integer("ppo_checkpoint_every", 5, "PPO policies measured every this many steps")
+    flags.DEFINE_list("dpo_betas", ["0.05", "0.1", "0.3", "1.0"], "DPO betas (loss.beta)")
+    flags.DEFINE_integer("pair_samples", 32768, "reference samples drawn for DPO pairs (two per pair, ties dropped)")
+    flags.DEFINE_integer("dpo_steps", 60, "DPO steps (32 pairs each)")
+    flags.DEFINE_integer("dpo_checkpoint_every", 10, "DPO policies measured every this many steps")
+    flags.DEFINE_float("dpo_learning_rate", 1e-3, "DPO learning rate (constant)")
+    flags.DEFINE_list("kl_grid", ["0.5", "1", "2", "3", "5", "9"], "KL values at which each frontier's reward is read")
 
 
 # -- measuring a policy ---------------------------------------------------------------------------
@@ -413,4 +417,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+    define_flags()
     app.run(main)

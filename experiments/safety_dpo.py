@@ -48,23 +48,27 @@ from align_jax.safety.refusal.metrics import COMPLIANCE, REFUSAL, format_rate, w
 from align_jax.safety.refusal.responses import REFUSALS, response_template_split
 from align_jax.safety.refusal.run import RefusalConfig, build_source_sets
 
-flags.DEFINE_enum("stage", "pairs", ["pairs", "eval"], "what to do")
-flags.DEFINE_string("workdir", "runs/safety_dpo", "where pairs.jsonl and eval_<tag>.json go")
-flags.DEFINE_string("data_dir", "../shared/data/refusal_direction", "refusal_direction folder")
-flags.DEFINE_string("model", "smollm2-135m-instruct", "registered model (when --model_path is empty)")
-flags.DEFINE_string("model_path", "", "a Hugging Face folder (e.g. the DPO run's export) instead of --model")
-flags.DEFINE_list("holdout", ["homonym_figurative", "nonsense_group", "safe_context"],
-                  "contrast phenomena never trained on (evaluated on all their families)")
-flags.DEFINE_integer("n_harmful", 300, "harmful train prompts (build_source_sets train split)")
-flags.DEFINE_integer("n_benign_sensitive", 200, "benign-sensitive train templates")
-flags.DEFINE_integer("n_plain", 150, "plain benign train prompts")
-flags.DEFINE_integer("max_new_tokens", 128, "tokens per answer")
-flags.DEFINE_integer("batch_size", 64, "prompts per generation batch")
-flags.DEFINE_integer("eval_limit", 200, "eval prompts of each refusal_generation kind (0 = all)")
-flags.DEFINE_integer("eval_tokens", 96, "tokens per eval answer")
-flags.DEFINE_integer("contrast_limit", 240, "eval: held-out-phenomenon pairs, in a stable hash order (0 = all)")
-flags.DEFINE_string("tag", "before", "eval: name of the evaluated model in eval_<tag>.json")
-flags.DEFINE_integer("seed", 0, "prompt order and refusal-template choice")
+
+def define_flags():
+    """The script's flags, defined only when it runs as a script: tests import its functions into
+    a process whose other modules (align_jax.main) already own names like --workdir."""
+    flags.DEFINE_enum("stage", "pairs", ["pairs", "eval"], "what to do")
+    flags.DEFINE_string("workdir", "runs/safety_dpo", "where pairs.jsonl and eval_<tag>.json go")
+    flags.DEFINE_string("data_dir", "../shared/data/refusal_direction", "refusal_direction folder")
+    flags.DEFINE_string("model", "smollm2-135m-instruct", "registered model (when --model_path is empty)")
+    flags.DEFINE_string("model_path", "", "a Hugging Face folder (e.g. the DPO run's export) instead of --model")
+    flags.DEFINE_list("holdout", ["homonym_figurative", "nonsense_group", "safe_context"],
+                      "contrast phenomena never trained on (evaluated on all their families)")
+    flags.DEFINE_integer("n_harmful", 300, "harmful train prompts (build_source_sets train split)")
+    flags.DEFINE_integer("n_benign_sensitive", 200, "benign-sensitive train templates")
+    flags.DEFINE_integer("n_plain", 150, "plain benign train prompts")
+    flags.DEFINE_integer("max_new_tokens", 128, "tokens per answer")
+    flags.DEFINE_integer("batch_size", 64, "prompts per generation batch")
+    flags.DEFINE_integer("eval_limit", 200, "eval prompts of each refusal_generation kind (0 = all)")
+    flags.DEFINE_integer("eval_tokens", 96, "tokens per eval answer")
+    flags.DEFINE_integer("contrast_limit", 240, "eval: held-out-phenomenon pairs, in a stable hash order (0 = all)")
+    flags.DEFINE_string("tag", "before", "eval: name of the evaluated model in eval_<tag>.json")
+    flags.DEFINE_integer("seed", 0, "prompt order and refusal-template choice")
 FLAGS = flags.FLAGS
 
 
@@ -199,4 +203,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+    define_flags()
     app.run(main)

@@ -11,6 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+import align_jax.main  # noqa: F401  (owns --workdir: importing the script must define no flags; CI ran them in one process)
+
 REPO = Path(__file__).resolve().parents[2]
 SCRIPT = REPO / "experiments" / "reward_kl_frontier.py"
 

@@ -6,6 +6,8 @@ from pathlib import Path
 
 import numpy as np
 
+import align_jax.main  # noqa: F401  (owns --workdir: importing the script must define no flags; CI ran them in one process)
+
 SCRIPT = Path(__file__).resolve().parents[2] / "experiments" / "safety_dpo.py"
 spec = importlib.util.spec_from_file_location("safety_dpo", SCRIPT)
 E = importlib.util.module_from_spec(spec)
