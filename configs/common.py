@@ -25,7 +25,7 @@ def base_config() -> ml_collections.ConfigDict:
                   tfds_data_dir=optional_str(), manual_dir=optional_str(), train_split="train", eval_split="",
                   format=optional_str(), fields={}, on_error="raise", max_length=128, max_prompt_length=0,
                   truncation="truncate", pair_layout="separate", group_multiple=64, batch_size=8, micro_batches=1,
-                  max_train_examples=0, max_eval_examples=64, seed=0, group_field="", groups="")
+                  max_train_examples=0, max_eval_examples=64, seed=0, shuffle=True, group_field="", groups="")
     c.reference = dict(mode="precomputed", sync_every=0, sync_alpha=1.0, cache_dir=optional_str())
     c.lora = dict(rank=0, alpha=16.0, targets=r"attn/(q|k|v|o)|mlp/(gate|up|down)", seed=0)
     # checkpoints every `checkpoint_every` steps and at least every `checkpoint_every_seconds` (5 min of work at risk)

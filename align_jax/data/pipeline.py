@@ -84,13 +84,15 @@ def host_batches(
     transform: Callable[[dict], Any] | None = None,
     process_index: int | None = None,
     process_count: int | None = None,
+    shuffle: bool = True,
 ) -> grain.DatasetIterator:
     """This host's ``[batch_size / process_count, ...]`` slices of the global batches (the module's rule).
 
     Train: forever, each epoch a fresh seeded permutation of the examples (``shuffle`` before
     ``repeat``: grain reshuffles every pass; shuffling the infinite repeated dataset instead, as the
     engine did before, drew examples twice within an epoch and skipped others). Eval: one pass in
-    order, the remainder dropped. ``transform`` (e.g. a pair packer) maps each host batch after
+    order, the remainder dropped. ``shuffle=False``: train epochs in the given order too (a
+    curriculum, e.g. Curry-DPO's easy-to-hard pairs). ``transform`` (e.g. a pair packer) maps each host batch after
     batching.
     ``process_index`` / ``process_count`` default to this JAX process.
     """
@@ -104,7 +106,7 @@ def host_batches(
         raise ValueError(f"global batch_size {batch_size} is not divisible by {process_count} processes")
     ds = grain.MapDataset.source(list(examples))
     if train:
-        ds = ds.shuffle(seed=seed).repeat(None)
+        ds = (ds.shuffle(seed=seed) if shuffle else ds).repeat(None)
     ds = ds.batch(batch_size // process_count, drop_remainder=True)
     if not train:  # whole global batches only: every host runs the same number of steps
         ds = ds[: len(examples) // batch_size * process_count]

@@ -63,6 +63,7 @@ class DataSection:
     max_train_examples: int = 0  # 0: all
     max_eval_examples: int = 64
     seed: int = 0
+    shuffle: bool = True  # False: train pairs in file order every epoch (a curriculum: Curry-DPO)
     group_field: str = ""  # file sources: the column holding each row's group id (MaxMin-RLHF)
     groups: str = ""  # comma-separated group ids to keep ("": all); needs group_field
 

@@ -76,9 +76,10 @@ def load_splits(data: DataSection, task: Task) -> Splits:
 
 def iterator(examples: Sequence[dict], data: DataSection, *, train: bool, transform=None):
     """This host's slices of the global batches of ``data.batch_size`` examples, shuffled by
-    ``data.seed`` (:func:`align_jax.data.pipeline.host_batches`); ``transform`` (e.g. a
+    ``data.seed`` unless ``data.shuffle`` is off (:func:`align_jax.data.pipeline.host_batches`); ``transform`` (e.g. a
     :class:`PairPacker`) maps each host batch."""
-    return pipeline.host_batches(examples, data.batch_size, seed=data.seed, train=train, transform=transform)
+    return pipeline.host_batches(examples, data.batch_size, seed=data.seed, train=train, transform=transform,
+                                 shuffle=data.shuffle)
 
 
 @dataclasses.dataclass(frozen=True)

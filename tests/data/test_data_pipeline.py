@@ -171,3 +171,12 @@ def test_unknown_tfds_sources_fail_at_parse_time():
 
     with pytest.raises(ValueError, match="unknown data.source 'tfds:hh_rlhf'"):
         parse_config({"data": {"source": "tfds:hh_rlhf"}, "loss": {"name": "dpo"}})
+
+
+def test_unshuffled_training_keeps_the_given_order_every_epoch():
+    """``shuffle=False`` (``data.shuffle``, for curricula such as Curry-DPO): each epoch in order."""
+    got = ids(pipeline.host_batches(examples(8), 4, seed=1, train=True, process_index=0, process_count=1,
+                                    shuffle=False), 6)
+    assert got == [[0, 1, 2, 3], [4, 5, 6, 7]] * 3
+    data = DataSection(batch_size=4, shuffle=False)
+    assert ids(data_setup.iterator(examples(8), data, train=True), 2) == [[0, 1, 2, 3], [4, 5, 6, 7]]
