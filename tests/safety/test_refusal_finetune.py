@@ -88,8 +88,10 @@ def experiment():
 
     lm = SimpleNamespace(model=init_decoder(TINY, seed=0), tokenizer=CharTokenizer(), chat_template="chatml_plain")
     before = jax.tree.map(np.asarray, nnx.state(truncated_decoder(lm.model, 2)))
-    ft = FinetuneConfig(n_layers=2, lora_rank=4, lora_alpha=8.0, steps=80, batch_size=16, learning_rate=2e-2,
+    ft = FinetuneConfig(n_layers=2, lora_rank=4, lora_alpha=8.0, steps=80, batch_size=16, learning_rate=1e-2,
                         warmup_steps=5, bucket=128, max_len=60)  # one length bucket; some chats are cut, and counted
+    # lr 2e-2 diverged mid-run under the fast-compile flags (float rounding, chaotic at that rate): 1e-2
+    # ends at a loss of ~0.04 under -O0, -O2, 1 and 8 devices alike
     cfg = RefusalConfig(data_dir="unused", shares=(0.5, 0.25, 0.25), n_resamples=50)
     captured = []
 
