@@ -69,6 +69,8 @@ def define_flags():
     flags.DEFINE_integer("contrast_limit", 240, "eval: held-out-phenomenon pairs, in a stable hash order (0 = all)")
     flags.DEFINE_string("tag", "before", "eval: name of the evaluated model in eval_<tag>.json")
     flags.DEFINE_integer("seed", 0, "prompt order and refusal-template choice")
+
+
 FLAGS = flags.FLAGS
 
 
