@@ -1,7 +1,7 @@
-"""Calibration objectives: Brier scores, focal loss, label smoothing, tokenized Brier on confidences.
+"""Calibration objectives: Brier scores, focal loss, label smoothing, tokenized Brier and log score on confidences.
 
 Each score exists twice: as a plain per-example metric on probabilities (``binary_brier``,
-``multiclass_brier``, ``confidence_brier``) and as a loss on logits returning
+``multiclass_brier``, ``confidence_brier``, ``confidence_log_score``) and as a loss on logits returning
 ``(loss, metrics)``. ``B`` examples, ``K`` classes or confidence levels, ``V`` vocabulary.
 Log-softmax is taken in float32; masked examples never change values or gradients.
 """
@@ -55,6 +55,26 @@ def confidence_brier(
     """Tokenized Brier score ``sum_k p(k) (c_k - correct)^2`` (ConfTuner, arXiv:2508.18847)."""
     gap = conf_values.astype(jnp.float32)[None, :] - correct.astype(jnp.float32)[:, None]
     return jnp.sum(conf_probs.astype(jnp.float32) * jnp.square(gap), axis=-1)
+
+
+def confidence_log_score(
+    conf_probs: jax.Array,  # [B, K] distribution over the K confidence tokens
+    conf_values: jax.Array,  # [K] stated probability c_k of each token
+    correct: jax.Array,  # [B] 1 if the answer was right, else 0
+    eps: float = 1e-6,
+) -> jax.Array:  # [B] float32
+    """Log score of the expected stated confidence ``cbar = sum_k p(k) c_k``:
+    ``-(y log cbar + (1 - y) log(1 - cbar))``, ``cbar`` clipped to ``[eps, 1 - eps]``.
+
+    The cross-entropy objective of calibration tuning (Kapoor et al., arXiv:2406.08391, there on
+    P("yes") to "is the answer correct?"), here on the confidence the evaluation reads. Strictly
+    proper in ``cbar`` (its expected value is minimised at ``cbar = P(correct)``), whereas the
+    tokenized Brier is linear in ``p`` and is minimised by a point mass on the grid value nearest
+    ``P(correct)``.
+    """
+    cbar = jnp.clip(expected_confidence(conf_probs, conf_values), eps, 1.0 - eps)
+    y = correct.astype(jnp.float32)
+    return -(y * jnp.log(cbar) + (1.0 - y) * jnp.log1p(-cbar))
 
 
 # ----------------------------------------------------------------------------- losses
@@ -164,16 +184,46 @@ def confidence_brier_loss(
     over them). ``conf/token_mass`` is the share of the full-vocabulary probability that
     falls on those tokens: if it is low, the model is not emitting a confidence there.
     """
+    return _confidence_loss(logits, correct, conf_token_ids, conf_values, mask, scoring="brier")
+
+
+def confidence_log_loss(
+    logits: jax.Array,  # [B, V] logits at the position where the confidence token is emitted
+    correct: jax.Array,  # [B] 1 if the answer was right, else 0
+    conf_token_ids: jax.Array,  # [K] int vocabulary ids of the confidence tokens
+    conf_values: jax.Array,  # [K] stated probability of each token (0.0 .. 1.0)
+    mask: jax.Array | None = None,  # [B] valid examples
+) -> tuple[jax.Array, Metrics]:
+    """Log score of the expected stated confidence (calibration tuning's cross-entropy, arXiv:2406.08391).
+
+    Same inputs and metrics as :func:`confidence_brier_loss` (``conf/brier`` is still the
+    tokenized Brier, reported for comparison); the loss is :func:`confidence_log_score`.
+    """
+    return _confidence_loss(logits, correct, conf_token_ids, conf_values, mask, scoring="log")
+
+
+def _confidence_loss(
+    logits: jax.Array,  # [B, V]
+    correct: jax.Array,  # [B]
+    conf_token_ids: jax.Array,  # [K]
+    conf_values: jax.Array,  # [K]
+    mask: jax.Array | None,  # [B]
+    *,
+    scoring: str,
+) -> tuple[jax.Array, Metrics]:
     logits = zero_padding(logits, mask)
     conf_logits = logits[:, conf_token_ids]  # [B, K]
     conf_probs = jax.nn.softmax(conf_logits, axis=-1)
-    loss = masked_mean(confidence_brier(conf_probs, conf_values, correct), mask)
+    brier = masked_mean(confidence_brier(conf_probs, conf_values, correct), mask)
+    log_score = masked_mean(confidence_log_score(conf_probs, conf_values, correct), mask)
+    loss = {"brier": brier, "log": log_score}[scoring]
     token_mass = jnp.exp(
         jax.nn.logsumexp(conf_logits, axis=-1) - jax.nn.logsumexp(logits, axis=-1)
     )
     metrics = jax.lax.stop_gradient(
         {
-            "conf/brier": loss,
+            "conf/brier": brier,
+            "conf/log_score": log_score,
             "conf/expected_confidence": masked_mean(expected_confidence(conf_probs, conf_values), mask),
             "conf/accuracy": masked_mean(correct, mask),
             "conf/token_mass": masked_mean(token_mass, mask),

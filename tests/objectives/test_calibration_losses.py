@@ -152,8 +152,48 @@ def test_masked_examples_never_change_results(seed, garbage):
         assert np.all(np.isfinite(grad)) and np.all(grad[~mask] == 0.0), name
     conf_logits, ids, correct = conf_inputs(seed, batch=6)
     conf_dirty = np.where(mask[:, None], conf_logits, garbage).astype(np.float32)
-    np.testing.assert_allclose(
-        cal.confidence_brier_loss(conf_dirty, correct, ids, CONF_VALUES, mask)[0],
-        cal.confidence_brier_loss(conf_logits, correct, ids, CONF_VALUES, mask)[0],
-        rtol=1e-6,
-    )
+    for conf_loss in (cal.confidence_brier_loss, cal.confidence_log_loss):
+        np.testing.assert_allclose(
+            conf_loss(conf_dirty, correct, ids, CONF_VALUES, mask)[0],
+            conf_loss(conf_logits, correct, ids, CONF_VALUES, mask)[0],
+            rtol=1e-6,
+        )
+
+
+def test_confidence_log_loss_matches_numpy_and_finite_differences():
+    logits, ids, correct = conf_inputs(5)
+    mask = np.array([1, 0, 1, 1, 1], bool)
+    loss, metrics = cal.confidence_log_loss(logits, correct, ids, CONF_VALUES, mask)
+    p = np.exp(np_log_softmax(logits.astype(np.float64)[:, ids]))
+    cbar = p @ CONF_VALUES
+    per_example = -(correct * np.log(cbar) + (1 - correct) * np.log(1 - cbar))
+    np.testing.assert_allclose(loss, per_example[mask].mean(), rtol=1e-5)
+    np.testing.assert_allclose(metrics["conf/log_score"], loss)
+    brier = (p * (CONF_VALUES[None] - correct[:, None]) ** 2).sum(-1)
+    np.testing.assert_allclose(metrics["conf/brier"], brier[mask].mean(), rtol=1e-5)  # reported, not trained
+
+    def np_loss(x):  # float64 reference of the same loss
+        q = np.exp(np_log_softmax(x[:, ids])) @ CONF_VALUES
+        return -(correct * np.log(q) + (1 - correct) * np.log(1 - q))[mask].mean()
+
+    grad = np.asarray(jax.grad(lambda x: cal.confidence_log_loss(x, correct, ids, CONF_VALUES, mask)[0])(logits))
+    x64, h = logits.astype(np.float64), 1e-5
+    for b, v in [(0, ids[0]), (2, ids[5]), (4, ids[10]), (3, ids[3])]:
+        up, down = x64.copy(), x64.copy()
+        up[b, v] += h
+        down[b, v] -= h
+        np.testing.assert_allclose(grad[b, v], (np_loss(up) - np_loss(down)) / (2 * h), rtol=1e-3, atol=1e-6)
+    assert np.all(grad[1] == 0.0) and np.all(np.delete(grad, ids, axis=1) == 0.0)
+
+
+def test_confidence_log_score_is_minimised_at_the_true_probability():
+    # with P(correct) = q the expected log score of stating cbar is smallest at cbar = q (strictly proper)
+    grid = np.linspace(0.01, 0.99, 99)
+    two_point = np.stack([1 - grid, grid], axis=1).astype(np.float32)  # mass on c = 0 and c = 1: cbar = grid
+    values = np.array([0.0, 1.0], np.float32)
+    if_right = np.asarray(cal.confidence_log_score(two_point, values, np.ones(99)))
+    if_wrong = np.asarray(cal.confidence_log_score(two_point, values, np.zeros(99)))
+    for q in (0.05, 0.3, 0.72, 0.9):
+        assert abs(grid[int(np.argmin(q * if_right + (1 - q) * if_wrong))] - q) < 0.006
+    # a point mass on c = 0 for a right answer is clipped, not infinite
+    assert np.isfinite(cal.confidence_log_score(np.array([[1.0, 0.0]], np.float32), values, np.array([1]))).all()

@@ -24,7 +24,7 @@ from align_jax.models.gguf_file import smollm2_gguf_path
 from align_jax.models.tokenizer import Tokenizer
 from align_jax.training.config import parse_config
 from align_jax.training.loop import build_task_loss, run
-from align_jax.training.tasks import calibration_loss, confidence_positions, sft_loss
+from align_jax.training.tasks import calibration_log_loss, calibration_loss, confidence_positions, sft_loss
 
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(Path(__file__).parent))
@@ -76,6 +76,17 @@ def test_tokenized_brier_on_a_hand_computed_batch():
     assert float(weight) == 2.0
     assert float(loss) == pytest.approx((0.3125 + 0.25) / 2, abs=1e-6)
     assert float(metrics["conf/expected_confidence"]) == pytest.approx((0.625 + 0.3) / 2, abs=1e-6)
+
+
+def test_log_score_on_the_same_hand_computed_batch():
+    model, batch, _, _, _ = _hand_batch()
+    loss, metrics, weight = calibration_log_loss(
+        model, batch, conf_token_ids=jnp.array([3, 4, 5]), conf_values=jnp.array([0.0, 0.5, 1.0])
+    )
+    # expected confidences .625 (row 0, correct) and .3 (row 1, wrong): -(log .625 + log .7) / 2
+    assert float(weight) == 2.0
+    assert float(loss) == pytest.approx(-(np.log(0.625) + np.log(0.7)) / 2, rel=1e-5)
+    assert float(metrics["conf/brier"]) == pytest.approx((0.3125 + 0.25) / 2, abs=1e-6)
 
 
 @pytest.mark.parametrize("prefix_len", [0, 1])
@@ -185,9 +196,12 @@ def test_calibration_task_rejects_bad_losses(tiny_model_dir, calibration_file, t
     assert calibration_records([UnpairedRecord("q", "4", True)])[0].response.endswith("Confidence: 0")
 
 
-def test_engine_steps_lower_the_held_out_tokenized_brier(tiny_model_dir, calibration_file, tmp_path):
-    cfg = parse_config(_calibration_config(tiny_model_dir, calibration_file, train__steps=16,
-                                           optimizer__total_steps=16, train__eval_every=16))
+@pytest.mark.parametrize("loss_name", ["confidence_brier", "confidence_log"])
+def test_engine_steps_lower_the_held_out_tokenized_brier(tiny_model_dir, calibration_file, tmp_path, loss_name):
+    c = _calibration_config(tiny_model_dir, calibration_file, train__steps=16, optimizer__total_steps=16,
+                            train__eval_every=16)
+    c.loss.name = loss_name
+    cfg = parse_config(c)
     result = run(cfg, tmp_path / "run")
     before, after = result["before"], result["final"]
     # a random tiny model spreads its digit probability evenly: expected confidence 0.5

@@ -9,6 +9,7 @@ from align_jax.training.tasks.base import PAIR_LAYOUTS, REFERENCE_NEEDS, TASKS, 
 from align_jax.training.tasks.losses import (
     PAIR_SIDES,
     TRUNKS,
+    calibration_log_loss,
     calibration_loss,
     confidence_positions,
     init_reward_head,
@@ -25,7 +26,7 @@ from align_jax.training.tasks.losses import (
 )
 
 __all__ = [
-    "PAIR_LAYOUTS", "PAIR_SIDES", "REFERENCE_NEEDS", "TASKS", "TRUNKS", "Task", "calibration_loss", "confidence_positions",
-    "did_you_mean", "init_reward_head", "packed_preference_loss", "preference_loss", "reference_logps",
+    "PAIR_LAYOUTS", "PAIR_SIDES", "REFERENCE_NEEDS", "TASKS", "TRUNKS", "Task", "calibration_log_loss",
+    "calibration_loss", "confidence_positions", "did_you_mean", "init_reward_head", "packed_preference_loss", "preference_loss", "reference_logps",
     "reward_model_loss", "separate_members", "sequence_rewards", "sft_loss", "sides_logps", "token_logps", "unpaired_loss",
 ]

@@ -1,5 +1,5 @@
 """The offline tasks' losses over a policy model and a batch: SFT, preference pairs, unpaired, reward model,
-calibration (tokenized Brier on a verbalized confidence digit).
+calibration (tokenized Brier or log score on a verbalized confidence digit).
 
 Each returns ``(loss, metrics, weight)``: ``loss`` is a weighted mean, ``weight`` its denominator
 (scored tokens for SFT, examples otherwise), so micro-batches combine exactly by summing
@@ -20,7 +20,7 @@ import jax
 import jax.numpy as jnp
 
 from align_jax.models.decoder import Decoder
-from align_jax.objectives.calibration import confidence_brier_loss, label_smoothed_cross_entropy
+from align_jax.objectives.calibration import confidence_brier_loss, confidence_log_loss, label_smoothed_cross_entropy
 from align_jax.objectives.logprobs import sequence_logps
 from align_jax.objectives.reward import bradley_terry_loss, last_token_rewards
 from align_jax.objectives.types import PreferenceInputs, SequenceLogps, UnpairedInputs
@@ -296,13 +296,45 @@ def calibration_loss(
     "Confidence:" on its own, even instead of an answer (seen on SmolLM2).
     Examples whose digit was truncated away get weight 0.
     """
+    return _calibration_loss(model, batch, conf_token_ids, conf_values, confidence_prefix_len,
+                             answer_nll_coef=answer_nll_coef, score=confidence_brier_loss)
+
+
+def calibration_log_loss(
+    model: Decoder,
+    batch: Batch,
+    conf_token_ids: jax.Array,  # [K] vocabulary ids of the confidence digits
+    conf_values: jax.Array,  # [K] probability each digit states
+    confidence_prefix_len: int = 0,  # tokens of "\nConfidence: " before the digit
+    *,
+    answer_nll_coef: float = 0.0,
+) -> tuple[jax.Array, dict, jax.Array]:
+    """Log score of the expected verbalized confidence (calibration tuning, arXiv:2406.08391), plus answer NLL.
+
+    :func:`calibration_loss` with the tokenized Brier replaced by
+    ``-(y log cbar + (1 - y) log(1 - cbar))``, ``cbar = sum_k p(k) c_k`` the confidence the
+    evaluation reads (:func:`align_jax.objectives.calibration.confidence_log_score`).
+    """
+    return _calibration_loss(model, batch, conf_token_ids, conf_values, confidence_prefix_len,
+                             answer_nll_coef=answer_nll_coef, score=confidence_log_loss)
+
+
+def _calibration_loss(
+    model: Decoder,
+    batch: Batch,
+    conf_token_ids: jax.Array,  # [K]
+    conf_values: jax.Array,  # [K]
+    confidence_prefix_len: int,
+    *,
+    answer_nll_coef: float,
+    score: Callable,
+) -> tuple[jax.Array, dict, jax.Array]:
     tokens, mask = batch["completion_tokens"], batch["completion_loss_mask"]
     logits = model(tokens, batch["completion_positions"], batch["completion_segment_ids"]).logits  # [B, L, V]
     pos, found = confidence_positions(tokens, mask, conf_token_ids)
     at = jnp.take_along_axis(logits, jnp.maximum(pos - 1, 0)[:, None, None], axis=1)[:, 0]  # [B, V]
     weight = _weight(batch, tokens.shape[0]) * found
-    brier, metrics = confidence_brier_loss(at, batch["desirable"], conf_token_ids, conf_values, mask=weight)
-    loss = brier
+    loss, metrics = score(at, batch["desirable"], conf_token_ids, conf_values, mask=weight)
     if answer_nll_coef:
         answer_mask = (mask > 0) & (jnp.arange(tokens.shape[1])[None, :] < (pos - confidence_prefix_len)[:, None])
         logps = sequence_logps(logits[:, :-1], tokens[:, 1:], answer_mask[:, 1:])

@@ -12,6 +12,7 @@ from align_jax.objectives.unpaired import UNPAIRED_LOSSES
 from align_jax.registry import Registry
 from align_jax.training.tasks.base import PAIR_LAYOUTS, TASKS, Task
 from align_jax.training.tasks.losses import (
+    calibration_log_loss,
     calibration_loss,
     packed_preference_loss,
     preference_loss,
@@ -52,6 +53,7 @@ def _check_reward_model(cfg) -> None:
                          "its own LoRA adapter (lora.rank > 0; member e's adapter is seeded with lora.seed + e)")
 CALIBRATION_TASK_LOSSES = Registry("calibration task loss")
 CALIBRATION_TASK_LOSSES.register("confidence_brier", paper="2508.18847")(calibration_loss)
+CALIBRATION_TASK_LOSSES.register("confidence_log", paper="2406.08391")(calibration_log_loss)
 
 
 def _preference_task_loss(loss_fn, pair_layout: str):
@@ -113,7 +115,7 @@ TASKS.register(Task(
     record_kind="preference", losses=REWARD_MODEL_LOSSES, uses_head=True, check_config=_check_reward_model,
 ))
 TASKS.register(Task(
-    name="calibration", summary="tokenized Brier loss on a verbalized confidence digit (ConfTuner)",
+    name="calibration", summary="tokenized Brier (ConfTuner) or log score on a verbalized confidence digit",
     record_kind="unpaired", losses=CALIBRATION_TASK_LOSSES, prepare_records=_calibration_records,
     loss_arguments=_calibration_arguments,
 ))
