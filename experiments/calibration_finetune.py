@@ -48,22 +48,28 @@ SPLITS = ("train", "validation", "test")
 SOURCES = ("verbal", "seq_prob")
 MODELS = ("base", "tuned", "tuned_on_base")  # who answers / states the confidence (see evaluate)
 
-flags.DEFINE_string("workdir", "runs/calibration_finetune", "outputs: data/, train/, report.md, results.json")
-flags.DEFINE_list("stages", ["data", "train", "eval"], "which stages to run")
-flags.DEFINE_string("model", "smollm2-135m-instruct", "registered base model")
-flags.DEFINE_integer("max_new_tokens", 16, "answer length (the first line is the answer)")
-flags.DEFINE_integer("batch_size", 16, "generation / scoring batch")
-flags.DEFINE_integer("limit", 0, "first N questions per split (0 = all)")
-flags.DEFINE_integer("steps", 150, "optimizer steps (150 x 8 = ~3 epochs of the 432 train records)")
-flags.DEFINE_float("learning_rate", 2e-4, "peak learning rate")
-flags.DEFINE_float("answer_nll_coef", 0.1, "weight of the NLL on the model's own answers")
-flags.DEFINE_integer("lora_rank", 16, "0: full fine-tuning")
-flags.DEFINE_enum("loss", "confidence_brier", ["confidence_brier", "confidence_log"],
-                  "calibration task loss: ConfTuner's tokenized Brier, or the log score of the expected confidence")
-flags.DEFINE_string("data_from", None, "another workdir whose data/ (graded base answers) to reuse instead of "
-                    "generating: runs compared on the same answers")
-flags.DEFINE_integer("n_bins", 15, "equal-width ECE bins")
-flags.DEFINE_integer("n_resamples", 1000, "bootstrap resamples")
+
+def define_flags():
+    """The script's flags, defined only when it runs as a script: tests import its functions into
+    a process whose other modules (align_jax.main) already own names like --workdir."""
+    flags.DEFINE_string("workdir", "runs/calibration_finetune", "outputs: data/, train/, report.md, results.json")
+    flags.DEFINE_list("stages", ["data", "train", "eval"], "which stages to run")
+    flags.DEFINE_string("model", "smollm2-135m-instruct", "registered base model")
+    flags.DEFINE_integer("max_new_tokens", 16, "answer length (the first line is the answer)")
+    flags.DEFINE_integer("batch_size", 16, "generation / scoring batch")
+    flags.DEFINE_integer("limit", 0, "first N questions per split (0 = all)")
+    flags.DEFINE_integer("steps", 150, "optimizer steps (150 x 8 = ~3 epochs of the 432 train records)")
+    flags.DEFINE_float("learning_rate", 2e-4, "peak learning rate")
+    flags.DEFINE_float("answer_nll_coef", 0.1, "weight of the NLL on the model's own answers")
+    flags.DEFINE_integer("lora_rank", 16, "0: full fine-tuning")
+    flags.DEFINE_enum("loss", "confidence_brier", ["confidence_brier", "confidence_log"],
+                      "calibration task loss: ConfTuner's tokenized Brier, or the log score of the expected confidence")
+    flags.DEFINE_string("data_from", None, "another workdir whose data/ (graded base answers) to reuse instead of "
+                        "generating: runs compared on the same answers")
+    flags.DEFINE_integer("n_bins", 15, "equal-width ECE bins")
+    flags.DEFINE_integer("n_resamples", 1000, "bootstrap resamples")
+
+
 F = flags.FLAGS
 
 
@@ -270,4 +276,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+    define_flags()
     app.run(main)

@@ -28,14 +28,20 @@ from absl import app, flags
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "configs"))
 
-flags.DEFINE_string("workdir", "runs/maxmin_toy", "where runs and results go")
-flags.DEFINE_float("share_a", 0.8, "share of pairs labelled by group A")
-flags.DEFINE_integer("pairs", 3000, "preference pairs in all (10% held out)")
-flags.DEFINE_integer("rm_steps", 150, "reward-model steps")
-flags.DEFINE_integer("rl_steps", 40, "GRPO steps")
-flags.DEFINE_integer("samples", 512, "samples per policy for the evaluation")
-flags.DEFINE_integer("seed", 0, "data, training and sampling seed")
-flags.DEFINE_string("out", "experiments/results/maxmin_toy", "where results.json and table.md go")
+
+def define_flags():
+    """The script's flags, defined only when it runs as a script: tests import its functions into
+    a process whose other modules (align_jax.main) already own names like --workdir."""
+    flags.DEFINE_string("workdir", "runs/maxmin_toy", "where runs and results go")
+    flags.DEFINE_float("share_a", 0.8, "share of pairs labelled by group A")
+    flags.DEFINE_integer("pairs", 3000, "preference pairs in all (10% held out)")
+    flags.DEFINE_integer("rm_steps", 150, "reward-model steps")
+    flags.DEFINE_integer("rl_steps", 40, "GRPO steps")
+    flags.DEFINE_integer("samples", 512, "samples per policy for the evaluation")
+    flags.DEFINE_integer("seed", 0, "data, training and sampling seed")
+    flags.DEFINE_string("out", "experiments/results/maxmin_toy", "where results.json and table.md go")
+
+
 FLAGS = flags.FLAGS
 
 PROMPT = "Write some letters."
@@ -186,4 +192,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+    define_flags()
     app.run(main)

@@ -28,12 +28,16 @@ from align_jax.models.registry import DEFAULT_MODEL, load_model
 from align_jax.steering.lens import logit_lens
 from align_jax.steering.patching import patching_heatmap
 
-flags.DEFINE_string("model", DEFAULT_MODEL, "registered model")
-flags.DEFINE_string("clean", "The Eiffel Tower is located in the city of", "clean prompt")
-flags.DEFINE_string("corrupt", "The Colosseum is located in the city of", "corrupted prompt (same token count)")
-flags.DEFINE_string("clean_answer", " Paris", "the clean prompt's answer (its first token is scored)")
-flags.DEFINE_string("corrupt_answer", " Rome", "the corrupted prompt's answer")
-flags.DEFINE_string("out_dir", "experiments/results/patching_factual", "where results go")
+
+def define_flags():
+    """The script's flags, defined only when it runs as a script: tests import its functions into
+    a process whose other modules (align_jax.main) already own names like --workdir."""
+    flags.DEFINE_string("model", DEFAULT_MODEL, "registered model")
+    flags.DEFINE_string("clean", "The Eiffel Tower is located in the city of", "clean prompt")
+    flags.DEFINE_string("corrupt", "The Colosseum is located in the city of", "corrupted prompt (same token count)")
+    flags.DEFINE_string("clean_answer", " Paris", "the clean prompt's answer (its first token is scored)")
+    flags.DEFINE_string("corrupt_answer", " Rome", "the corrupted prompt's answer")
+    flags.DEFINE_string("out_dir", "experiments/results/patching_factual", "where results go")
 
 
 def main(argv):
@@ -99,4 +103,5 @@ def _plot(results, labels, report, out_dir):
 
 
 if __name__ == "__main__":
+    define_flags()
     app.run(main)

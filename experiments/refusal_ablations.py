@@ -25,10 +25,15 @@ from align_jax.safety.refusal import run as R
 from align_jax.safety.refusal.features import parse_feature_spec, select_features
 from align_jax.safety.refusal.probe import positive_score
 
-flags.DEFINE_string("data_dir", "../shared/data/refusal_direction", "refusal_direction folder")
-flags.DEFINE_string("cache_dir", "runs/refusal/cache", "feature cache shared with refusal_classifier.py")
-flags.DEFINE_string("out", "runs/refusal/ablations.jsonl", "one JSON line per row")
-flags.DEFINE_string("model", "smollm2-135m-instruct", "registered model name")
+
+def define_flags():
+    """The script's flags, defined only when it runs as a script: tests import its functions into
+    a process whose other modules (align_jax.main) already own names like --workdir."""
+    flags.DEFINE_string("data_dir", "../shared/data/refusal_direction", "refusal_direction folder")
+    flags.DEFINE_string("cache_dir", "runs/refusal/cache", "feature cache shared with refusal_classifier.py")
+    flags.DEFINE_string("out", "runs/refusal/ablations.jsonl", "one JSON line per row")
+    flags.DEFINE_string("model", "smollm2-135m-instruct", "registered model name")
+
 
 ROWS: tuple[tuple[str, dict], ...] = (
     ("14", {}),
@@ -81,4 +86,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+    define_flags()
     app.run(main)

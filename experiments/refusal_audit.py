@@ -43,24 +43,28 @@ from align_jax.safety.refusal.probe import train_head
 from align_jax.safety.refusal.responses import RESPONSE_CLASSES, build_response_examples
 from align_jax.safety.refusal.run import RefusalConfig, build_prompt_sets, build_source_sets, train_response_judge
 
-flags.DEFINE_string("data_dir", "../shared/data/refusal_direction", "refusal_direction folder")
-flags.DEFINE_list("models", ["smollm2-135m-instruct", "gemma3-270m"], "registered models that answer "
-                  "(with --score: the models asked as LM judges)")
-flags.DEFINE_string("out", "/tmp/refusal_audit.jsonl", "where the unlabelled records go")
-flags.DEFINE_integer("per_kind", 32, "prompts of each of the five kinds per model")
-flags.DEFINE_integer("max_new_tokens", 96, "tokens per answer")
-flags.DEFINE_integer("batch_size", 16, "prompts per generation batch")
-flags.DEFINE_integer("seed", 0, "seed of the prompt order")
-flags.DEFINE_string("system", None, "a system message for every prompt (e.g. a safety instruction: more "
-                    "refusals to audit); records are then tagged model '<name>+system'")
-flags.DEFINE_integer("block", 0, "which block of each kind's hash order to start from (0 = first)")
-flags.DEFINE_bool("score", False, "score the judges against the labelled --audit file instead of generating")
-flags.DEFINE_string("audit", None, "labelled audit file (default: the packaged refusal_audit.jsonl)")
-flags.DEFINE_string("out_dir", "/tmp/refusal_audit", "--score: where audit.json / audit.md go")
-flags.DEFINE_string("judge_model", "smollm2-135m-instruct", "--score: model whose features the learned judges read")
-flags.DEFINE_list("judge_layers", ["10", "14", "18"], "--score: layers the learned judges may read")
-flags.DEFINE_string("save_judge", None, "--score: write the best learned judge (refitted on all answers) here")
-flags.DEFINE_integer("folds", 5, "--score: cross-fitting folds (by prompt)")
+
+def define_flags():
+    """The script's flags, defined only when it runs as a script: tests import its functions into
+    a process whose other modules (align_jax.main) already own names like --workdir."""
+    flags.DEFINE_string("data_dir", "../shared/data/refusal_direction", "refusal_direction folder")
+    flags.DEFINE_list("models", ["smollm2-135m-instruct", "gemma3-270m"], "registered models that answer "
+                      "(with --score: the models asked as LM judges)")
+    flags.DEFINE_string("out", "/tmp/refusal_audit.jsonl", "where the unlabelled records go")
+    flags.DEFINE_integer("per_kind", 32, "prompts of each of the five kinds per model")
+    flags.DEFINE_integer("max_new_tokens", 96, "tokens per answer")
+    flags.DEFINE_integer("batch_size", 16, "prompts per generation batch")
+    flags.DEFINE_integer("seed", 0, "seed of the prompt order")
+    flags.DEFINE_string("system", None, "a system message for every prompt (e.g. a safety instruction: more "
+                        "refusals to audit); records are then tagged model '<name>+system'")
+    flags.DEFINE_integer("block", 0, "which block of each kind's hash order to start from (0 = first)")
+    flags.DEFINE_bool("score", False, "score the judges against the labelled --audit file instead of generating")
+    flags.DEFINE_string("audit", None, "labelled audit file (default: the packaged refusal_audit.jsonl)")
+    flags.DEFINE_string("out_dir", "/tmp/refusal_audit", "--score: where audit.json / audit.md go")
+    flags.DEFINE_string("judge_model", "smollm2-135m-instruct", "--score: model whose features the learned judges read")
+    flags.DEFINE_list("judge_layers", ["10", "14", "18"], "--score: layers the learned judges may read")
+    flags.DEFINE_string("save_judge", None, "--score: write the best learned judge (refitted on all answers) here")
+    flags.DEFINE_integer("folds", 5, "--score: cross-fitting folds (by prompt)")
 
 
 def audit_prompts(data_dir: str, per_kind: int, seed: int, model_index: int) -> list[dict]:
@@ -215,4 +219,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+    define_flags()
     app.run(main)

@@ -23,32 +23,41 @@ from align_jax.safety.refusal.finetune import FinetuneConfig
 from align_jax.safety.refusal.finetuned_experiment import finetuned_report_markdown, run_finetuned_experiment
 from align_jax.safety.refusal.run import MODEL_STRIDE, RefusalConfig, report_markdown, run_experiment
 
-flags.DEFINE_string("data_dir", "../shared/data/refusal_direction", "refusal_direction folder")
-flags.DEFINE_string("out_dir", "/tmp/refusal_classifier", "where the JSON and Markdown reports go")
-flags.DEFINE_string("cache_dir", None, "feature cache (default <out_dir>/cache)")
-flags.DEFINE_string("model", "smollm2-135m-instruct", "registered model name")
-flags.DEFINE_list("layers", ["10", "14", "18"], "layers whose features are extracted")
-flags.DEFINE_string("extra_model", None, "a second registered model whose prompt features join --model's; "
-                    f"its layer l is feature key {MODEL_STRIDE} + l in --candidates (e.g. '12+{MODEL_STRIDE + 14}:mean')")
-flags.DEFINE_list("extra_layers", [], "layers of --extra_model whose features are extracted")
-flags.DEFINE_list("candidates", list(RefusalConfig.candidates), "feature specs 'layers:pooling' tried (chosen by "
-                  "leave-one-benchmark-out recall); layers must be among --layers")
-flags.DEFINE_list("test_benchmarks", list(RefusalConfig.test_benchmarks), "benchmarks held out for test")
-flags.DEFINE_float("target_fpr", 0.03, "the goal: test FPR below this on each benign set")
-flags.DEFINE_float("threshold_fpr", RefusalConfig.threshold_fpr, "benign FPR the threshold is set for")
-flags.DEFINE_integer("threshold_folds", RefusalConfig.threshold_folds, "folds of cross-fitted train benign scores "
-                     "pooled with val for the threshold (0 = val only)")
-flags.DEFINE_bool("written_harmful", RefusalConfig.written_harmful, "train on the project-written harmful requests too")
-flags.DEFINE_list("shares", [str(x) for x in RefusalConfig.shares], "loss weight shares: harmful, benign-sensitive, plain")
-flags.DEFINE_integer("hidden", 0, "hidden units of the head (0 = logistic regression)")
-flags.DEFINE_integer("style_copies", RefusalConfig.style_copies, "wrapped copies of each train prompt (both classes)")
-flags.DEFINE_integer("seed", 0, "seed for splits, sampling and heads")
-flags.DEFINE_integer("finetune_layers", 0, "> 0: fine-tune the first N blocks of --model (LoRA + head, "
-                     "align_jax/safety/refusal/finetune.py) instead of heads on frozen features")
-flags.DEFINE_integer("finetune_steps", FinetuneConfig.steps, "fine-tuning updates")
-flags.DEFINE_integer("finetune_batch", FinetuneConfig.batch_size, "prompts per fine-tuning update")
-flags.DEFINE_float("finetune_lr", FinetuneConfig.learning_rate, "peak learning rate (warmup, cosine decay)")
-flags.DEFINE_integer("lora_rank", FinetuneConfig.lora_rank, "LoRA rank of the fine-tuned classifier")
+
+def define_flags():
+    """The script's flags, defined only when it runs as a script: tests import its functions into
+    a process whose other modules (align_jax.main) already own names like --workdir."""
+    flags.DEFINE_string("data_dir", "../shared/data/refusal_direction", "refusal_direction folder")
+    flags.DEFINE_string("out_dir", "/tmp/refusal_classifier", "where the JSON and Markdown reports go")
+    flags.DEFINE_string("cache_dir", None, "feature cache (default <out_dir>/cache)")
+    flags.DEFINE_string("model", "smollm2-135m-instruct", "registered model name")
+    flags.DEFINE_list("layers", ["10", "14", "18"], "layers whose features are extracted")
+    flags.DEFINE_string("extra_model", None,
+                        "a second registered model whose prompt features join --model's; "
+                        f"its layer l is feature key {MODEL_STRIDE} + l in --candidates "
+                        f"(e.g. '12+{MODEL_STRIDE + 14}:mean')")
+    flags.DEFINE_list("extra_layers", [], "layers of --extra_model whose features are extracted")
+    flags.DEFINE_list("candidates", list(RefusalConfig.candidates), "feature specs 'layers:pooling' tried (chosen by "
+                      "leave-one-benchmark-out recall); layers must be among --layers")
+    flags.DEFINE_list("test_benchmarks", list(RefusalConfig.test_benchmarks), "benchmarks held out for test")
+    flags.DEFINE_float("target_fpr", 0.03, "the goal: test FPR below this on each benign set")
+    flags.DEFINE_float("threshold_fpr", RefusalConfig.threshold_fpr, "benign FPR the threshold is set for")
+    flags.DEFINE_integer("threshold_folds", RefusalConfig.threshold_folds, "folds of cross-fitted train benign scores "
+                         "pooled with val for the threshold (0 = val only)")
+    flags.DEFINE_bool("written_harmful", RefusalConfig.written_harmful,
+                      "train on the project-written harmful requests too")
+    flags.DEFINE_list("shares", [str(x) for x in RefusalConfig.shares],
+                      "loss weight shares: harmful, benign-sensitive, plain")
+    flags.DEFINE_integer("hidden", 0, "hidden units of the head (0 = logistic regression)")
+    flags.DEFINE_integer("style_copies", RefusalConfig.style_copies,
+                         "wrapped copies of each train prompt (both classes)")
+    flags.DEFINE_integer("seed", 0, "seed for splits, sampling and heads")
+    flags.DEFINE_integer("finetune_layers", 0, "> 0: fine-tune the first N blocks of --model (LoRA + head, "
+                         "align_jax/safety/refusal/finetune.py) instead of heads on frozen features")
+    flags.DEFINE_integer("finetune_steps", FinetuneConfig.steps, "fine-tuning updates")
+    flags.DEFINE_integer("finetune_batch", FinetuneConfig.batch_size, "prompts per fine-tuning update")
+    flags.DEFINE_float("finetune_lr", FinetuneConfig.learning_rate, "peak learning rate (warmup, cosine decay)")
+    flags.DEFINE_integer("lora_rank", FinetuneConfig.lora_rank, "LoRA rank of the fine-tuned classifier")
 
 
 def main(argv):
@@ -97,4 +106,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+    define_flags()
     app.run(main)

@@ -21,20 +21,24 @@ from align_jax.models.registry import MODELS, load_model
 from align_jax.safety.refusal.contrast_experiment import contrast_markdown, run_contrast
 from align_jax.safety.refusal.run import MODEL_STRIDE, RefusalConfig
 
-flags.DEFINE_string("data_dir", "../shared/data/refusal_direction", "refusal_direction folder")
-flags.DEFINE_string("out_dir", "/tmp/refusal_contrast", "where the JSON and Markdown reports go")
-flags.DEFINE_string("cache_dir", None, "feature cache (default <out_dir>/cache)")
-flags.DEFINE_string("model", "smollm2-135m-instruct", "registered model name")
-flags.DEFINE_list("layers", ["10", "14", "18"], "layers whose features are extracted")
-flags.DEFINE_list("candidates", list(RefusalConfig.candidates), "feature specs 'layers:pooling' tried "
-                  "(chosen by leave-one-phenomenon-out recall); layers must be among --layers")
-flags.DEFINE_float("threshold_fpr", RefusalConfig.threshold_fpr, "benign FPR the threshold is set for")
-flags.DEFINE_integer("hidden", 0, "hidden units of the head (0 = logistic regression)")
-flags.DEFINE_string("extra_model", None, "a second registered model whose prompt features join --model's; its "
-                    f"layer l is feature key {MODEL_STRIDE} + l in --candidates")
-flags.DEFINE_list("extra_layers", [], "layers of --extra_model whose features are extracted")
-flags.DEFINE_bool("old", True, "also fit and score the old classifier (source sets only)")
-flags.DEFINE_integer("seed", 0, "seed for splits and heads")
+
+def define_flags():
+    """The script's flags, defined only when it runs as a script: tests import its functions into
+    a process whose other modules (align_jax.main) already own names like --workdir."""
+    flags.DEFINE_string("data_dir", "../shared/data/refusal_direction", "refusal_direction folder")
+    flags.DEFINE_string("out_dir", "/tmp/refusal_contrast", "where the JSON and Markdown reports go")
+    flags.DEFINE_string("cache_dir", None, "feature cache (default <out_dir>/cache)")
+    flags.DEFINE_string("model", "smollm2-135m-instruct", "registered model name")
+    flags.DEFINE_list("layers", ["10", "14", "18"], "layers whose features are extracted")
+    flags.DEFINE_list("candidates", list(RefusalConfig.candidates), "feature specs 'layers:pooling' tried "
+                      "(chosen by leave-one-phenomenon-out recall); layers must be among --layers")
+    flags.DEFINE_float("threshold_fpr", RefusalConfig.threshold_fpr, "benign FPR the threshold is set for")
+    flags.DEFINE_integer("hidden", 0, "hidden units of the head (0 = logistic regression)")
+    flags.DEFINE_string("extra_model", None, "a second registered model whose prompt features join --model's; its "
+                        f"layer l is feature key {MODEL_STRIDE} + l in --candidates")
+    flags.DEFINE_list("extra_layers", [], "layers of --extra_model whose features are extracted")
+    flags.DEFINE_bool("old", True, "also fit and score the old classifier (source sets only)")
+    flags.DEFINE_integer("seed", 0, "seed for splits and heads")
 
 
 def main(argv):
@@ -69,4 +73,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+    define_flags()
     app.run(main)

@@ -41,20 +41,24 @@ from align_jax.steering.directions import (
     DirectionChoice, diff_in_means, last_logits, refusal_log_odds, select_refusal_direction,
 )
 
-flags.DEFINE_string("data_dir", "../shared/data/refusal_direction", "the refusal_direction folder")
-flags.DEFINE_string("out_dir", "experiments/results/refusal_direction", "where results go")
-flags.DEFINE_string("model", DEFAULT_MODEL, "registered model")
-flags.DEFINE_string("model_path", None, "a Hugging Face folder or .gguf file instead of --model")
-flags.DEFINE_integer("n_train", 128, "train prompts of each kind")
-flags.DEFINE_integer("n_val", 24, "val prompts of each kind (direction selection)")
-flags.DEFINE_integer("n_test", 100, "held-out test prompts of each kind")
-flags.DEFINE_integer("max_new_tokens", 64, "greedy completion length")
-flags.DEFINE_integer("batch_size", 32, "generation batch")
-flags.DEFINE_list("refusal_tokens", ["I", "As"], "first tokens whose probability is the refusal score")
-flags.DEFINE_float("min_induce", 0.0, "addition must raise harmless refusal scores above this")
-flags.DEFINE_integer("seed", 0, "prompt sampling seed")
-flags.DEFINE_list("add_scales", ["1", "2", "4", "8"], "multiples of the direction tried for addition on val")
-flags.DEFINE_string("reuse_selection", None, "a previous --out_dir: reuse its direction and val scores")
+
+def define_flags():
+    """The script's flags, defined only when it runs as a script: tests import its functions into
+    a process whose other modules (align_jax.main) already own names like --workdir."""
+    flags.DEFINE_string("data_dir", "../shared/data/refusal_direction", "the refusal_direction folder")
+    flags.DEFINE_string("out_dir", "experiments/results/refusal_direction", "where results go")
+    flags.DEFINE_string("model", DEFAULT_MODEL, "registered model")
+    flags.DEFINE_string("model_path", None, "a Hugging Face folder or .gguf file instead of --model")
+    flags.DEFINE_integer("n_train", 128, "train prompts of each kind")
+    flags.DEFINE_integer("n_val", 24, "val prompts of each kind (direction selection)")
+    flags.DEFINE_integer("n_test", 100, "held-out test prompts of each kind")
+    flags.DEFINE_integer("max_new_tokens", 64, "greedy completion length")
+    flags.DEFINE_integer("batch_size", 32, "generation batch")
+    flags.DEFINE_list("refusal_tokens", ["I", "As"], "first tokens whose probability is the refusal score")
+    flags.DEFINE_float("min_induce", 0.0, "addition must raise harmless refusal scores above this")
+    flags.DEFINE_integer("seed", 0, "prompt sampling seed")
+    flags.DEFINE_list("add_scales", ["1", "2", "4", "8"], "multiples of the direction tried for addition on val")
+    flags.DEFINE_string("reuse_selection", None, "a previous --out_dir: reuse its direction and val scores")
 
 
 def _load(data_dir: pathlib.Path, name: str, n: int, seed: int) -> list[str]:
@@ -195,4 +199,5 @@ def _plot(choice, offsets, labels, path):
 
 
 if __name__ == "__main__":
+    define_flags()
     app.run(main)

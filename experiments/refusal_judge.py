@@ -19,14 +19,19 @@ from align_jax.models.registry import load_model
 from align_jax.safety.refusal.classifiers import save_response_judge
 from align_jax.safety.refusal.run import RefusalConfig, train_response_judge
 
-flags.DEFINE_string("data_dir", "../shared/data/refusal_direction", "refusal_direction folder")
-flags.DEFINE_string("out", "runs/refusal_judge/response_judge.npz", "where the judge is saved (configs/eval's default)")
-flags.DEFINE_string("cache_dir", None, "feature cache (None: no cache)")
-flags.DEFINE_string("model", "smollm2-135m-instruct", "registered model whose features the judge reads")
-flags.DEFINE_string("model_path", None, "a Hugging Face folder or .gguf file instead of --model")
-flags.DEFINE_list("layers", [str(x) for x in RefusalConfig.layers], "layers tried (the best on val is kept)")
-flags.DEFINE_integer("seed", 0, "seed for splits, sampling and the head")
-flags.DEFINE_integer("n_resamples", RefusalConfig.n_resamples, "bootstrap resamples of the held-out report")
+
+def define_flags():
+    """The script's flags, defined only when it runs as a script: tests import its functions into
+    a process whose other modules (align_jax.main) already own names like --workdir."""
+    flags.DEFINE_string("data_dir", "../shared/data/refusal_direction", "refusal_direction folder")
+    flags.DEFINE_string("out", "runs/refusal_judge/response_judge.npz",
+                        "where the judge is saved (configs/eval's default)")
+    flags.DEFINE_string("cache_dir", None, "feature cache (None: no cache)")
+    flags.DEFINE_string("model", "smollm2-135m-instruct", "registered model whose features the judge reads")
+    flags.DEFINE_string("model_path", None, "a Hugging Face folder or .gguf file instead of --model")
+    flags.DEFINE_list("layers", [str(x) for x in RefusalConfig.layers], "layers tried (the best on val is kept)")
+    flags.DEFINE_integer("seed", 0, "seed for splits, sampling and the head")
+    flags.DEFINE_integer("n_resamples", RefusalConfig.n_resamples, "bootstrap resamples of the held-out report")
 
 
 def main(argv):
@@ -43,4 +48,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+    define_flags()
     app.run(main)

@@ -26,16 +26,21 @@ from align_jax.safety.cai import constitutional_pairs, load_constitution, write_
 from align_jax.safety.prompt_records import write_safety_prompts
 from align_jax.safety.refusal.run import RefusalConfig
 
-flags.DEFINE_string("data_dir", "../shared/data/refusal_direction", "refusal_direction folder")
-flags.DEFINE_string("out_dir", "runs/safety_prompts", "where train.jsonl and val.jsonl go (configs/grpo_safety.py reads them)")
-flags.DEFINE_integer("per_kind", 0, "at most this many prompts of each kind per split (0: all)")
-flags.DEFINE_string("cai_model", "", "registered model name or model folder for the CAI data ('': no CAI data)")
-flags.DEFINE_string("cai_dir", "runs/cai", "where the CAI data goes")
-flags.DEFINE_string("constitution", "", "a constitution JSONL file ('': the packaged one)")
-flags.DEFINE_integer("cai_limit", 64, "train prompts drafted, critiqued and revised")
-flags.DEFINE_integer("max_new_tokens", 128, "new tokens per draft, critique and revision")
-flags.DEFINE_integer("batch_size", 8, "generation batch size")
-flags.DEFINE_integer("seed", 0, "seed of the splits, the prompt order and the principle draws")
+
+def define_flags():
+    """The script's flags, defined only when it runs as a script: tests import its functions into
+    a process whose other modules (align_jax.main) already own names like --workdir."""
+    flags.DEFINE_string("data_dir", "../shared/data/refusal_direction", "refusal_direction folder")
+    flags.DEFINE_string("out_dir", "runs/safety_prompts",
+                        "where train.jsonl and val.jsonl go (configs/grpo_safety.py reads them)")
+    flags.DEFINE_integer("per_kind", 0, "at most this many prompts of each kind per split (0: all)")
+    flags.DEFINE_string("cai_model", "", "registered model name or model folder for the CAI data ('': no CAI data)")
+    flags.DEFINE_string("cai_dir", "runs/cai", "where the CAI data goes")
+    flags.DEFINE_string("constitution", "", "a constitution JSONL file ('': the packaged one)")
+    flags.DEFINE_integer("cai_limit", 64, "train prompts drafted, critiqued and revised")
+    flags.DEFINE_integer("max_new_tokens", 128, "new tokens per draft, critique and revision")
+    flags.DEFINE_integer("batch_size", 8, "generation batch size")
+    flags.DEFINE_integer("seed", 0, "seed of the splits, the prompt order and the principle draws")
 
 
 def main(argv):
@@ -56,4 +61,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+    define_flags()
     app.run(main)

@@ -49,20 +49,25 @@ from align_jax.safety.refusal.metrics import wilson_interval
 from align_jax.steering.activations import site_activations
 from align_jax.steering.vectors import caa_vectors, grains_vectors
 
-flags.DEFINE_string("data_path", "../shared/data/truthfulqa/TruthfulQA.csv", "TruthfulQA.csv")
-flags.DEFINE_list("models", ["smollm2-135m-instruct", "gemma3-270m"], "registered models")
-flags.DEFINE_string("out_dir", "experiments/results/steering_truthfulqa", "where results go")
-flags.DEFINE_integer("seed", 0, "split, shuffling and bootstrap seed")
-flags.DEFINE_integer("n_select", 60, "fit-half questions held apart to choose layer and strength")
-flags.DEFINE_list("layer_fracs", ["0.3", "0.5", "0.7"], "candidate layers, as fractions of the depth")
-flags.DEFINE_list("caa_alphas", ["1", "2", "4"], "CAA multipliers")
-flags.DEFINE_list("grains_scales", ["0.1", "0.25", "0.5"], "GrAInS alpha / median residual norm")
-flags.DEFINE_integer("grains_examples", 50, "GrAInS fit examples (the paper: 50)")
-flags.DEFINE_integer("grains_k", 3, "tokens masked per row (the paper: 3)")
-flags.DEFINE_integer("ig_steps", 20, "integrated-gradients steps (the paper: 20)")
-flags.DEFINE_integer("factual_n", 100, "factual QA test questions for the capability check")
-flags.DEFINE_integer("batch_size", 32, "scoring batch")
-flags.DEFINE_integer("limit", 0, "use only this many TruthfulQA questions (0: all; smoke runs)")
+
+def define_flags():
+    """The script's flags, defined only when it runs as a script: tests import its functions into
+    a process whose other modules (align_jax.main) already own names like --workdir."""
+    flags.DEFINE_string("data_path", "../shared/data/truthfulqa/TruthfulQA.csv", "TruthfulQA.csv")
+    flags.DEFINE_list("models", ["smollm2-135m-instruct", "gemma3-270m"], "registered models")
+    flags.DEFINE_string("out_dir", "experiments/results/steering_truthfulqa", "where results go")
+    flags.DEFINE_integer("seed", 0, "split, shuffling and bootstrap seed")
+    flags.DEFINE_integer("n_select", 60, "fit-half questions held apart to choose layer and strength")
+    flags.DEFINE_list("layer_fracs", ["0.3", "0.5", "0.7"], "candidate layers, as fractions of the depth")
+    flags.DEFINE_list("caa_alphas", ["1", "2", "4"], "CAA multipliers")
+    flags.DEFINE_list("grains_scales", ["0.1", "0.25", "0.5"], "GrAInS alpha / median residual norm")
+    flags.DEFINE_integer("grains_examples", 50, "GrAInS fit examples (the paper: 50)")
+    flags.DEFINE_integer("grains_k", 3, "tokens masked per row (the paper: 3)")
+    flags.DEFINE_integer("ig_steps", 20, "integrated-gradients steps (the paper: 20)")
+    flags.DEFINE_integer("factual_n", 100, "factual QA test questions for the capability check")
+    flags.DEFINE_integer("batch_size", 32, "scoring batch")
+    flags.DEFINE_integer("limit", 0, "use only this many TruthfulQA questions (0: all; smoke runs)")
+
 
 LETTERS = ("A", "B")
 
@@ -234,4 +239,5 @@ def _plot(results, path):
 
 
 if __name__ == "__main__":
+    define_flags()
     app.run(main)
