@@ -245,24 +245,6 @@ def dpo_config(train: Path, evals: Path, beta: float, steps: int, every: int, se
     return c
 
 
-def checkpoint_policies(cfg, workdir: Path):
-    """``(step, policy model)`` for every checkpoint of the run in ``workdir``, oldest first."""
-    import jax
-    from flax import nnx
-
-    from align_jax.training import step as S
-    from align_jax.training.checkpointing import Checkpointer
-    from align_jax.training.loop import build_state, load
-
-    mesh, lm = load(cfg)
-    spec, state, state_sh = build_state(cfg, lm, mesh, task_loss=None)
-    abstract = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), state, state_sh)
-    with Checkpointer(workdir / "checkpoints", keep_last=cfg.train.keep_checkpoints) as ckpt:
-        for step in ckpt.all_steps():
-            restored, _ = ckpt.restore(step, abstract_state=abstract)
-            yield step, nnx.merge(spec.graphdef, S.policy_state(spec, restored.params, restored.frozen))
-
-
 # -- the frontier and the plot ----------------------------------------------------------------------
 
 def frontier(points: list[dict], kl_key: str = "kl") -> list[dict]:
@@ -321,7 +303,7 @@ def main(argv):
     from align_jax.data.prompt_sets import toy_letters
     from align_jax.models import load_model
     from align_jax.training.config import parse_config
-    from align_jax.training.loop import run
+    from align_jax.training.loop import checkpoint_policies, run
     from align_jax.training.metrics_logging import read_metrics
 
     F = flags.FLAGS

@@ -109,6 +109,18 @@ def build_state(cfg: RunConfig, lm: LoadedModel, mesh, task_loss, *, reference_f
     return spec, S.shard_state(state, state_sh), state_sh
 
 
+def checkpoint_policies(cfg: RunConfig, workdir: Path):
+    """``(step, policy model)`` for every checkpoint of the run in ``workdir``, oldest first (LoRA
+    adapters merged into the base): the policies an experiment measures along a run."""
+    mesh, lm = load(cfg)
+    spec, state, state_sh = build_state(cfg, lm, mesh, task_loss=None)
+    abstract = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), state, state_sh)
+    with Checkpointer(Path(workdir) / "checkpoints", keep_last=cfg.train.keep_checkpoints) as ckpt:
+        for step in ckpt.all_steps():
+            restored, _ = ckpt.restore(step, abstract_state=abstract)
+            yield step, nnx.merge(spec.graphdef, S.policy_state(spec, restored.params, restored.frozen))
+
+
 def open_checkpoints(cfg: RunConfig, workdir: Path, state, state_sh):
     """(checkpointer, state, data-iterator state or None, start step): the newest complete
     checkpoint of ``workdir`` restored, or the fresh state at step 0."""

@@ -1,0 +1,514 @@
+"""Reward-model over-optimisation on HH-RLHF: proxy and gold reward against KL (issue #23, item 4).
+
+Gao, Schulman & Hilton (arXiv:2210.10760) train a "gold" reward model, let a policy optimise a
+"proxy" one, and plot both against the policy's KL from its start: the proxy keeps rising while the
+gold rises, peaks and falls (Goodhart). Coste et al. (arXiv:2310.02743) find that a conservative
+ensemble (the minimum over members) delays the fall; log-sigmoid centring (arXiv:2402.00742) caps
+the reward of beating the reference. The same measurement at CPU scale, on Anthropic HH-RLHF
+harmless-base (``../shared/data``, 2,312 pairs), with SmolLM2-135M-Instruct everywhere:
+
+    python experiments/overoptimization_hh.py --workdir=runs/overopt_hh
+
+Stages (each skipped when its outputs exist; ``--stages`` picks some):
+
+1. ``data``: the pairs split by prompt (seeded): ``--eval_prompts`` held-out prompts (neither reward
+   model sees them; the policies are measured on them), the rest halved into ``proxy_pairs.jsonl``
+   and ``gold_pairs.jsonl`` (disjoint prompts), and the proxy half's prompts as the RL prompts.
+   Prompts longer than ``--max_prompt_tokens`` in the chat template are dropped (counted).
+2. ``rm``: three Bradley-Terry reward models (``configs/reward_model.py``), one pass each: ``proxy``
+   (proxy half), ``proxy_ens`` (proxy half, ``--ensemble_size`` heads over one trunk, each on its own
+   bootstrap) and ``gold`` (gold half). Each exports a reward-model folder.
+3. ``bon``: ``--bon_max`` reference samples per held-out prompt, scored by every reward model.
+   Best-of-N for each N picks by the proxy, the ensemble mean, min or mean - std, and reports the
+   picked samples' proxy and gold rewards at KL = log N - (N-1)/N (arXiv:2210.10760, eq. 1).
+   Best-of-N is invariant to a per-prompt monotone transform, so log-sigmoid centring has no
+   best-of-N curve; it shows only under RL.
+4. ``ppo``: ``configs/ppo_hh.py`` once per ``--variants``: ``plain`` (reward ``rm:proxy``),
+   ``ensemble_min`` (``rm:proxy_ens@min``), ``log_sigmoid`` (``rm:proxy`` with
+   ``rl.reward_transform=log-sigmoid``); checkpoints every ``--checkpoint_every`` steps.
+5. ``measure``: the reference and every PPO checkpoint sample ``--measure_samples`` replies per
+   held-out prompt; each reply's proxy and gold reward and its sequence log-ratio
+   ``sum_t log pi(y_t|..) - log pi_ref(y_t|..)`` (k1; the mean is a Monte-Carlo KL(pi || pi_ref)).
+6. ``report``: ``results.json``, ``report.md`` and ``overoptimization.png`` (proxy and gold, each
+   minus the reference policy's, against sqrt(KL): best-of-N and PPO panels).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import math
+import pathlib
+import runpy
+import shlex
+import subprocess
+import sys
+import time
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+from absl import app, flags
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+HH = REPO.parent / "shared" / "data" / "hh_rlhf" / "harmless-base-test.jsonl.gz"
+RMS = ("proxy", "proxy_ens", "gold")
+VARIANTS = ("plain", "ensemble_min", "log_sigmoid")
+SELECTORS = ("proxy", "ensemble_mean", "ensemble_min", "ensemble_mean_minus_std")
+
+
+def define_flags():
+    """Defined only when run as a script (tests import this module beside align_jax.main)."""
+    flags.DEFINE_string("workdir", "runs/overopt_hh", "splits, reward models, PPO runs, samples, report")
+    flags.DEFINE_list("stages", ["data", "rm", "bon", "ppo", "measure", "report"], "which stages to run")
+    flags.DEFINE_string("hh_path", str(HH), "HH-RLHF pairs (chosen / rejected transcripts)")
+    flags.DEFINE_string("model", "smollm2-135m-instruct", "registered model: reward-model trunks and the policy")
+    flags.DEFINE_integer("seed", 0, "split, bootstrap, sampling and training seed")
+    flags.DEFINE_integer("eval_prompts", 128, "held-out prompts the policies are measured on")
+    flags.DEFINE_integer("max_prompt_tokens", 128, "longest prompt kept (chat-template tokens)")
+    flags.DEFINE_integer("rm_max_length", 192, "reward-model sequence length (prompt + reply)")
+    flags.DEFINE_integer("rm_batch", 8, "reward-model pairs per step (one pass over its half)")
+    flags.DEFINE_float("rm_learning_rate", 2e-5, "reward-model peak learning rate")
+    flags.DEFINE_integer("ensemble_size", 4, "heads of the proxy ensemble")
+    flags.DEFINE_integer("max_new_tokens", 64, "reply length limit (best-of-N, PPO, measurement)")
+    flags.DEFINE_integer("bon_max", 16, "reference samples per held-out prompt (largest N)")
+    flags.DEFINE_integer("sample_batch", 8, "prompts per sampling batch")
+    flags.DEFINE_list("variants", list(VARIANTS), "PPO reward variants")
+    flags.DEFINE_integer("ppo_steps", 40, "PPO rollout batches")
+    flags.DEFINE_integer("checkpoint_every", 10, "PPO policies measured every this many steps")
+    flags.DEFINE_float("kl_coef", 0.01, "PPO KL coefficient (in the reward, k1)")
+    flags.DEFINE_float("ppo_learning_rate", 1e-4, "PPO learning rate (LoRA, constant)")
+    flags.DEFINE_integer("measure_samples", 2, "replies per held-out prompt for each measured policy")
+
+
+F = flags.FLAGS
+
+
+def _write_jsonl(path: pathlib.Path, rows: Sequence[Mapping[str, Any]]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+
+def _read_jsonl(path: pathlib.Path) -> list[dict]:
+    with path.open() as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+# -- 1. data ----------------------------------------------------------------------------------------
+
+def split_pairs(pairs: Sequence[Mapping[str, Any]], *, eval_prompts: int, seed: int) -> dict[str, list]:
+    """Pairs (``{"prompt": messages, "chosen", "rejected"}``) split by prompt: ``eval`` holds the first
+    ``eval_prompts`` prompts of a seeded permutation of the distinct prompts (one pair each), the rest
+    alternate between ``proxy`` and ``gold``, every pair of a prompt on the same side."""
+    by_prompt: dict[str, list] = {}
+    for p in pairs:
+        by_prompt.setdefault(json.dumps(p["prompt"], sort_keys=True), []).append(p)
+    keys = list(by_prompt)
+    if len(keys) < eval_prompts + 2:
+        raise ValueError(f"{len(keys)} distinct prompts cannot give {eval_prompts} held out and two halves")
+    order = np.random.default_rng(seed).permutation(len(keys))
+    out = {"eval": [by_prompt[keys[i]][0] for i in order[:eval_prompts]], "proxy": [], "gold": []}
+    for j, i in enumerate(order[eval_prompts:]):
+        out["proxy" if j % 2 == 0 else "gold"].extend(by_prompt[keys[i]])
+    return out
+
+
+def data_stage(wd: pathlib.Path) -> None:
+    if (wd / "data_summary.json").exists():
+        print("data: exists, skipped", flush=True)
+        return
+    from align_jax.data import hh_rlhf
+    from align_jax.data.records import RecordError
+    from align_jax.data.sources import read_rows
+    from align_jax.models import load_model
+    from align_jax.sampling.greedy import chat_ids
+
+    lm = load_model(F.model)  # its tokenizer and chat template measure the prompts
+    pairs, malformed, too_long = [], 0, 0
+    for _, row in read_rows(F.hh_path):
+        try:
+            rec = hh_rlhf.parse_row(row)
+        except RecordError:
+            malformed += 1
+            continue
+        if len(chat_ids(lm, rec.prompt)) > F.max_prompt_tokens:
+            too_long += 1
+            continue
+        pairs.append({"prompt": list(rec.prompt), "chosen": rec.chosen, "rejected": rec.rejected})
+    split = split_pairs(pairs, eval_prompts=F.eval_prompts, seed=F.seed)
+    for name in ("proxy", "gold"):
+        _write_jsonl(wd / f"{name}_pairs.jsonl", split[name])
+    _write_jsonl(wd / "eval_prompts.jsonl", [{"prompt": p["prompt"]} for p in split["eval"]])
+    seen, rl = set(), []
+    for p in split["proxy"]:
+        key = json.dumps(p["prompt"], sort_keys=True)
+        if key not in seen:
+            seen.add(key)
+            rl.append({"prompt": p["prompt"]})
+    _write_jsonl(wd / "rl_prompts.jsonl", rl)
+    summary = {"source": F.hh_path, "rows_malformed": malformed, "prompts_too_long": too_long,
+               "max_prompt_tokens": F.max_prompt_tokens, "pairs_kept": len(pairs), "eval_prompts": len(split["eval"]),
+               "proxy_pairs": len(split["proxy"]), "gold_pairs": len(split["gold"]), "rl_prompts": len(rl)}
+    (wd / "data_summary.json").write_text(json.dumps(summary, indent=1) + "\n")
+    print(json.dumps(summary), flush=True)
+
+
+# -- 2. reward models ---------------------------------------------------------------------------------
+
+def rm_command(wd: pathlib.Path, name: str, n_pairs: int, *, model: str, batch: int, max_length: int,
+               max_prompt_length: int, learning_rate: float, seed: int, ensemble_size: int) -> list[str]:
+    """One pass over ``n_pairs`` pairs of the reward model ``name``'s half (10% held out for accuracy)."""
+    if name not in RMS:
+        raise ValueError(f"unknown reward model {name!r}; valid: {RMS}")
+    half = "gold" if name == "gold" else "proxy"
+    train = n_pairs - n_pairs // 10
+    steps = max(math.ceil(train / batch), 1)
+    cmd = [
+        sys.executable, "-m", "align_jax.main", "--config=configs/reward_model.py", f"--workdir={wd / f'rm_{name}'}",
+        f"--config.model.name={model}", "--config.data.source=preference",
+        f"--config.data.train_path={wd / f'{half}_pairs.jsonl'}", "--config.data.eval_fraction=0.1",
+        f"--config.data.max_eval_examples={n_pairs // 10}", f"--config.data.batch_size={batch}",
+        f"--config.data.max_length={max_length}", f"--config.data.max_prompt_length={max_prompt_length}",
+        f"--config.data.seed={seed}", f"--config.train.steps={steps}", f"--config.train.eval_every={steps}",
+        f"--config.train.checkpoint_every={steps}", f"--config.optimizer.learning_rate={learning_rate}",
+        f"--config.optimizer.total_steps={steps}", "--config.optimizer.warmup_steps=5", "--config.model.remat=full",
+    ]
+    if name == "proxy_ens":
+        cmd += [f"--config.loss.ensemble_size={ensemble_size}", "--config.loss.bootstrap=true",
+                f"--config.loss.bootstrap_seed={seed}"]
+    return cmd
+
+
+def rm_stage(wd: pathlib.Path) -> None:
+    for name in RMS:
+        if (wd / f"rm_{name}" / "export" / "reward_model.json").exists():
+            print(f"rm {name}: exists, skipped", flush=True)
+            continue
+        half = "gold" if name == "gold" else "proxy"
+        n = sum(1 for _ in (wd / f"{half}_pairs.jsonl").open())
+        cmd = rm_command(wd, name, n, model=F.model, batch=F.rm_batch, max_length=F.rm_max_length,
+                         max_prompt_length=F.max_prompt_tokens, learning_rate=F.rm_learning_rate, seed=F.seed,
+                         ensemble_size=F.ensemble_size)
+        print(f"rm {name}:", shlex.join(cmd), flush=True)
+        subprocess.run(cmd, cwd=REPO, check=True)
+
+
+# -- measuring: samples, rewards, log-ratios ------------------------------------------------------------
+
+class Judge:
+    """The three reward models and the reference, loaded once: rewards and reference log-probs of replies."""
+
+    def __init__(self, wd: pathlib.Path, ref):
+        import jax
+        from flax import nnx
+
+        from align_jax.rewards.model import load_reward_model
+
+        self.ref = ref
+        self.rms = {name: load_reward_model(wd / f"rm_{name}" / "export", batch_size=16) for name in RMS}
+        graphdef, self._ref_state = nnx.split(ref.model)
+        self._logps = jax.jit(functools.partial(_teacher_forced_logps, graphdef))
+
+    def rewards(self, prompts: Sequence[Any], texts: Sequence[str]) -> dict[str, np.ndarray]:
+        """``proxy`` [N], ``proxy_ens`` [N, E], ``gold`` [N]."""
+        return {name: np.asarray(rm.score(prompts, texts), np.float64) for name, rm in self.rms.items()}
+
+    def ref_logps(self, prompt_ids: Sequence[Sequence[int]], reply_ids: Sequence[Sequence[int]],
+                  batch: int = 16) -> list[np.ndarray]:
+        """Teacher-forced reference log-probs of each reply's tokens (a list of [len(reply)] arrays)."""
+        out = []
+        for s in range(0, len(prompt_ids), batch):
+            rows = reply_rows(prompt_ids[s:s + batch], reply_ids[s:s + batch])
+            logps = np.asarray(self._logps(self._ref_state, rows), np.float64)
+            out += [logps[i, :len(r)] for i, r in enumerate(reply_ids[s:s + batch])]
+        return out
+
+
+def _teacher_forced_logps(graphdef, state, rows):
+    from flax import nnx
+
+    from align_jax.training.tasks.online import completion_logps
+
+    return completion_logps(nnx.merge(graphdef, state), rows)[0]
+
+
+def reply_rows(prompt_ids: Sequence[Sequence[int]], reply_ids: Sequence[Sequence[int]], *,
+               bucket: int = 32) -> dict[str, np.ndarray]:
+    """The rollout layout of :mod:`align_jax.training.tasks.online`: left-padded prompts, right-padded
+    replies (widths rounded up to ``bucket``), positions = cumsum(mask) - 1; ``completion_mask`` [R, M]."""
+    wp = -(-max(len(p) for p in prompt_ids) // bucket) * bucket
+    wm = -(-max(max(len(r) for r in reply_ids), 1) // bucket) * bucket
+    r = len(prompt_ids)
+    tokens = np.zeros((r, wp + wm), np.int32)
+    mask = np.zeros((r, wp + wm), np.int32)
+    for i, (p, y) in enumerate(zip(prompt_ids, reply_ids)):
+        tokens[i, wp - len(p):wp], mask[i, wp - len(p):wp] = p, 1
+        tokens[i, wp:wp + len(y)], mask[i, wp:wp + len(y)] = y, 1
+    positions = np.maximum(np.cumsum(mask, axis=1) - 1, 0).astype(np.int32)
+    return {"tokens": tokens, "positions": positions, "segment_ids": mask, "completion_mask": mask[:, wp:]}
+
+
+def sample_and_judge(lm, judge: Judge, prompts: Sequence[Any], *, n: int, max_new_tokens: int, batch: int,
+                     seed: int) -> dict[str, Any]:
+    """``n`` replies per prompt from ``lm`` (temperature 1): rewards [P, n] (``proxy_ens`` [P, n, E]),
+    sequence log-ratios against the reference [P, n], lengths, texts."""
+    from align_jax.sampling.greedy import chat_ids, generate_sampled
+
+    ids = [chat_ids(lm, p) for p in prompts]
+    gens = generate_sampled(lm, ids, n=n, max_new_tokens=max_new_tokens, batch_size=batch, seed=seed, progress=True)
+    flat = [(i, g) for i, gs in enumerate(gens) for g in gs]
+    texts = [g.text for _, g in flat]
+    rewards = judge.rewards([prompts[i] for i, _ in flat], texts)
+    ref = judge.ref_logps([ids[i] for i, _ in flat], [g.token_ids for _, g in flat])
+    log_ratio = np.array([float(np.sum(g.logprobs) - np.sum(r)) for (_, g), r in zip(flat, ref)])
+    p = len(prompts)
+    return {"rewards": {k: v.reshape((p, n) + v.shape[1:]) for k, v in rewards.items()},
+            "log_ratio": log_ratio.reshape(p, n), "length": np.array([len(g.token_ids) for _, g in flat]).reshape(p, n),
+            "texts": texts}
+
+
+# -- 3. best-of-N -------------------------------------------------------------------------------------
+
+def selector_scores(rewards: Mapping[str, np.ndarray], lam: float = 1.0) -> dict[str, np.ndarray]:
+    """The score each best-of-N rule ranks by, from ``proxy`` [P, N] and ``proxy_ens`` [P, N, E]."""
+    ens = rewards["proxy_ens"]
+    return {"proxy": rewards["proxy"], "ensemble_mean": ens.mean(-1), "ensemble_min": ens.min(-1),
+            "ensemble_mean_minus_std": ens.mean(-1) - lam * ens.std(-1)}
+
+
+def best_of_n(select: np.ndarray, proxy: np.ndarray, gold: np.ndarray, ns: Sequence[int]) -> list[dict]:
+    """Best-of-N by ``select`` [P, N_max] (ties: the first); the picked samples' mean proxy and gold
+    rewards with standard errors over prompts, and KL = log N - (N-1)/N."""
+    points = []
+    for n in ns:
+        pick = np.argmax(select[:, :n], axis=1)
+        rows = np.arange(select.shape[0])
+        point = {"n": int(n), "kl": float(np.log(n) - (n - 1) / n)}
+        for name, r in (("proxy", proxy), ("gold", gold), ("select", select)):
+            v = r[rows, pick]
+            point[name], point[f"{name}_se"] = float(v.mean()), float(v.std(ddof=1) / np.sqrt(len(v)))
+        points.append(point)
+    return points
+
+
+def bon_stage(wd: pathlib.Path) -> None:
+    if (wd / "bon.json").exists():
+        print("bon: exists, skipped", flush=True)
+        return
+    from align_jax.models import load_model
+
+    prompts = [r["prompt"] for r in _read_jsonl(wd / "eval_prompts.jsonl")]
+    ref = load_model(F.model)
+    judge = Judge(wd, ref)
+    t = time.time()
+    s = sample_and_judge(ref, judge, prompts, n=F.bon_max, max_new_tokens=F.max_new_tokens, batch=F.sample_batch,
+                         seed=F.seed + 1)
+    ns = [n for n in (1, 2, 4, 8, 16, 32, 64, 128) if n <= F.bon_max]
+    sel = selector_scores(s["rewards"])
+    out = {"n_max": F.bon_max, "prompts": len(prompts), "seconds": time.time() - t,
+           "curves": {k: best_of_n(v, s["rewards"]["proxy"], s["rewards"]["gold"], ns) for k, v in sel.items()},
+           "reference": {"proxy": float(s["rewards"]["proxy"].mean()), "gold": float(s["rewards"]["gold"].mean()),
+                         "mean_length": float(s["length"].mean())},
+           "proxy_gold_correlation": float(np.corrcoef(s["rewards"]["proxy"].ravel(), s["rewards"]["gold"].ravel())[0, 1]),
+           "examples": s["texts"][:4]}
+    np.savez(wd / "bon_samples.npz", log_ratio=s["log_ratio"], length=s["length"],
+             **{f"reward_{k}": v for k, v in s["rewards"].items()})
+    (wd / "bon.json").write_text(json.dumps(out, indent=1))
+    for k, pts in out["curves"].items():
+        print(f"bon {k}: " + "  ".join(f"N={p['n']} proxy {p['proxy']:+.3f} gold {p['gold']:+.3f}" for p in pts),
+              flush=True)
+
+
+# -- 4. PPO ---------------------------------------------------------------------------------------
+
+def ppo_overrides(wd: pathlib.Path, variant: str, *, model: str, steps: int, every: int, kl_coef: float,
+                  learning_rate: float, max_new_tokens: int, seed: int) -> dict[str, Any]:
+    """The ``configs/ppo_hh.py`` overrides of one reward variant (dotted keys)."""
+    rewards = {"plain": f"rm:{wd / 'rm_proxy' / 'export'}", "ensemble_min": f"rm:{wd / 'rm_proxy_ens' / 'export'}@min",
+               "log_sigmoid": f"rm:{wd / 'rm_proxy' / 'export'}"}
+    if variant not in rewards:
+        raise ValueError(f"unknown variant {variant!r}; valid: {VARIANTS}")
+    return {"model.name": model, "data.train_path": str(wd / "rl_prompts.jsonl"),
+            "data.eval_path": str(wd / "eval_prompts.jsonl"), "data.seed": seed,
+            "train.steps": steps, "train.checkpoint_every": every, "train.eval_every": steps,
+            "train.keep_checkpoints": steps // every + 1, "optimizer.learning_rate": learning_rate,
+            "rl.rewards": rewards[variant], "rl.kl_coef": kl_coef, "rl.max_new_tokens": max_new_tokens,
+            "rl.reward_transform": "log-sigmoid" if variant == "log_sigmoid" else "identity"}
+
+
+def ppo_config(overrides: Mapping[str, Any]):
+    """``configs/ppo_hh.py`` with ``overrides`` applied, as the engine's command line would."""
+    c = runpy.run_path(str(REPO / "configs" / "ppo_hh.py"))["get_config"]()
+    for key, value in overrides.items():
+        *path, leaf = key.split(".")
+        node = c
+        for part in path:
+            node = node[part]
+        node[leaf] = value
+    return c
+
+
+def ppo_stage(wd: pathlib.Path) -> None:
+    for variant in F.variants:
+        out = wd / f"ppo_{variant}"
+        if (out / "metrics.jsonl").exists() and (out / "report.md").exists():
+            print(f"ppo {variant}: exists, skipped", flush=True)
+            continue
+        o = ppo_overrides(wd, variant, model=F.model, steps=F.ppo_steps, every=F.checkpoint_every, kl_coef=F.kl_coef,
+                          learning_rate=F.ppo_learning_rate, max_new_tokens=F.max_new_tokens, seed=F.seed)
+        cmd = [sys.executable, "-m", "align_jax.main", "--config=configs/ppo_hh.py", f"--workdir={out}",
+               *[f"--config.{k}={v}" for k, v in o.items()]]
+        print(f"ppo {variant}:", shlex.join(cmd), flush=True)
+        subprocess.run(cmd, cwd=REPO, check=True)
+
+
+# -- 5. measure -----------------------------------------------------------------------------------
+
+def summarize(s: Mapping[str, Any]) -> dict[str, float]:
+    """Mean proxy and gold reward and KL (mean sequence log-ratio) of one policy's samples, with SEs."""
+    out = {}
+    for name, v in (("proxy", s["rewards"]["proxy"]), ("gold", s["rewards"]["gold"]),
+                    ("ensemble_min", s["rewards"]["proxy_ens"].min(-1)), ("kl", s["log_ratio"])):
+        per_prompt = v.mean(axis=1)
+        out[name], out[f"{name}_se"] = float(per_prompt.mean()), float(per_prompt.std(ddof=1) / np.sqrt(len(per_prompt)))
+    out["mean_length"] = float(s["length"].mean())
+    return out
+
+
+def measure_stage(wd: pathlib.Path) -> None:
+    from align_jax.models import load_model
+    from align_jax.training.config import parse_config
+    from align_jax.training.loop import checkpoint_policies
+
+    path = wd / "measure.json"
+    done = json.loads(path.read_text()) if path.exists() else {}
+    prompts = [r["prompt"] for r in _read_jsonl(wd / "eval_prompts.jsonl")]
+    ref = load_model(F.model)
+    judge = Judge(wd, ref)
+    kw = dict(n=F.measure_samples, max_new_tokens=F.max_new_tokens, batch=F.sample_batch, seed=F.seed + 2)
+    if "reference" not in done:
+        done["reference"] = dict(summarize(sample_and_judge(ref, judge, prompts, **kw)), step=0)
+        path.write_text(json.dumps(done, indent=1))
+    for variant in F.variants:
+        o = ppo_overrides(wd, variant, model=F.model, steps=F.ppo_steps, every=F.checkpoint_every, kl_coef=F.kl_coef,
+                          learning_rate=F.ppo_learning_rate, max_new_tokens=F.max_new_tokens, seed=F.seed)
+        cfg = parse_config(ppo_config(o))
+        points = done.setdefault(variant, {})
+        for step, policy in checkpoint_policies(cfg, wd / f"ppo_{variant}"):
+            if str(step) in points:
+                continue
+            lm = dataclasses.replace(ref, model=policy)
+            points[str(step)] = dict(summarize(sample_and_judge(lm, judge, prompts, **kw)), step=step)
+            p = points[str(step)]
+            print(f"measure {variant} step {step}: proxy {p['proxy']:+.3f} gold {p['gold']:+.3f} KL {p['kl']:.2f}",
+                  flush=True)
+            path.write_text(json.dumps(done, indent=1))
+
+
+# -- 6. report --------------------------------------------------------------------------------------
+
+def plot(bon: Mapping[str, Any] | None, measured: Mapping[str, Any] | None, path: pathlib.Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.6))
+    colors = dict(zip(SELECTORS + VARIANTS, ("tab:blue", "tab:green", "tab:red", "tab:purple",
+                                             "tab:blue", "tab:red", "tab:orange")))
+    ax = axes[0]
+    if bon:
+        base = {k: bon["curves"]["proxy"][0][k] for k in ("proxy", "gold")}  # N = 1: the reference's mean
+        for name, pts in bon["curves"].items():
+            x = [math.sqrt(p["kl"]) for p in pts]
+            ax.plot(x, [p["gold"] - base["gold"] for p in pts], "-o", color=colors[name], ms=4, label=f"{name}: gold")
+            ax.plot(x, [p["proxy"] - base["proxy"] for p in pts], "--", color=colors[name], alpha=0.6,
+                    label=f"{name}: proxy")
+        ax.set_title(f"best-of-N (N <= {bon['n_max']}), {bon['prompts']} held-out prompts")
+    ax.set_xlabel("sqrt(KL), KL = log N - (N-1)/N")
+    ax = axes[1]
+    if measured and "reference" in measured:
+        ref = measured["reference"]
+        for variant in VARIANTS:
+            pts = sorted(measured.get(variant, {}).values(), key=lambda p: p["step"])
+            if not pts:
+                continue
+            pts = [ref] + pts
+            x = [math.sqrt(max(p["kl"], 0.0)) for p in pts]
+            ax.errorbar(x, [p["gold"] - ref["gold"] for p in pts], yerr=[p["gold_se"] for p in pts], fmt="-o",
+                        color=colors[variant], ms=4, label=f"{variant}: gold")
+            ax.plot(x, [p["proxy"] - ref["proxy"] for p in pts], "--", color=colors[variant], alpha=0.6,
+                    label=f"{variant}: proxy")
+        ax.set_title("PPO against the proxy (points: checkpoints)")
+    ax.set_xlabel("sqrt(KL(pi || pi_ref)), Monte Carlo, nats per reply")
+    for ax in axes:
+        ax.set_ylabel("reward - reference policy's")
+        ax.axhline(0, color="k", lw=0.5)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=130)
+    plt.close(fig)
+
+
+def report_stage(wd: pathlib.Path) -> None:
+    bon = json.loads((wd / "bon.json").read_text()) if (wd / "bon.json").exists() else None
+    measured = json.loads((wd / "measure.json").read_text()) if (wd / "measure.json").exists() else None
+    rms = {}
+    for name in RMS:
+        rows = _read_jsonl(wd / f"rm_{name}" / "metrics.jsonl") if (wd / f"rm_{name}" / "metrics.jsonl").exists() else []
+        evals = [r for r in rows if "eval/rm/accuracy" in r]
+        rms[name] = evals[-1] if evals else None
+    md = ["# Reward-model over-optimisation on HH-RLHF (proxy vs gold against KL)", "",
+          f"Data: `{(wd / 'data_summary.json').read_text().strip() if (wd / 'data_summary.json').exists() else ''}`", "",
+          "Reward models (last held-out eval): " + json.dumps({k: v for k, v in rms.items()}), ""]
+    if bon:
+        md += [f"## Best-of-N ({bon['prompts']} held-out prompts x {bon['n_max']} reference samples, "
+               f"proxy/gold correlation {bon['proxy_gold_correlation']:.3f})", "",
+               "| rule | " + " | ".join(f"N={p['n']} proxy / gold" for p in bon["curves"]["proxy"]) + " |",
+               "|---|" + "---|" * len(bon["curves"]["proxy"])]
+        for name, pts in bon["curves"].items():
+            md.append(f"| {name} | " + " | ".join(f"{p['proxy']:+.3f} / {p['gold']:+.3f} (±{p['gold_se']:.3f})"
+                                                   for p in pts) + " |")
+        md.append("")
+    if measured:
+        md += ["## PPO checkpoints (mean over held-out samples; KL = mean sequence log-ratio)", "",
+               "| policy | step | KL | proxy | gold | ensemble min | length |", "|---|---|---|---|---|---|---|"]
+        ref = measured.get("reference")
+        if ref:
+            md.append(f"| reference | 0 | {ref['kl']:.3f} | {ref['proxy']:+.3f} | {ref['gold']:+.3f} (±{ref['gold_se']:.3f}) "
+                      f"| {ref['ensemble_min']:+.3f} | {ref['mean_length']:.1f} |")
+        for variant in VARIANTS:
+            for p in sorted(measured.get(variant, {}).values(), key=lambda p: p["step"]):
+                md.append(f"| {variant} | {p['step']} | {p['kl']:.3f} | {p['proxy']:+.3f} | {p['gold']:+.3f} "
+                          f"(±{p['gold_se']:.3f}) | {p['ensemble_min']:+.3f} | {p['mean_length']:.1f} |")
+        md.append("")
+    md += ["![over-optimisation](overoptimization.png)", ""]
+    plot(bon, measured, wd / "overoptimization.png")
+    (wd / "report.md").write_text("\n".join(md))
+    (wd / "results.json").write_text(json.dumps({"reward_models": rms, "best_of_n": bon, "ppo": measured}, indent=1))
+    print("\n".join(md), flush=True)
+
+
+def main(argv):
+    del argv
+    wd = pathlib.Path(F.workdir)
+    wd = wd if wd.is_absolute() else REPO / wd
+    wd.mkdir(parents=True, exist_ok=True)
+    stages = {"data": data_stage, "rm": rm_stage, "bon": bon_stage, "ppo": ppo_stage, "measure": measure_stage,
+              "report": report_stage}
+    unknown = sorted(set(F.stages) - set(stages))
+    if unknown:
+        raise ValueError(f"unknown stages {unknown}; valid: {list(stages)}")
+    bad = sorted(set(F.variants) - set(VARIANTS))
+    if bad:
+        raise ValueError(f"unknown variants {bad}; valid: {list(VARIANTS)}")
+    if "data" in F.stages and not pathlib.Path(F.hh_path).exists():
+        raise FileNotFoundError(f"HH-RLHF pairs not found at {F.hh_path} (see ../shared/data/README.md)")
+    for stage in F.stages:
+        stages[stage](wd)
+
+
+if __name__ == "__main__":
+    define_flags()
+    app.run(main)

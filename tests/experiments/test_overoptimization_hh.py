@@ -1,0 +1,135 @@
+"""experiments/overoptimization_hh.py: the prompt-disjoint split, best-of-N against NumPy, the
+teacher-forced reply layout against the sampler's log-probs, configs the engine accepts, and every
+stage end to end on the toy model."""
+
+import importlib.util
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import align_jax.main  # noqa: F401  (owns --workdir: importing the script must define no flags)
+
+REPO = Path(__file__).resolve().parents[2]
+spec = importlib.util.spec_from_file_location("overoptimization_hh", REPO / "experiments" / "overoptimization_hh.py")
+E = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(E)
+
+
+def _pairs(n_prompts, per_prompt=1):
+    return [{"prompt": [{"role": "user", "content": f"q{i}"}], "chosen": f"c{i}.{k}", "rejected": f"r{i}.{k}"}
+            for i in range(n_prompts) for k in range(per_prompt)]
+
+
+def test_split_is_disjoint_by_prompt_and_seeded():
+    pairs = _pairs(20, per_prompt=2) + _pairs(3)  # prompts q0..q2 carry 3 pairs
+    split = E.split_pairs(pairs, eval_prompts=5, seed=0)
+    prompts = {k: {json.dumps(p["prompt"]) for p in v} for k, v in split.items()}
+    assert len(split["eval"]) == len(prompts["eval"]) == 5  # one pair per held-out prompt
+    assert not prompts["eval"] & prompts["proxy"] and not prompts["eval"] & prompts["gold"]
+    assert not prompts["proxy"] & prompts["gold"]
+    assert len(prompts["proxy"]) + len(prompts["gold"]) == 15 and abs(len(prompts["proxy"]) - len(prompts["gold"])) <= 1
+    held = {json.dumps(p["prompt"]) for p in split["eval"]}
+    kept = [p for p in pairs if json.dumps(p["prompt"]) not in held]
+    assert sorted(map(json.dumps, split["proxy"] + split["gold"])) == sorted(map(json.dumps, kept))  # every pair kept
+    assert split == E.split_pairs(pairs, eval_prompts=5, seed=0)
+    assert split["eval"] != E.split_pairs(pairs, eval_prompts=5, seed=1)["eval"]
+    with pytest.raises(ValueError, match="distinct prompts"):
+        E.split_pairs(_pairs(6), eval_prompts=5, seed=0)
+
+
+def test_best_of_n_picks_by_the_selector_and_reports_the_gold_of_the_pick():
+    rng = np.random.default_rng(0)
+    proxy, gold = rng.normal(size=(50, 8)), rng.normal(size=(50, 8))
+    ens = proxy[..., None] + rng.normal(size=(50, 8, 4))
+    sel = E.selector_scores({"proxy": proxy, "proxy_ens": ens})
+    np.testing.assert_allclose(sel["ensemble_min"], ens.min(-1))
+    np.testing.assert_allclose(sel["ensemble_mean_minus_std"], ens.mean(-1) - ens.std(-1))
+    points = E.best_of_n(sel["ensemble_min"], proxy, gold, [1, 4, 8])
+    for p in points:
+        n = p["n"]
+        pick = [int(np.argmax(row[:n])) for row in sel["ensemble_min"]]  # loop reference
+        want_gold = np.mean([gold[i, j] for i, j in enumerate(pick)])
+        assert math.isclose(p["gold"], want_gold, rel_tol=1e-12)
+        assert math.isclose(p["proxy"], np.mean([proxy[i, j] for i, j in enumerate(pick)]), rel_tol=1e-12)
+        assert math.isclose(p["kl"], math.log(n) - (n - 1) / n)
+    assert points[0]["kl"] == 0 and math.isclose(points[0]["gold"], gold[:, 0].mean())
+    # selecting by gold itself: best-of-N's gold rises with N
+    by_gold = E.best_of_n(gold, proxy, gold, [1, 2, 4, 8])
+    assert [p["gold"] for p in by_gold] == sorted(p["gold"] for p in by_gold)
+
+
+def test_reply_rows_layout_matches_the_sampler_logprobs():
+    from flax import nnx
+
+    from align_jax.models import load_model
+    from align_jax.sampling.greedy import chat_ids, generate_sampled
+
+    lm = load_model("toy-chars")
+    prompts = [chat_ids(lm, [{"role": "user", "content": t}]) for t in ("write a", "say something longer here")]
+    gens = generate_sampled(lm, prompts, n=2, max_new_tokens=6, batch_size=2, seed=3)
+    flat = [(p, g) for p, gs in zip(prompts, gens) for g in gs]
+    rows = E.reply_rows([p for p, _ in flat], [g.token_ids for _, g in flat])
+    graphdef, state = nnx.split(lm.model)
+    logps = np.asarray(E._teacher_forced_logps(graphdef, state, rows))
+    for i, (_, g) in enumerate(flat):
+        np.testing.assert_allclose(logps[i, :len(g.token_ids)], g.logprobs, atol=1e-4)
+        assert rows["completion_mask"][i].sum() == len(g.token_ids)
+
+
+def test_configs_pass_the_engines_checks(tmp_path):
+    for name in ("rm_proxy", "rm_proxy_ens"):
+        (tmp_path / name / "export").mkdir(parents=True)
+    (tmp_path / "proxy_pairs.jsonl").write_text("".join(json.dumps(p) + "\n" for p in _pairs(30)))
+    cmd = E.rm_command(tmp_path, "proxy_ens", 30, model="toy-chars", batch=4, max_length=96, max_prompt_length=64,
+                       learning_rate=1e-4, seed=0, ensemble_size=3)
+    out = subprocess.run(cmd + ["--dry_run"], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    cfg = json.loads(out.stdout[out.stdout.index("{"):])
+    assert cfg["train"]["steps"] == 7  # ceil(27 / 4): one pass over the 90% not held out
+    assert dict(map(tuple, cfg["loss_options"]))["ensemble_size"] == 3
+    for variant in E.VARIANTS:
+        o = E.ppo_overrides(tmp_path, variant, model="toy-chars", steps=4, every=2, kl_coef=0.05, learning_rate=1e-3,
+                            max_new_tokens=8, seed=0)
+        c = E.ppo_config(o)
+        assert c.rl.rewards == o["rl.rewards"] and c.train.keep_checkpoints == 3
+    with pytest.raises(ValueError, match="unknown variant"):
+        E.ppo_overrides(tmp_path, "gold", model="toy-chars", steps=4, every=2, kl_coef=0.05, learning_rate=1e-3,
+                        max_new_tokens=8, seed=0)
+
+
+def _hh_row(i):
+    prompt = f"\n\nHuman: tell me about {'cats' if i % 2 else 'dogs'} number {i}"
+    return {"chosen": prompt + f"\n\nAssistant: a kind answer {i}", "rejected": prompt + f"\n\nAssistant: no {i}"}
+
+
+@pytest.mark.slow
+def test_every_stage_runs_on_the_toy_model(tmp_path):
+    hh = tmp_path / "hh.jsonl"
+    hh.write_text("".join(json.dumps(_hh_row(i)) + "\n" for i in range(48)) + '{"chosen": "malformed"}\n')
+    wd = tmp_path / "run"
+    cmd = [sys.executable, "experiments/overoptimization_hh.py", f"--workdir={wd}", f"--hh_path={hh}",
+           "--model=toy-chars", "--eval_prompts=8", "--max_prompt_tokens=120", "--rm_max_length=160", "--rm_batch=4",
+           "--rm_learning_rate=1e-3", "--ensemble_size=2", "--max_new_tokens=6", "--bon_max=4", "--sample_batch=4",
+           "--variants=plain,ensemble_min", "--ppo_steps=2", "--checkpoint_every=1", "--measure_samples=2"]
+    out = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=900)
+    assert out.returncode == 0, out.stderr[-3000:]
+    summary = json.loads((wd / "data_summary.json").read_text())
+    assert summary["rows_malformed"] == 1 and summary["eval_prompts"] == 8
+    assert summary["proxy_pairs"] + summary["gold_pairs"] + 8 + summary["prompts_too_long"] == 48
+    results = json.loads((wd / "results.json").read_text())
+    bon = results["best_of_n"]
+    assert set(bon["curves"]) == set(E.SELECTORS) and [p["n"] for p in bon["curves"]["proxy"]] == [1, 2, 4]
+    proxy = [p["proxy"] for p in bon["curves"]["proxy"]]
+    assert proxy == sorted(proxy)  # best-of-N by the proxy raises the proxy
+    ppo = results["ppo"]
+    assert abs(ppo["reference"]["kl"]) < 1e-3  # the reference's log-ratio to itself
+    assert sorted(ppo["plain"], key=int) == ["1", "2"] and sorted(ppo["ensemble_min"], key=int) == ["1", "2"]
+    assert (wd / "overoptimization.png").stat().st_size > 10_000
+    # a second run skips every stage
+    again = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=900)
+    assert again.returncode == 0 and again.stdout.count("exists, skipped") >= 5, again.stdout[-2000:]
