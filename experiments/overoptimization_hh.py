@@ -331,7 +331,9 @@ def ppo_overrides(wd: pathlib.Path, variant: str, *, model: str, steps: int, eve
     return {"model.name": model, "data.train_path": str(wd / "rl_prompts.jsonl"),
             "data.eval_path": str(wd / "eval_prompts.jsonl"), "data.seed": seed,
             "train.steps": steps, "train.checkpoint_every": every, "train.eval_every": steps,
-            "train.keep_checkpoints": steps // every + 1, "optimizer.learning_rate": learning_rate,
+            # only the step cadence saves (a time-based save between them would push the early ones out)
+            "train.keep_checkpoints": steps // every + 1, "train.checkpoint_every_seconds": 1e9,
+            "optimizer.learning_rate": learning_rate,
             "rl.rewards": rewards[variant], "rl.kl_coef": kl_coef, "rl.max_new_tokens": max_new_tokens,
             "rl.reward_transform": "log-sigmoid" if variant == "log_sigmoid" else "identity"}
 
