@@ -27,7 +27,10 @@ def get_config():
     c.data.update(source="prompt", train_path=str(RUN / "rl_prompts.jsonl"), eval_path=str(RUN / "eval_prompts.jsonl"),
                   max_length=192)
     c.model.remat = "full"  # as grpo_ifeval: the update's activations recomputed in the backward pass
-    c.train.update(task="ppo", steps=40, eval_every=40, checkpoint_every=10, keep_checkpoints=5)
+    # only the step cadence saves, so the 5 kept checkpoints are steps 10, 20, 30, 40 (a time-based
+    # save between them would push the early policies out)
+    c.train.update(task="ppo", steps=40, eval_every=40, checkpoint_every=10, checkpoint_every_seconds=0.0,
+                   keep_checkpoints=5)
     c.reference.mode = "none"  # with LoRA the frozen base is the reference
     c.lora.update(rank=16, alpha=32.0)
     c.optimizer.update(learning_rate=1e-4, schedule="constant", warmup_steps=0, total_steps=0)

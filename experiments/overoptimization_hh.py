@@ -13,14 +13,17 @@ Stages (each skipped when its outputs exist; ``--stages`` picks some):
 
 1. ``data``: the pairs split by prompt (seeded): ``--eval_prompts`` held-out prompts (neither reward
    model sees them; the policies are measured on them), the rest halved into ``proxy_pairs.jsonl``
-   and ``gold_pairs.jsonl`` (disjoint prompts), and the proxy half's prompts as the RL prompts.
-   Prompts longer than ``--max_prompt_tokens`` in the chat template are dropped (counted).
+   and ``gold_pairs.jsonl`` (disjoint prompts; the reward models learn from every pair, a long
+   prompt left-truncated), and the proxy half's prompts as the RL prompts. Held-out and RL prompts
+   are those of at most ``--max_prompt_tokens`` chat-template tokens (about half of HH's).
 2. ``rm``: three Bradley-Terry reward models (``configs/reward_model.py``), one pass each: ``proxy``
    (proxy half), ``proxy_ens`` (proxy half, ``--ensemble_size`` heads over one trunk, each on its own
    bootstrap) and ``gold`` (gold half). Each exports a reward-model folder.
 3. ``bon``: ``--bon_max`` reference samples per held-out prompt, scored by every reward model.
    Best-of-N for each N picks by the proxy, the ensemble mean, min or mean - std, and reports the
-   picked samples' proxy and gold rewards at KL = log N - (N-1)/N (arXiv:2210.10760, eq. 1).
+   picked samples' proxy and gold rewards at KL = log N - (N-1)/N (arXiv:2210.10760), with Gao et
+   al.'s unbiased estimator: every N uses all ``--bon_max`` samples (the one ranked i of N_max is the
+   best of a random N-subset with probability C(i-1, N-1) / C(N_max, N)).
    Best-of-N is invariant to a per-prompt monotone transform, so log-sigmoid centring has no
    best-of-N curve; it shows only under RL.
 4. ``ppo``: ``configs/ppo_hh.py`` once per ``--variants``: ``plain`` (reward ``rm:proxy``),
@@ -45,7 +48,7 @@ import shlex
 import subprocess
 import sys
 import time
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 from absl import app, flags
@@ -55,6 +58,7 @@ HH = REPO.parent / "shared" / "data" / "hh_rlhf" / "harmless-base-test.jsonl.gz"
 RMS = ("proxy", "proxy_ens", "gold")
 VARIANTS = ("plain", "ensemble_min", "log_sigmoid")
 SELECTORS = ("proxy", "ensemble_mean", "ensemble_min", "ensemble_mean_minus_std")
+OPTIMISED = {"plain": "proxy", "ensemble_min": "ensemble_min", "log_sigmoid": "proxy"}  # before the transform
 
 
 def define_flags():
@@ -66,7 +70,8 @@ def define_flags():
     flags.DEFINE_integer("seed", 0, "split, bootstrap, sampling and training seed")
     flags.DEFINE_integer("eval_prompts", 128, "held-out prompts the policies are measured on")
     flags.DEFINE_integer("max_prompt_tokens", 128, "longest prompt kept (chat-template tokens)")
-    flags.DEFINE_integer("rm_max_length", 192, "reward-model sequence length (prompt + reply)")
+    flags.DEFINE_integer("rm_max_length", 224, "reward-model sequence length (>= max_prompt_tokens + "
+                         "max_new_tokens + 1: the reply's end of turn)")
     flags.DEFINE_integer("rm_batch", 8, "reward-model pairs per step (one pass over its half)")
     flags.DEFINE_float("rm_learning_rate", 2e-5, "reward-model peak learning rate")
     flags.DEFINE_integer("ensemble_size", 4, "heads of the proxy ensemble")
@@ -96,20 +101,29 @@ def _read_jsonl(path: pathlib.Path) -> list[dict]:
 
 # -- 1. data ----------------------------------------------------------------------------------------
 
-def split_pairs(pairs: Sequence[Mapping[str, Any]], *, eval_prompts: int, seed: int) -> dict[str, list]:
+def prompt_key(prompt: Any) -> str:
+    return json.dumps(prompt, sort_keys=True)
+
+
+def split_pairs(pairs: Sequence[Mapping[str, Any]], *, eval_prompts: int, seed: int,
+                eligible: Callable[[Any], bool] = lambda prompt: True) -> dict[str, list]:
     """Pairs (``{"prompt": messages, "chosen", "rejected"}``) split by prompt: ``eval`` holds the first
-    ``eval_prompts`` prompts of a seeded permutation of the distinct prompts (one pair each), the rest
-    alternate between ``proxy`` and ``gold``, every pair of a prompt on the same side."""
+    ``eval_prompts`` ``eligible`` prompts of a seeded permutation of the distinct prompts (one pair
+    each); the other prompts alternate between ``proxy`` and ``gold``, every pair of a prompt on the
+    same side."""
     by_prompt: dict[str, list] = {}
     for p in pairs:
-        by_prompt.setdefault(json.dumps(p["prompt"], sort_keys=True), []).append(p)
+        by_prompt.setdefault(prompt_key(p["prompt"]), []).append(p)
     keys = list(by_prompt)
-    if len(keys) < eval_prompts + 2:
-        raise ValueError(f"{len(keys)} distinct prompts cannot give {eval_prompts} held out and two halves")
-    order = np.random.default_rng(seed).permutation(len(keys))
-    out = {"eval": [by_prompt[keys[i]][0] for i in order[:eval_prompts]], "proxy": [], "gold": []}
-    for j, i in enumerate(order[eval_prompts:]):
-        out["proxy" if j % 2 == 0 else "gold"].extend(by_prompt[keys[i]])
+    order = [keys[i] for i in np.random.default_rng(seed).permutation(len(keys))]
+    held = [k for k in order if eligible(by_prompt[k][0]["prompt"])][:eval_prompts]
+    if len(held) < eval_prompts or len(keys) - len(held) < 2:
+        raise ValueError(f"{len(keys)} distinct prompts ({len(held)} eligible to hold out) cannot give "
+                         f"{eval_prompts} held out and two halves")
+    out = {"eval": [by_prompt[k][0] for k in held], "proxy": [], "gold": []}
+    held = set(held)
+    for j, k in enumerate(k for k in order if k not in held):
+        out["proxy" if j % 2 == 0 else "gold"].extend(by_prompt[k])
     return out
 
 
@@ -124,30 +138,30 @@ def data_stage(wd: pathlib.Path) -> None:
     from align_jax.sampling.greedy import chat_ids
 
     lm = load_model(F.model)  # its tokenizer and chat template measure the prompts
-    pairs, malformed, too_long = [], 0, 0
+    pairs, malformed, short = [], 0, set()
     for _, row in read_rows(F.hh_path):
         try:
             rec = hh_rlhf.parse_row(row)
         except RecordError:
             malformed += 1
             continue
-        if len(chat_ids(lm, rec.prompt)) > F.max_prompt_tokens:
-            too_long += 1
-            continue
         pairs.append({"prompt": list(rec.prompt), "chosen": rec.chosen, "rejected": rec.rejected})
-    split = split_pairs(pairs, eval_prompts=F.eval_prompts, seed=F.seed)
+        if len(chat_ids(lm, rec.prompt)) <= F.max_prompt_tokens:
+            short.add(prompt_key(pairs[-1]["prompt"]))
+    split = split_pairs(pairs, eval_prompts=F.eval_prompts, seed=F.seed, eligible=lambda p: prompt_key(p) in short)
     for name in ("proxy", "gold"):
         _write_jsonl(wd / f"{name}_pairs.jsonl", split[name])
     _write_jsonl(wd / "eval_prompts.jsonl", [{"prompt": p["prompt"]} for p in split["eval"]])
     seen, rl = set(), []
     for p in split["proxy"]:
-        key = json.dumps(p["prompt"], sort_keys=True)
-        if key not in seen:
+        key = prompt_key(p["prompt"])
+        if key in short and key not in seen:
             seen.add(key)
             rl.append({"prompt": p["prompt"]})
     _write_jsonl(wd / "rl_prompts.jsonl", rl)
-    summary = {"source": F.hh_path, "rows_malformed": malformed, "prompts_too_long": too_long,
-               "max_prompt_tokens": F.max_prompt_tokens, "pairs_kept": len(pairs), "eval_prompts": len(split["eval"]),
+    summary = {"source": F.hh_path, "rows_malformed": malformed, "pairs": len(pairs),
+               "distinct_prompts": len({prompt_key(p["prompt"]) for p in pairs}),
+               f"prompts_of_at_most_{F.max_prompt_tokens}_tokens": len(short), "eval_prompts": len(split["eval"]),
                "proxy_pairs": len(split["proxy"]), "gold_pairs": len(split["gold"]), "rl_prompts": len(rl)}
     (wd / "data_summary.json").write_text(json.dumps(summary, indent=1) + "\n")
     print(json.dumps(summary), flush=True)
@@ -276,19 +290,37 @@ def selector_scores(rewards: Mapping[str, np.ndarray], lam: float = 1.0) -> dict
             "ensemble_mean_minus_std": ens.mean(-1) - lam * ens.std(-1)}
 
 
+def best_of_n_weights(n_max: int, n: int) -> np.ndarray:  # [n_max] float64, sums to 1
+    """P(the sample ranked i (ascending, 1-based) of n_max is the best of a uniformly random n-subset)
+    = C(i-1, n-1) / C(n_max, n): Gao et al.'s unbiased best-of-N estimator (arXiv:2210.10760)."""
+    if not 1 <= n <= n_max:
+        raise ValueError(f"best-of-{n} needs 1 <= n <= {n_max}")
+    return np.array([math.comb(i - 1, n - 1) for i in range(1, n_max + 1)], np.float64) / math.comb(n_max, n)
+
+
 def best_of_n(select: np.ndarray, proxy: np.ndarray, gold: np.ndarray, ns: Sequence[int]) -> list[dict]:
-    """Best-of-N by ``select`` [P, N_max] (ties: the first); the picked samples' mean proxy and gold
-    rewards with standard errors over prompts, and KL = log N - (N-1)/N."""
+    """Expected best-of-N by ``select`` [P, N_max] over random N-subsets of each prompt's samples
+    (ties ranked by sample order): the picked sample's mean proxy and gold rewards with standard
+    errors over prompts, and KL = log N - (N-1)/N."""
+    order = np.argsort(select, axis=1, kind="stable")  # ascending rank per prompt
+    ranked = {name: np.take_along_axis(r, order, axis=1) for name, r in
+              (("proxy", proxy), ("gold", gold), ("select", select))}
     points = []
     for n in ns:
-        pick = np.argmax(select[:, :n], axis=1)
-        rows = np.arange(select.shape[0])
+        w = best_of_n_weights(select.shape[1], n)
         point = {"n": int(n), "kl": float(np.log(n) - (n - 1) / n)}
-        for name, r in (("proxy", proxy), ("gold", gold), ("select", select)):
-            v = r[rows, pick]
+        for name, r in ranked.items():
+            v = r @ w  # [P] expected reward of the pick per prompt
             point[name], point[f"{name}_se"] = float(v.mean()), float(v.std(ddof=1) / np.sqrt(len(v)))
         points.append(point)
     return points
+
+
+def within_prompt_correlation(a: np.ndarray, b: np.ndarray) -> float:
+    """Pearson correlation of [P, N] scores after removing each prompt's mean (how well ``a`` ranks a
+    prompt's samples as ``b`` does, without the differences between prompts)."""
+    a, b = a - a.mean(1, keepdims=True), b - b.mean(1, keepdims=True)
+    return float((a * b).sum() / np.sqrt((a * a).sum() * (b * b).sum()))
 
 
 def bon_stage(wd: pathlib.Path) -> None:
@@ -310,6 +342,10 @@ def bon_stage(wd: pathlib.Path) -> None:
            "reference": {"proxy": float(s["rewards"]["proxy"].mean()), "gold": float(s["rewards"]["gold"].mean()),
                          "mean_length": float(s["length"].mean())},
            "proxy_gold_correlation": float(np.corrcoef(s["rewards"]["proxy"].ravel(), s["rewards"]["gold"].ravel())[0, 1]),
+           "proxy_gold_correlation_within_prompt": within_prompt_correlation(s["rewards"]["proxy"], s["rewards"]["gold"]),
+           # is the ensemble an ensemble? its members' spread on a sample vs the spread of its mean across samples
+           "ensemble_member_std": float(s["rewards"]["proxy_ens"].std(-1).mean()),
+           "ensemble_mean_std_within_prompt": float(s["rewards"]["proxy_ens"].mean(-1).std(1).mean()),
            "examples": s["texts"][:4]}
     np.savez(wd / "bon_samples.npz", log_ratio=s["log_ratio"], length=s["length"],
              **{f"reward_{k}": v for k, v in s["rewards"].items()})
@@ -332,7 +368,7 @@ def ppo_overrides(wd: pathlib.Path, variant: str, *, model: str, steps: int, eve
             "data.eval_path": str(wd / "eval_prompts.jsonl"), "data.seed": seed,
             "train.steps": steps, "train.checkpoint_every": every, "train.eval_every": steps,
             # only the step cadence saves (a time-based save between them would push the early ones out)
-            "train.keep_checkpoints": steps // every + 1, "train.checkpoint_every_seconds": 1e9,
+            "train.keep_checkpoints": steps // every + 1, "train.checkpoint_every_seconds": 0.0,
             "optimizer.learning_rate": learning_rate,
             "rl.rewards": rewards[variant], "rl.kl_coef": kl_coef, "rl.max_new_tokens": max_new_tokens,
             "rl.reward_transform": "log-sigmoid" if variant == "log_sigmoid" else "identity"}
@@ -396,9 +432,7 @@ def measure_stage(wd: pathlib.Path) -> None:
                           learning_rate=F.ppo_learning_rate, max_new_tokens=F.max_new_tokens, seed=F.seed)
         cfg = parse_config(ppo_config(o))
         points = done.setdefault(variant, {})
-        for step, policy in checkpoint_policies(cfg, wd / f"ppo_{variant}"):
-            if str(step) in points:
-                continue
+        for step, policy in checkpoint_policies(cfg, wd / f"ppo_{variant}", skip=[int(k) for k in points]):
             lm = dataclasses.replace(ref, model=policy)
             points[str(step)] = dict(summarize(sample_and_judge(lm, judge, prompts, **kw)), step=step)
             p = points[str(step)]
@@ -439,8 +473,9 @@ def plot(bon: Mapping[str, Any] | None, measured: Mapping[str, Any] | None, path
             x = [math.sqrt(max(p["kl"], 0.0)) for p in pts]
             ax.errorbar(x, [p["gold"] - ref["gold"] for p in pts], yerr=[p["gold_se"] for p in pts], fmt="-o",
                         color=colors[variant], ms=4, label=f"{variant}: gold")
-            ax.plot(x, [p["proxy"] - ref["proxy"] for p in pts], "--", color=colors[variant], alpha=0.6,
-                    label=f"{variant}: proxy")
+            key = OPTIMISED[variant]
+            ax.plot(x, [p[key] - ref[key] for p in pts], "--", color=colors[variant], alpha=0.6,
+                    label=f"{variant}: {key} (optimised)")
         ax.set_title("PPO against the proxy (points: checkpoints)")
     ax.set_xlabel("sqrt(KL(pi || pi_ref)), Monte Carlo, nats per reply")
     for ax in axes:
@@ -492,6 +527,26 @@ def report_stage(wd: pathlib.Path) -> None:
     print("\n".join(md), flush=True)
 
 
+# the flags that decide what the stages write: a workdir holds the outputs of one setting
+SETTINGS = ("hh_path", "model", "seed", "eval_prompts", "max_prompt_tokens", "rm_max_length", "rm_batch",
+            "rm_learning_rate", "ensemble_size", "max_new_tokens", "bon_max", "ppo_steps", "checkpoint_every",
+            "kl_coef", "ppo_learning_rate", "measure_samples")
+
+
+def check_same_settings(path: pathlib.Path, settings: Mapping[str, Any]) -> None:
+    """Writes ``settings`` on the first run in a workdir; afterwards a different value is an error
+    (the stages skip what exists, so a changed flag would mix two settings in one report)."""
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(dict(settings), indent=1) + "\n")
+        return
+    before = json.loads(path.read_text())
+    changed = {k: (before.get(k), v) for k, v in settings.items() if before.get(k) != v}
+    if changed:
+        raise ValueError(f"{path} was written with other settings ({', '.join(f'--{k}: {a!r} then, {b!r} now' for k, (a, b) in changed.items())}); "
+                         "use a new --workdir or the same flags")
+
+
 def main(argv):
     del argv
     wd = pathlib.Path(F.workdir)
@@ -505,8 +560,13 @@ def main(argv):
     bad = sorted(set(F.variants) - set(VARIANTS))
     if bad:
         raise ValueError(f"unknown variants {bad}; valid: {list(VARIANTS)}")
+    if F.rm_max_length < F.max_prompt_tokens + F.max_new_tokens + 1:
+        raise ValueError(f"--rm_max_length={F.rm_max_length} cannot hold a {F.max_prompt_tokens}-token prompt, a "
+                         f"{F.max_new_tokens}-token reply and its end of turn (needs "
+                         f"{F.max_prompt_tokens + F.max_new_tokens + 1})")
     if "data" in F.stages and not pathlib.Path(F.hh_path).exists():
         raise FileNotFoundError(f"HH-RLHF pairs not found at {F.hh_path} (see ../shared/data/README.md)")
+    check_same_settings(wd / "settings.json", {k: F[k].value for k in SETTINGS})
     for stage in F.stages:
         stages[stage](wd)
 

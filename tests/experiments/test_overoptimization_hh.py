@@ -40,27 +40,60 @@ def test_split_is_disjoint_by_prompt_and_seeded():
     assert split["eval"] != E.split_pairs(pairs, eval_prompts=5, seed=1)["eval"]
     with pytest.raises(ValueError, match="distinct prompts"):
         E.split_pairs(_pairs(6), eval_prompts=5, seed=0)
+    # only eligible (short) prompts are held out; the others still train a reward model
+    short = lambda prompt: int(prompt[0]["content"][1:]) % 2 == 0  # noqa: E731
+    split = E.split_pairs(pairs, eval_prompts=5, seed=0, eligible=short)
+    assert all(short(p["prompt"]) for p in split["eval"])
+    assert any(not short(p["prompt"]) for p in split["proxy"] + split["gold"])
+    with pytest.raises(ValueError, match="10 eligible"):
+        E.split_pairs(pairs, eval_prompts=11, seed=0, eligible=short)
 
 
-def test_best_of_n_picks_by_the_selector_and_reports_the_gold_of_the_pick():
+def test_best_of_n_equals_the_average_over_every_subset():
+    import itertools
+
     rng = np.random.default_rng(0)
-    proxy, gold = rng.normal(size=(50, 8)), rng.normal(size=(50, 8))
-    ens = proxy[..., None] + rng.normal(size=(50, 8, 4))
+    proxy, gold = rng.normal(size=(30, 6)), rng.normal(size=(30, 6))
+    ens = proxy[..., None] + rng.normal(size=(30, 6, 4))
     sel = E.selector_scores({"proxy": proxy, "proxy_ens": ens})
     np.testing.assert_allclose(sel["ensemble_min"], ens.min(-1))
     np.testing.assert_allclose(sel["ensemble_mean_minus_std"], ens.mean(-1) - ens.std(-1))
-    points = E.best_of_n(sel["ensemble_min"], proxy, gold, [1, 4, 8])
+    select = sel["ensemble_min"]
+    points = E.best_of_n(select, proxy, gold, [1, 2, 3, 6])
     for p in points:
         n = p["n"]
-        pick = [int(np.argmax(row[:n])) for row in sel["ensemble_min"]]  # loop reference
-        want_gold = np.mean([gold[i, j] for i, j in enumerate(pick)])
-        assert math.isclose(p["gold"], want_gold, rel_tol=1e-12)
-        assert math.isclose(p["proxy"], np.mean([proxy[i, j] for i, j in enumerate(pick)]), rel_tol=1e-12)
+        # brute force: every n-subset of each prompt's 6 samples, the pick = argmax of the selector
+        per_prompt = {"proxy": [], "gold": []}
+        for i in range(30):
+            picks = [max(sub, key=lambda j: select[i, j]) for sub in itertools.combinations(range(6), n)]
+            per_prompt["proxy"].append(np.mean(proxy[i, picks]))
+            per_prompt["gold"].append(np.mean(gold[i, picks]))
+        for name in ("proxy", "gold"):
+            assert math.isclose(p[name], np.mean(per_prompt[name]), rel_tol=1e-10), (n, name)
+        assert math.isclose(p["gold_se"], np.std(per_prompt["gold"], ddof=1) / math.sqrt(30), rel_tol=1e-10)
         assert math.isclose(p["kl"], math.log(n) - (n - 1) / n)
-    assert points[0]["kl"] == 0 and math.isclose(points[0]["gold"], gold[:, 0].mean())
+    assert points[0]["kl"] == 0 and math.isclose(points[0]["gold"], gold.mean())  # N = 1: every sample
+    assert math.isclose(points[-1]["gold"], gold[np.arange(30), select.argmax(1)].mean())  # N = N_max
+    for n in range(1, 7):
+        assert math.isclose(E.best_of_n_weights(6, n).sum(), 1.0)
     # selecting by gold itself: best-of-N's gold rises with N
-    by_gold = E.best_of_n(gold, proxy, gold, [1, 2, 4, 8])
+    by_gold = E.best_of_n(gold, proxy, gold, [1, 2, 4, 6])
     assert [p["gold"] for p in by_gold] == sorted(p["gold"] for p in by_gold)
+
+
+def test_within_prompt_correlation_ignores_prompt_means():
+    rng = np.random.default_rng(1)
+    a = rng.normal(size=(20, 5))
+    b = 3 * a + rng.normal(size=(20, 1)) * 100  # same ranking inside each prompt, wild prompt offsets
+    assert math.isclose(E.within_prompt_correlation(a, b), 1.0, rel_tol=1e-12)
+    assert abs(np.corrcoef(a.ravel(), b.ravel())[0, 1]) < 0.5  # pooled correlation is swamped by the offsets
+
+
+def test_a_workdir_refuses_other_settings(tmp_path):
+    E.check_same_settings(tmp_path / "settings.json", {"kl_coef": 0.01, "seed": 0})
+    E.check_same_settings(tmp_path / "settings.json", {"kl_coef": 0.01, "seed": 0})
+    with pytest.raises(ValueError, match="--kl_coef: 0.01 then, 0.05 now"):
+        E.check_same_settings(tmp_path / "settings.json", {"kl_coef": 0.05, "seed": 0})
 
 
 def test_reply_rows_layout_matches_the_sampler_logprobs():
@@ -82,8 +115,15 @@ def test_reply_rows_layout_matches_the_sampler_logprobs():
 
 
 def test_configs_pass_the_engines_checks(tmp_path):
-    for name in ("rm_proxy", "rm_proxy_ens"):
-        (tmp_path / name / "export").mkdir(parents=True)
+    from align_jax.models import load_model
+    from align_jax.rewards.model import save_reward_model
+
+    toy = load_model("toy-chars")
+    d = toy.model.cfg.hidden_size
+    save_reward_model(tmp_path / "rm_proxy" / "export", toy.model, {"w": np.zeros(d, np.float32), "b": np.float32(0)},
+                      toy.tokenizer, max_length=64)
+    save_reward_model(tmp_path / "rm_proxy_ens" / "export", toy.model,
+                      {"w": np.zeros((3, d), np.float32), "b": np.zeros(3, np.float32)}, toy.tokenizer, max_length=64)
     (tmp_path / "proxy_pairs.jsonl").write_text("".join(json.dumps(p) + "\n" for p in _pairs(30)))
     cmd = E.rm_command(tmp_path, "proxy_ens", 30, model="toy-chars", batch=4, max_length=96, max_prompt_length=64,
                        learning_rate=1e-4, seed=0, ensemble_size=3)
@@ -97,6 +137,14 @@ def test_configs_pass_the_engines_checks(tmp_path):
                             max_new_tokens=8, seed=0)
         c = E.ppo_config(o)
         assert c.rl.rewards == o["rl.rewards"] and c.train.keep_checkpoints == 3
+        # the same overrides as the script passes them: command-line strings into the engine
+        out = subprocess.run([sys.executable, "-m", "align_jax.main", "--config=configs/ppo_hh.py",
+                              f"--workdir={tmp_path / variant}", "--dry_run", *[f"--config.{k}={v}" for k, v in o.items()]],
+                             cwd=REPO, capture_output=True, text=True, timeout=300)
+        assert out.returncode == 0, out.stderr[-2000:]
+        cfg = json.loads(out.stdout[out.stdout.index("{"):])
+        assert cfg["rl"]["rewards"] == o["rl.rewards"] and cfg["train"]["checkpoint_every_seconds"] == 0
+        assert cfg["rl"]["reward_transform"] == ("log-sigmoid" if variant == "log_sigmoid" else "identity")
     with pytest.raises(ValueError, match="unknown variant"):
         E.ppo_overrides(tmp_path, "gold", model="toy-chars", steps=4, every=2, kl_coef=0.05, learning_rate=1e-3,
                         max_new_tokens=8, seed=0)
@@ -120,7 +168,7 @@ def test_every_stage_runs_on_the_toy_model(tmp_path):
     assert out.returncode == 0, out.stderr[-3000:]
     summary = json.loads((wd / "data_summary.json").read_text())
     assert summary["rows_malformed"] == 1 and summary["eval_prompts"] == 8
-    assert summary["proxy_pairs"] + summary["gold_pairs"] + 8 + summary["prompts_too_long"] == 48
+    assert summary["proxy_pairs"] + summary["gold_pairs"] + 8 == summary["pairs"] == 48
     results = json.loads((wd / "results.json").read_text())
     bon = results["best_of_n"]
     assert set(bon["curves"]) == set(E.SELECTORS) and [p["n"] for p in bon["curves"]["proxy"]] == [1, 2, 4]
