@@ -152,6 +152,7 @@ def data_stage(wd: pathlib.Path) -> None:
     for name in ("proxy", "gold"):
         _write_jsonl(wd / f"{name}_pairs.jsonl", split[name])
     _write_jsonl(wd / "eval_prompts.jsonl", [{"prompt": p["prompt"]} for p in split["eval"]])
+    _write_jsonl(wd / "eval_pairs.jsonl", split["eval"])  # their pairs: held-out accuracy (dpo_family_hh.py)
     seen, rl = set(), []
     for p in split["proxy"]:
         key = prompt_key(p["prompt"])

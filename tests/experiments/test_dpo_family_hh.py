@@ -1,0 +1,97 @@
+"""experiments/dpo_family_hh.py: the method-independent held-out accuracies and the win rate against
+NumPy-by-hand cases, every method's run accepted by the engine with the same budget, and the whole
+script on the toy model."""
+
+import importlib.util
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import align_jax.main  # noqa: F401  (owns --workdir: importing the script must define no flags)
+
+REPO = Path(__file__).resolve().parents[2]
+spec = importlib.util.spec_from_file_location("dpo_family_hh", REPO / "experiments" / "dpo_family_hh.py")
+E = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(E)
+
+
+def test_pair_accuracies_by_hand():
+    a = np.array
+    # pair 0: policy raises chosen (log-ratio +1.0 vs 0.0) -> implicit win; mean log-prob -1.0 vs -0.5 -> loss
+    # pair 1: log-ratios -0.5 vs +0.5 -> implicit loss; mean log-prob -1.0 vs -2.0 -> win
+    # pair 2: log-ratios equal -> a half each way; means equal -> a half
+    pol_c = [a([-1.0, -1.0]), a([-1.0]), a([-1.0])]
+    pol_r = [a([-0.5]), a([-2.0, -2.0]), a([-1.0])]
+    ref_c = [a([-1.5, -1.5]), a([-0.5]), a([-2.0])]
+    ref_r = [a([-0.5]), a([-4.5]), a([-2.0])]
+    out = E.pair_accuracies(pol_c, pol_r, ref_c, ref_r)
+    assert out["implicit_reward_accuracy"] == pytest.approx((1 + 0 + 0.5) / 3)
+    assert out["mean_logp_accuracy"] == pytest.approx((0 + 1 + 0.5) / 3)
+    assert out["implicit_margin"] == pytest.approx((1.0 - 1.0 + 0.0) / 3)
+    assert E.pair_accuracies(ref_c, ref_r, ref_c, ref_r)["implicit_reward_accuracy"] == 0.5  # the base: all ties
+
+
+def test_win_rate_counts_ties_as_halves():
+    out = E.win_rate(np.array([2.0, 1.0, 0.0, 3.0]), np.array([1.0, 1.0, 1.0, 0.0]))
+    assert out["win_rate"] == pytest.approx(2.5 / 4) and out["n"] == 4
+    assert out["low"] < 2.5 / 4 < out["high"]
+
+
+def test_every_method_passes_the_engines_checks_with_the_same_budget(tmp_path):
+    row = {"prompt": [{"role": "user", "content": "hi"}], "chosen": "hello", "rejected": "go away"}
+    for name in ("proxy_pairs.jsonl", "eval_pairs.jsonl"):
+        (tmp_path / name).write_text(json.dumps(row) + "\n")
+    seen = {}
+    for method in E.METHODS:
+        config, o = E.train_overrides(method, overopt=tmp_path, cache=tmp_path / "cache", model="toy-chars", steps=7,
+                                      batch=4, learning_rate=1e-5, max_length=160, max_prompt_length=128, seed=0)
+        out = subprocess.run([sys.executable, "-m", "align_jax.main", f"--config={config}",
+                              f"--workdir={tmp_path / method}", "--dry_run", *[f"--config.{k}={v}" for k, v in o.items()]],
+                             cwd=REPO, capture_output=True, text=True, timeout=300)
+        assert out.returncode == 0, (method, out.stderr[-2000:])
+        cfg = json.loads(out.stdout[out.stdout.index("{"):])
+        assert cfg["loss_name"] == E.METHODS[method][1] and cfg["train"]["steps"] == 7
+        seen[method] = (cfg["data"]["batch_size"], cfg["data"]["train_path"], cfg["optimizer"]["learning_rate"])
+    assert seen["kto"][0] == 2 * seen["dpo"][0]  # KTO: each pair as two single replies
+    assert len({v[1:] for v in seen.values()}) == 1
+    with pytest.raises(ValueError, match="unknown method"):
+        E.train_overrides("rlhf", overopt=tmp_path, cache=tmp_path, model="toy-chars", steps=1, batch=1,
+                          learning_rate=1e-5, max_length=64, max_prompt_length=32, seed=0)
+
+
+@pytest.mark.slow
+def test_the_script_runs_on_the_toy_model(tmp_path):
+    from align_jax.models import load_model
+    from align_jax.rewards.model import save_reward_model
+
+    overopt = tmp_path / "overopt"
+    overopt.mkdir()
+    rows = [{"prompt": [{"role": "user", "content": f"say {w}"}], "chosen": f"{w} {w}", "rejected": "no"}
+            for w in ("aa", "bb", "cc", "dd", "ee", "ff", "gg", "hh")]
+    (overopt / "proxy_pairs.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (overopt / "eval_pairs.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows[:4]))
+    toy = load_model("toy-chars")
+    d = toy.model.cfg.hidden_size
+    w = np.random.default_rng(0).normal(size=d).astype(np.float32)
+    save_reward_model(overopt / "rm_gold" / "export", toy.model, {"w": w, "b": np.float32(0)}, toy.tokenizer,
+                      max_length=96)
+    wd = tmp_path / "run"
+    cmd = [sys.executable, "experiments/dpo_family_hh.py", f"--workdir={wd}", f"--overopt_dir={overopt}",
+           "--model=toy-chars", "--methods=dpo,simpo,kto", "--steps=2", "--batch=2", "--learning_rate=1e-3",
+           "--max_length=64", "--max_prompt_length=32", "--reply_tokens=6", "--score_tokens=8"]
+    out = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=900)
+    assert out.returncode == 0, out.stderr[-3000:]
+    results = json.loads((wd / "results.json").read_text())["judged"]
+    assert set(results) == {"base", "dpo", "simpo", "kto"}
+    assert results["base"]["implicit_reward_accuracy"] == 0.5
+    for m in ("dpo", "simpo", "kto"):
+        assert results[m]["pairs"] == 4 and 0 <= results[m]["vs_base"]["win_rate"] <= 1
+    assert "| dpo |" in (wd / "report.md").read_text()
+    missing = subprocess.run([sys.executable, "experiments/dpo_family_hh.py", f"--workdir={wd}",
+                              f"--overopt_dir={tmp_path / 'nowhere'}"], cwd=REPO, capture_output=True, text=True,
+                             timeout=300)
+    assert missing.returncode != 0 and "--stages=data,rm" in missing.stderr
