@@ -2,9 +2,11 @@
 
 DPO (arXiv:2305.18290), IPO (arXiv:2310.12036), cDPO (DPO with label smoothing, arXiv:2305.18290's
 note), SimPO (arXiv:2405.14734), ORPO (arXiv:2403.07691) and KTO (arXiv:2402.01306), each with its
-registered default options, trained from SmolLM2-135M-Instruct on the same HH-RLHF harmless-base
-pairs in the same order for the same steps. KTO sees each pair as one desirable and one undesirable
-reply (twice the examples per step, the same pairs). The data split and the judge come from
+registered default options (set explicitly: SimPO's beta is 2.0, the others' 0.1), trained from
+SmolLM2-135M-Instruct on the same HH-RLHF harmless-base pairs in the same order for the same steps:
+the script writes the proxy pairs once in a seeded order and every run reads them unshuffled. KTO
+sees each pair as one desirable and one undesirable reply, adjacent, so its step k holds the same
+pairs as the others' step k. The data split and the judge come from
 ``experiments/overoptimization_hh.py`` (run its ``data`` and ``rm`` stages first):
 
 * training pairs: its proxy half (``proxy_pairs.jsonl``);
@@ -21,10 +23,13 @@ Stages (each skipped when its outputs exist; ``--stages`` picks some):
    :func:`train_overrides`); the reference-based pairwise losses share one reference pass
    (``reference.cache_dir``).
 2. ``judge``: for the base model and every method's export:
-   - **held-out accuracy** on the held-out pairs, by two rewards that do not depend on the method:
-     DPO's implicit reward, log pi(y|x) - log pi_ref(y|x), and the mean token log-prob (SimPO's);
+   - **held-out accuracy** on the held-out pairs (95% Wilson intervals), by two rewards computed the
+     same way for every policy: DPO's implicit reward, log pi(y|x) - log pi_ref(y|x) (what DPO, IPO,
+     cDPO and KTO optimise), and the mean token log-prob (what SimPO and ORPO optimise); each
+     favours its own family, so the win rate is the main comparison;
    - **win rate against the base model**: greedy replies (``--reply_tokens``) to the held-out
-     prompts, judged by the gold reward model (a tie counts a half), with a 95% Wilson interval;
+     prompts, judged by the gold reward model; an identical reply is a tie (a half), and the
+     wins / ties / losses are reported beside the rate and its 95% Wilson interval;
    - the mean gold reward and mean reply length (a longer reply can win a reward model's favour).
 3. ``report``: ``report.md`` and ``results.json``, also each run's own last eval metrics.
 """
@@ -43,7 +48,8 @@ import numpy as np
 from absl import app, flags
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
-# method -> (engine task, loss name, reference mode); options are each loss's registered defaults
+# method -> (engine task, loss name, reference mode); options: each loss's registered defaults, set
+# explicitly (the base config's loss section carries beta=0.1, which would otherwise reach SimPO)
 METHODS = {
     "dpo": ("preference", "dpo", "precomputed"),
     "ipo": ("preference", "ipo", "precomputed"),
@@ -64,7 +70,7 @@ def define_flags():
     flags.DEFINE_integer("steps", 60, "optimizer steps per method")
     flags.DEFINE_integer("batch", 8, "pairs per step (KTO: twice as many single replies, the same pairs)")
     flags.DEFINE_float("learning_rate", 1e-5, "peak learning rate (cosine, 5 warmup steps), every method")
-    flags.DEFINE_integer("max_length", 160, "tokens per sequence in training (prompt + reply)")
+    flags.DEFINE_integer("max_length", 224, "tokens per sequence in training (prompt + reply)")
     flags.DEFINE_integer("max_prompt_length", 128, "prompt tokens kept when a pair must be truncated")
     flags.DEFINE_integer("seed", 0, "data order and initialisation, the same for every method")
     flags.DEFINE_integer("reply_tokens", 64, "greedy reply length for the win rate")
@@ -81,19 +87,36 @@ def _read_jsonl(path: pathlib.Path) -> list[dict]:
 
 # -- 1. train -------------------------------------------------------------------------------------
 
-def train_overrides(method: str, *, overopt: pathlib.Path, cache: pathlib.Path, model: str, steps: int, batch: int,
-                    learning_rate: float, max_length: int, max_prompt_length: int, seed: int) -> tuple[str, dict]:
+def loss_defaults(method: str) -> dict[str, Any]:
+    """The registered default options of ``method``'s loss."""
+    from align_jax.objectives import PREFERENCE_LOSSES
+    from align_jax.objectives.unpaired import UNPAIRED_LOSSES
+
+    task, loss, _ = METHODS[method]
+    return dict((UNPAIRED_LOSSES if task == "unpaired" else PREFERENCE_LOSSES).entry(loss).options)
+
+
+def order_pairs(pairs: Sequence[Mapping[str, Any]], seed: int) -> list[Mapping[str, Any]]:
+    """The training order every method reads (unshuffled): a seeded permutation of the pairs."""
+    return [pairs[i] for i in np.random.default_rng(seed).permutation(len(pairs))]
+
+
+def train_overrides(method: str, *, train_pairs: pathlib.Path, eval_pairs: pathlib.Path, cache: pathlib.Path,
+                    model: str, steps: int, batch: int, learning_rate: float, max_length: int, max_prompt_length: int,
+                    seed: int) -> tuple[str, dict]:
     """(config file, dotted overrides) of one method's run: same pairs, order, steps and learning rate."""
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; valid: {list(METHODS)}")
     task, loss, reference = METHODS[method]
-    o = {"model.name": model, "data.source": "preference", "data.train_path": str(overopt / "proxy_pairs.jsonl"),
-         "data.eval_path": str(overopt / "eval_pairs.jsonl"), "data.eval_fraction": 0.0,
-         "data.max_eval_examples": 128, "data.batch_size": batch * (2 if task == "unpaired" else 1),
+    single = 2 if task == "unpaired" else 1  # KTO: a pair is two single replies
+    o = {"model.name": model, "data.source": "preference", "data.train_path": str(train_pairs),
+         "data.eval_path": str(eval_pairs), "data.eval_fraction": 0.0, "data.shuffle": False,
+         "data.max_eval_examples": 128 * single, "data.batch_size": batch * single,
          "data.max_length": max_length, "data.max_prompt_length": max_prompt_length, "data.seed": seed,
          "train.steps": steps, "train.eval_every": steps, "train.checkpoint_every": steps,
          "optimizer.learning_rate": learning_rate, "optimizer.total_steps": steps, "optimizer.warmup_steps": 5,
-         "loss.name": loss, "reference.mode": reference, "model.remat": "full"}
+         "loss.name": loss, **{f"loss.{k}": v for k, v in loss_defaults(method).items()},
+         "reference.mode": reference, "model.remat": "full"}
     if reference == "precomputed":
         o["reference.cache_dir"] = str(cache)
     return ("configs/kto.py" if task == "unpaired" else "configs/dpo.py"), o
@@ -101,12 +124,17 @@ def train_overrides(method: str, *, overopt: pathlib.Path, cache: pathlib.Path, 
 
 def train_stage(wd: pathlib.Path) -> None:
     overopt = _overopt_dir()
+    train_pairs = wd / "train_pairs.jsonl"
+    if not train_pairs.exists():
+        ordered = order_pairs(_read_jsonl(overopt / "proxy_pairs.jsonl"), F.seed)
+        train_pairs.write_text("".join(json.dumps(p) + "\n" for p in ordered))
     for method in F.methods:
         out = wd / method
         if (out / "export").exists():
             print(f"train {method}: exists, skipped", flush=True)
             continue
-        config, o = train_overrides(method, overopt=overopt, cache=wd / "reference_cache", model=F.model,
+        config, o = train_overrides(method, train_pairs=train_pairs, eval_pairs=overopt / "eval_pairs.jsonl",
+                                    cache=wd / "reference_cache", model=F.model,
                                     steps=F.steps, batch=F.batch, learning_rate=F.learning_rate,
                                     max_length=F.max_length, max_prompt_length=F.max_prompt_length, seed=F.seed)
         cmd = [sys.executable, "-m", "align_jax.main", f"--config={config}", f"--workdir={out}",
@@ -128,22 +156,33 @@ def pair_accuracies(policy_c: Sequence[np.ndarray], policy_r: Sequence[np.ndarra
         c, r = np.asarray(c), np.asarray(r)
         return float(np.mean((c > r) + 0.5 * (c == r)))
 
+    from align_jax.safety.refusal.metrics import wilson_interval
+
     implicit_c = [p.sum() - q.sum() for p, q in zip(policy_c, ref_c)]
     implicit_r = [p.sum() - q.sum() for p, q in zip(policy_r, ref_r)]
-    return {"implicit_reward_accuracy": acc(implicit_c, implicit_r),
-            "mean_logp_accuracy": acc([p.mean() for p in policy_c], [p.mean() for p in policy_r]),
-            "implicit_margin": float(np.mean(np.subtract(implicit_c, implicit_r))), "pairs": len(implicit_c)}
+    n = len(implicit_c)
+    out = {"implicit_reward_accuracy": acc(implicit_c, implicit_r),
+           "mean_logp_accuracy": acc([p.mean() for p in policy_c], [p.mean() for p in policy_r]),
+           "implicit_margin": float(np.mean(np.subtract(implicit_c, implicit_r))), "pairs": n}
+    for key in ("implicit_reward_accuracy", "mean_logp_accuracy"):
+        out[f"{key}_ci"] = list(wilson_interval(out[key] * n, n))
+    return out
 
 
-def win_rate(method_scores: np.ndarray, base_scores: np.ndarray) -> dict[str, float]:
-    """Share of prompts where the method's reply outscores the base model's (ties a half), with a 95%
-    Wilson interval on the wins counted that way."""
+def win_rate(method_scores: np.ndarray, base_scores: np.ndarray, same_reply: np.ndarray) -> dict[str, float]:
+    """Share of prompts where the method's reply outscores the base model's; a reply identical to
+    the base model's (``same_reply`` [P] bool) is a tie and counts a half (its two scores may differ in
+    the last bits: they come from differently padded batches). A 95% Wilson interval on the half-counted
+    wins (approximate: a tie adds no variance), and the wins / ties / losses."""
     from align_jax.safety.refusal.metrics import wilson_interval
 
     m, b = np.asarray(method_scores, np.float64), np.asarray(base_scores, np.float64)
-    wins = float(np.sum(m > b) + 0.5 * np.sum(m == b))
+    tie = np.asarray(same_reply, bool) | (m == b)
+    win, loss = int(np.sum(~tie & (m > b))), int(np.sum(~tie & (m < b)))
+    wins = win + 0.5 * int(tie.sum())
     low, high = wilson_interval(wins, len(m))
-    return {"win_rate": wins / len(m), "low": low, "high": high, "n": len(m)}
+    return {"win_rate": wins / len(m), "low": low, "high": high, "n": len(m), "wins": win, "ties": int(tie.sum()),
+            "losses": loss}
 
 
 class Scorer:
@@ -196,10 +235,11 @@ def judge_stage(wd: pathlib.Path) -> None:
         texts, gold, length = scorer.replies(lm, F.reply_tokens)
         done[name] = {**pair_accuracies(pol_c, pol_r, ref_c, ref_r), "gold_reward": float(gold.mean()),
                       "gold_reward_se": float(gold.std(ddof=1) / math.sqrt(len(gold))), "mean_length": float(length.mean()),
-                      "gold_scores": gold.tolist(), "examples": texts[:3]}
+                      "gold_scores": gold.tolist(), "replies": texts}
         if name != "base":
-            done[name]["vs_base"] = win_rate(gold, np.asarray(done["base"]["gold_scores"]))
-        print(f"judge {name}: " + json.dumps({k: v for k, v in done[name].items() if k not in ("gold_scores", "examples")}),
+            same = np.array([a == b for a, b in zip(texts, done["base"]["replies"])])
+            done[name]["vs_base"] = win_rate(gold, np.asarray(done["base"]["gold_scores"]), same)
+        print(f"judge {name}: " + json.dumps({k: v for k, v in done[name].items() if k not in ("gold_scores", "replies")}),
               flush=True)
         path.write_text(json.dumps(done, indent=1))
 
@@ -229,17 +269,23 @@ def report_stage(wd: pathlib.Path) -> None:
           f"{F.steps} steps x {F.batch} pairs, lr {F.learning_rate}, max length {F.max_length}, "
           "each loss's registered default options; held-out pairs and prompts from overoptimization_hh.py; "
           "judge = its gold reward model.", "",
+          "One seed; six comparisons against the base model. The implicit reward is what DPO, IPO, cDPO and "
+          "KTO optimise and the mean log-prob what SimPO and ORPO optimise: the win rate is the main comparison.", "",
           "| method | implicit-reward acc. | mean-log-prob acc. | implicit margin | win rate vs base (gold RM) [95% CI] "
-          "| gold reward | reply length |", "|---|---|---|---|---|---|---|"]
+          "(W/T/L) | gold reward | reply length |", "|---|---|---|---|---|---|---|"]
     for name, r in judged.items():
         w = r.get("vs_base")
-        win = f"{w['win_rate']:.3f} [{w['low']:.2f}, {w['high']:.2f}]" if w else "-"
-        md.append(f"| {name} | {r['implicit_reward_accuracy']:.3f} | {r['mean_logp_accuracy']:.3f} | "
+        win = (f"{w['win_rate']:.3f} [{w['low']:.2f}, {w['high']:.2f}] ({w['wins']}/{w['ties']}/{w['losses']})"
+               if w else "-")
+        ci = {k: "[{:.2f}, {:.2f}]".format(*r[f"{k}_ci"]) for k in ("implicit_reward_accuracy", "mean_logp_accuracy")}
+        md.append(f"| {name} | {r['implicit_reward_accuracy']:.3f} {ci['implicit_reward_accuracy']} | "
+                  f"{r['mean_logp_accuracy']:.3f} {ci['mean_logp_accuracy']} | "
                   f"{r['implicit_margin']:+.3f} | {win} | {r['gold_reward']:+.3f} (±{r['gold_reward_se']:.3f}) | "
                   f"{r['mean_length']:.1f} |")
     (wd / "report.md").write_text("\n".join(md) + "\n")
     (wd / "results.json").write_text(json.dumps(
-        {"judged": {k: {kk: vv for kk, vv in v.items() if kk != "gold_scores"} for k, v in judged.items()},
+        {"judged": {k: {kk: (vv[:3] if kk == "replies" else vv) for kk, vv in v.items() if kk != "gold_scores"}
+                    for k, v in judged.items()},
          "own_eval": own}, indent=1))
     print("\n".join(md), flush=True)
 
@@ -257,7 +303,11 @@ def main(argv):
         raise ValueError(f"unknown methods {bad}; valid: {list(METHODS)}")
     if {"train", "judge"} & set(F.stages):
         _overopt_dir()  # before any model loads
-    wd.mkdir(parents=True, exist_ok=True)
+    from align_jax.run_settings import check_same_settings
+
+    check_same_settings(wd / "settings.json", {k: F[k].value for k in (
+        "overopt_dir", "model", "steps", "batch", "learning_rate", "max_length", "max_prompt_length", "seed",
+        "reply_tokens", "score_tokens")})
     for stage in F.stages:
         stages[stage](wd)
 

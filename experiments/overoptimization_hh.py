@@ -534,20 +534,6 @@ SETTINGS = ("hh_path", "model", "seed", "eval_prompts", "max_prompt_tokens", "rm
             "kl_coef", "ppo_learning_rate", "measure_samples")
 
 
-def check_same_settings(path: pathlib.Path, settings: Mapping[str, Any]) -> None:
-    """Writes ``settings`` on the first run in a workdir; afterwards a different value is an error
-    (the stages skip what exists, so a changed flag would mix two settings in one report)."""
-    if not path.exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(dict(settings), indent=1) + "\n")
-        return
-    before = json.loads(path.read_text())
-    changed = {k: (before.get(k), v) for k, v in settings.items() if before.get(k) != v}
-    if changed:
-        raise ValueError(f"{path} was written with other settings ({', '.join(f'--{k}: {a!r} then, {b!r} now' for k, (a, b) in changed.items())}); "
-                         "use a new --workdir or the same flags")
-
-
 def main(argv):
     del argv
     wd = pathlib.Path(F.workdir)
@@ -567,6 +553,8 @@ def main(argv):
                          f"{F.max_prompt_tokens + F.max_new_tokens + 1})")
     if "data" in F.stages and not pathlib.Path(F.hh_path).exists():
         raise FileNotFoundError(f"HH-RLHF pairs not found at {F.hh_path} (see ../shared/data/README.md)")
+    from align_jax.run_settings import check_same_settings
+
     check_same_settings(wd / "settings.json", {k: F[k].value for k in SETTINGS})
     for stage in F.stages:
         stages[stage](wd)

@@ -32,13 +32,23 @@ def test_pair_accuracies_by_hand():
     assert out["implicit_reward_accuracy"] == pytest.approx((1 + 0 + 0.5) / 3)
     assert out["mean_logp_accuracy"] == pytest.approx((0 + 1 + 0.5) / 3)
     assert out["implicit_margin"] == pytest.approx((1.0 - 1.0 + 0.0) / 3)
+    assert out["implicit_reward_accuracy_ci"][0] < out["implicit_reward_accuracy"] < out["implicit_reward_accuracy_ci"][1]
     assert E.pair_accuracies(ref_c, ref_r, ref_c, ref_r)["implicit_reward_accuracy"] == 0.5  # the base: all ties
 
 
 def test_win_rate_counts_ties_as_halves():
-    out = E.win_rate(np.array([2.0, 1.0, 0.0, 3.0]), np.array([1.0, 1.0, 1.0, 0.0]))
-    assert out["win_rate"] == pytest.approx(2.5 / 4) and out["n"] == 4
-    assert out["low"] < 2.5 / 4 < out["high"]
+    # prompt 4: the same reply as the base's, scored 1e-7 apart (differently padded batches): a tie
+    method, base = np.array([2.0, 1.0, 0.0, 3.0, 0.5 + 1e-7]), np.array([1.0, 1.0, 1.0, 0.0, 0.5])
+    out = E.win_rate(method, base, np.array([False, False, False, False, True]))
+    assert (out["wins"], out["ties"], out["losses"], out["n"]) == (2, 2, 1, 5)
+    assert out["win_rate"] == pytest.approx(3 / 5) and out["low"] < 3 / 5 < out["high"]
+
+
+def test_the_training_order_is_one_seeded_permutation():
+    pairs = [{"i": i} for i in range(50)]
+    a, b = E.order_pairs(pairs, 0), E.order_pairs(pairs, 0)
+    assert a == b and sorted(p["i"] for p in a) == list(range(50)) and a != pairs
+    assert E.order_pairs(pairs, 1) != a
 
 
 def test_every_method_passes_the_engines_checks_with_the_same_budget(tmp_path):
@@ -47,20 +57,25 @@ def test_every_method_passes_the_engines_checks_with_the_same_budget(tmp_path):
         (tmp_path / name).write_text(json.dumps(row) + "\n")
     seen = {}
     for method in E.METHODS:
-        config, o = E.train_overrides(method, overopt=tmp_path, cache=tmp_path / "cache", model="toy-chars", steps=7,
-                                      batch=4, learning_rate=1e-5, max_length=160, max_prompt_length=128, seed=0)
+        config, o = E.train_overrides(method, train_pairs=tmp_path / "proxy_pairs.jsonl",
+                                      eval_pairs=tmp_path / "eval_pairs.jsonl", cache=tmp_path / "cache",
+                                      model="toy-chars", steps=7, batch=4, learning_rate=1e-5, max_length=160,
+                                      max_prompt_length=128, seed=0)
         out = subprocess.run([sys.executable, "-m", "align_jax.main", f"--config={config}",
                               f"--workdir={tmp_path / method}", "--dry_run", *[f"--config.{k}={v}" for k, v in o.items()]],
                              cwd=REPO, capture_output=True, text=True, timeout=300)
         assert out.returncode == 0, (method, out.stderr[-2000:])
         cfg = json.loads(out.stdout[out.stdout.index("{"):])
         assert cfg["loss_name"] == E.METHODS[method][1] and cfg["train"]["steps"] == 7
+        assert dict(map(tuple, cfg["loss_options"])) == E.loss_defaults(method), method  # no stray beta=0.1
+        assert cfg["data"]["shuffle"] is False
         seen[method] = (cfg["data"]["batch_size"], cfg["data"]["train_path"], cfg["optimizer"]["learning_rate"])
     assert seen["kto"][0] == 2 * seen["dpo"][0]  # KTO: each pair as two single replies
     assert len({v[1:] for v in seen.values()}) == 1
+    assert E.loss_defaults("simpo")["beta"] == 2.0
     with pytest.raises(ValueError, match="unknown method"):
-        E.train_overrides("rlhf", overopt=tmp_path, cache=tmp_path, model="toy-chars", steps=1, batch=1,
-                          learning_rate=1e-5, max_length=64, max_prompt_length=32, seed=0)
+        E.train_overrides("rlhf", train_pairs=tmp_path, eval_pairs=tmp_path, cache=tmp_path, model="toy-chars", steps=1,
+                          batch=1, learning_rate=1e-5, max_length=64, max_prompt_length=32, seed=0)
 
 
 @pytest.mark.slow

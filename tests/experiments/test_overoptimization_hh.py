@@ -90,10 +90,12 @@ def test_within_prompt_correlation_ignores_prompt_means():
 
 
 def test_a_workdir_refuses_other_settings(tmp_path):
-    E.check_same_settings(tmp_path / "settings.json", {"kl_coef": 0.01, "seed": 0})
-    E.check_same_settings(tmp_path / "settings.json", {"kl_coef": 0.01, "seed": 0})
+    from align_jax.run_settings import check_same_settings
+
+    check_same_settings(tmp_path / "settings.json", {"kl_coef": 0.01, "seed": 0})
+    check_same_settings(tmp_path / "settings.json", {"kl_coef": 0.01, "seed": 0})
     with pytest.raises(ValueError, match="--kl_coef: 0.01 then, 0.05 now"):
-        E.check_same_settings(tmp_path / "settings.json", {"kl_coef": 0.05, "seed": 0})
+        check_same_settings(tmp_path / "settings.json", {"kl_coef": 0.05, "seed": 0})
 
 
 def test_reply_rows_layout_matches_the_sampler_logprobs():

@@ -8,7 +8,7 @@ PACKAGE = Path(__file__).resolve().parents[2] / "align_jax"
 
 # Lowest first. Packages of one layer may import each other.
 LAYERS = (
-    ("registry", "parallel", "models", "bootstrap"),
+    ("registry", "parallel", "models", "bootstrap", "run_settings"),
     ("objectives",),
     ("data", "instructions", "rewards"),
     ("sampling", "training", "steering"),
