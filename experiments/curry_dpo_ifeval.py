@@ -237,6 +237,30 @@ def report_table(results: dict[str, dict]) -> str:
     return "\n".join(lines)
 
 
+def paired_vs_base(base: list[dict], other: list[dict], *, seed: int = 0, resamples: int = 2000) -> dict[str, dict]:
+    """Paired differences (other - base) on the same constraints_ood prompts (``examples.jsonl`` rows):
+    instruction-level strict (followed / all instructions) and prompt-level strict, per split, for
+    the OOD splits together and for all, with 95% bootstrap intervals over prompts."""
+    b, o = {r["key"]: r for r in base}, {r["key"]: r for r in other}
+    if b.keys() != o.keys():
+        raise ValueError("the two evaluations hold different prompts")
+    rng = np.random.default_rng(seed)
+    out = {}
+    for split in ("all", *SPLITS, "ood"):
+        keys = [k for k in b if split == "all" or b[k]["split"] == split or (split == "ood" and b[k]["split"] != SPLITS[0])]
+        nb, no = (np.array([sum(d[k]["strict"]) for k in keys], float) for d in (b, o))
+        n = np.array([len(b[k]["strict"]) for k in keys], float)
+        pb, po = (np.array([d[k]["follow_all_strict"] for k in keys], float) for d in (b, o))
+        idx = rng.integers(0, len(keys), (resamples, len(keys)))
+        boot_i = (no[idx].sum(1) - nb[idx].sum(1)) / n[idx].sum(1)
+        boot_p = (po[idx] - pb[idx]).mean(1)
+        out[split] = {"prompts": len(keys), "instruction_level_diff": float((no.sum() - nb.sum()) / n.sum()),
+                      "instruction_ci": np.percentile(boot_i, [2.5, 97.5]).tolist(),
+                      "prompt_level_diff": float((po - pb).mean()), "prompt_ci": np.percentile(boot_p, [2.5, 97.5]).tolist(),
+                      "prompts_better": int((no > nb).sum()), "prompts_worse": int((no < nb).sum())}
+    return out
+
+
 def report_stage(wd: pathlib.Path) -> None:
     results = {arm: json.loads((wd / f"eval_{arm}" / "results.json").read_text())
                for arm in F.eval_arms if (wd / f"eval_{arm}" / "results.json").exists()}
@@ -256,9 +280,20 @@ def report_stage(wd: pathlib.Path) -> None:
           f"Pairs: `{json.dumps(summary.get('pairs', {}))}`", "",
           "Greedy, 256 tokens, constraints_ood (95% bootstrap CIs for prompt-level strict):", "",
           report_table(results), ""]
+    base_examples = wd / "eval_base" / "examples.jsonl"
+    paired = {arm: paired_vs_base(_read_jsonl(base_examples), _read_jsonl(wd / f"eval_{arm}" / "examples.jsonl"))
+              for arm in ARMS if base_examples.exists() and (wd / f"eval_{arm}" / "examples.jsonl").exists()}
+    for arm, rows in paired.items():
+        md += [f"Paired against the base ({arm}; 95% bootstrap over prompts):", "",
+               "| split | instruction-level diff | prompt-level diff | prompts better / worse |", "|---|---|---|---|"]
+        md += [f"| {k} | {r['instruction_level_diff']:+.3f} [{r['instruction_ci'][0]:.3f}, {r['instruction_ci'][1]:.3f}] | "
+               f"{r['prompt_level_diff']:+.3f} [{r['prompt_ci'][0]:.3f}, {r['prompt_ci'][1]:.3f}] | "
+               f"{r['prompts_better']} / {r['prompts_worse']} |" for k, r in rows.items()]
+        md.append("")
     (wd / "report.md").write_text("\n".join(md))
     (wd / "results.json").write_text(json.dumps({"summary": summary, "train": train,
-                                                 "eval": {k: v["metrics"] for k, v in results.items()}}, indent=1))
+                                                 "eval": {k: v["metrics"] for k, v in results.items()},
+                                                 "paired_vs_base": paired}, indent=1))
     print("\n".join(md), flush=True)
 
 

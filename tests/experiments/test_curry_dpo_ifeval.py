@@ -7,6 +7,7 @@ import subprocess
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 import align_jax.main  # noqa: F401  (owns --workdir: importing the script must define no flags)
 from align_jax.data.prompt_sets import ifeval_constraints
@@ -68,3 +69,23 @@ def test_the_train_command_passes_the_engines_config_checks(tmp_path):
     assert cfg["train"]["steps"] == 3 and cfg["data"]["max_train_examples"] == 17  # one pass: ceil(17 / 8)
     assert cfg["data"]["shuffle"] is False and cfg["data"]["train_path"] == str(tmp_path / "pairs_random.jsonl")
     assert cfg["data"]["eval_path"] == str(tmp_path / "pairs_eval.jsonl") and cfg["loss_options"] == [["beta", 0.3]]
+
+
+def test_paired_differences_by_hand():
+    def rows(strict, split_of):
+        return [{"key": f"k{i}", "split": split_of(i), "strict": s, "follow_all_strict": all(s)}
+                for i, s in enumerate(strict)]
+    split_of = lambda i: E.SPLITS[i % 4]  # noqa: E731
+    base = rows([[True, False], [False], [True, True], [False, False]] * 3, split_of)
+    other = rows([[True, True], [False], [True, True], [True, False]] * 3, split_of)
+    out = E.paired_vs_base(base, other)
+    # every 4 prompts: +1 instruction of 2 (in_distribution), +1 of 2 (unseen_topics); 7 instructions
+    assert out["all"]["instruction_level_diff"] == pytest.approx(6 / 21)
+    assert out["all"]["prompt_level_diff"] == pytest.approx(3 / 12)  # k0, k4, k8 now follow all
+    assert out["in_distribution"]["instruction_level_diff"] == pytest.approx(0.5)
+    assert out["ood"]["instruction_level_diff"] == pytest.approx(3 / 15) and out["ood"]["prompts"] == 9
+    assert (out["all"]["prompts_better"], out["all"]["prompts_worse"]) == (6, 0)
+    lo, hi = out["all"]["instruction_ci"]
+    assert lo <= out["all"]["instruction_level_diff"] <= hi
+    with pytest.raises(ValueError, match="different prompts"):
+        E.paired_vs_base(base, other[:-1])
