@@ -42,6 +42,7 @@ from align_jax.evals.reliability_plot import save_reliability_diagram
 from align_jax.evals.temperature_scaling import apply_platt, apply_temperature, fit_platt, fit_temperature
 from align_jax.evals.verbalized_confidence import answer_items, read_confidence
 from align_jax.models.registry import load_model
+from align_jax.run_settings import read_jsonl, work_folder, write_jsonl
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 SPLITS = ("train", "validation", "test")
@@ -73,23 +74,13 @@ def define_flags():
 F = flags.FLAGS
 
 
-def _read_jsonl(path: pathlib.Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-
-
-def _write_jsonl(path: pathlib.Path, rows: list[dict]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
-
-
 def build_data(wd: pathlib.Path) -> None:
     data = wd / "data"
     if all((data / f"{s}.jsonl").exists() for s in SPLITS):
         print("data: exists, skipped", flush=True)
         return
     if F.data_from:
-        src = pathlib.Path(F.data_from)
-        src = src if src.is_absolute() else REPO / src
+        src = work_folder(F.data_from, REPO)
         missing = [s for s in SPLITS if not (src / "data" / f"{s}.jsonl").exists()]
         if missing:
             raise FileNotFoundError(f"--data_from={F.data_from}: no data/{missing[0]}.jsonl; run its data stage first")
@@ -104,7 +95,7 @@ def build_data(wd: pathlib.Path) -> None:
         items = runner.take(splits[split], F.limit)
         t = time.time()
         rows = answer_items(lm, items, max_new_tokens=F.max_new_tokens, batch_size=F.batch_size)
-        _write_jsonl(data / f"{split}.jsonl", rows)
+        write_jsonl(data / f"{split}.jsonl", rows)
         acc = np.mean([r["correct"] for r in rows])
         print(f"data: {split} {len(rows)} answers, accuracy {acc:.3f} ({time.time() - t:.0f}s)", flush=True)
 
@@ -148,7 +139,7 @@ def _scored(lm, rows: list[dict]) -> dict[str, np.ndarray]:
 
 def evaluate(wd: pathlib.Path) -> dict:
     data = wd / "data"
-    base_rows = {s: _read_jsonl(data / f"{s}.jsonl") for s in ("validation", "test")}
+    base_rows = {s: read_jsonl(data / f"{s}.jsonl") for s in ("validation", "test")}
     splits = split_factual_qa(seed=0)
     items = {s: {it.id: it for it in splits[s]} for s in ("validation", "test")}
 
@@ -159,7 +150,7 @@ def evaluate(wd: pathlib.Path) -> dict:
     tuned = load_model(path=str(wd / "train" / "export"))
     tuned_rows = {s: answer_items(tuned, [items[s][r["id"]] for r in rows], max_new_tokens=F.max_new_tokens,
                                   batch_size=F.batch_size) for s, rows in base_rows.items()}
-    _write_jsonl(wd / "tuned_answers_test.jsonl", tuned_rows["test"])
+    write_jsonl(wd / "tuned_answers_test.jsonl", tuned_rows["test"])
     scored["tuned"] = {s: _scored(tuned, rows) for s, rows in tuned_rows.items()}
     # Calibration tuning as in arXiv:2406.08391: the base model answers, the tuned model only
     # states its confidence in that answer, so accuracy is the base model's by construction.
@@ -190,8 +181,8 @@ def evaluate(wd: pathlib.Path) -> dict:
     results = {
         "model": F.model, "n_test": int(len(scored["base"]["test"]["correct"])),
         "n_validation": int(len(scored["base"]["validation"]["correct"])),
-        "n_train": len(_read_jsonl(data / "train.jsonl")),
-        "train_accuracy_base": float(np.mean([r["correct"] for r in _read_jsonl(data / "train.jsonl")])),
+        "n_train": len(read_jsonl(data / "train.jsonl")),
+        "train_accuracy_base": float(np.mean([r["correct"] for r in read_jsonl(data / "train.jsonl")])),
         "digit_token_mass_test": {m: float(scored[m]["test"]["token_mass"].mean()) for m in MODELS},
         "answers_changed_test": float(np.mean([a["answer"] != b["answer"]
                                                for a, b in zip(base_rows["test"], tuned_rows["test"])])),

@@ -41,6 +41,8 @@ import time
 import numpy as np
 from absl import app, flags
 
+from align_jax.run_settings import read_jsonl, run_stages, work_folder, write_jsonl
+
 REPO = pathlib.Path(__file__).resolve().parents[1]
 ARMS = ("curriculum", "random")
 GRPO_AFTER = REPO / "experiments" / "results" / "grpo_ifeval" / "constraints_ood_after.json"
@@ -67,18 +69,6 @@ def define_flags():
 
 
 F = flags.FLAGS
-
-
-def _write_jsonl(path: pathlib.Path, rows: list[dict]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w") as f:
-        for r in rows:
-            f.write(json.dumps(r) + "\n")
-
-
-def _read_jsonl(path: pathlib.Path) -> list[dict]:
-    with path.open() as f:
-        return [json.loads(line) for line in f if line.strip()]
 
 
 # -- 1. sample ------------------------------------------------------------------------------------
@@ -121,7 +111,7 @@ def sample_stage(wd: pathlib.Path) -> None:
                             max_new_tokens=F.max_new_tokens, batch_size=F.batch_size, temperature=F.temperature,
                             seed=F.seed, progress=True)
     lists = score_lists(records, gens, REWARDS.build("ifeval"))
-    _write_jsonl(wd / "lists.jsonl", lists)
+    write_jsonl(wd / "lists.jsonl", lists)
     summary = {**list_summary(lists), "model": F.model, "max_new_tokens": F.max_new_tokens,
                "temperature": F.temperature, "seconds": round(time.time() - t0, 1)}
     (wd / "sample_summary.json").write_text(json.dumps(summary, indent=1) + "\n")
@@ -162,11 +152,11 @@ def pairs_stage(wd: pathlib.Path) -> None:
     if all((wd / f"pairs_{k}.jsonl").exists() for k in ("curriculum", "random", "eval")):
         print("pairs: exist, skipped", flush=True)
         return
-    files, summary = make_pairs(_read_jsonl(wd / "lists.jsonl"), F.eval_prompt_fraction, F.seed)
+    files, summary = make_pairs(read_jsonl(wd / "lists.jsonl"), F.eval_prompt_fraction, F.seed)
     if not files["curriculum"] or not files["eval"]:
         raise ValueError(f"no train or eval pairs from {wd / 'lists.jsonl'} (every list's scores tie?): {summary}")
     for k, rows in files.items():
-        _write_jsonl(wd / f"pairs_{k}.jsonl", rows)
+        write_jsonl(wd / f"pairs_{k}.jsonl", rows)
     summary["eval_pairs"] = len(files["eval"])
     (wd / "pairs_summary.json").write_text(json.dumps(summary, indent=1) + "\n")
     print(json.dumps(summary, indent=1), flush=True)
@@ -272,7 +262,7 @@ def report_stage(wd: pathlib.Path) -> None:
     for arm in ARMS:
         metrics = wd / arm / "metrics.jsonl"
         if metrics.exists():
-            rows = _read_jsonl(metrics)
+            rows = read_jsonl(metrics)
             evals = [r for r in rows if any(k.startswith("eval/") for k in r)]
             train[arm] = {"last_eval": evals[-1] if evals else None, "steps": max(r.get("step", 0) for r in rows)}
     md = ["# Curry-DPO vs random order vs GRPO on verifiable instruction constraints", "",
@@ -281,7 +271,7 @@ def report_stage(wd: pathlib.Path) -> None:
           "Greedy, 256 tokens, constraints_ood (95% bootstrap CIs for prompt-level strict):", "",
           report_table(results), ""]
     base_examples = wd / "eval_base" / "examples.jsonl"
-    paired = {arm: paired_vs_base(_read_jsonl(base_examples), _read_jsonl(wd / f"eval_{arm}" / "examples.jsonl"))
+    paired = {arm: paired_vs_base(read_jsonl(base_examples), read_jsonl(wd / f"eval_{arm}" / "examples.jsonl"))
               for arm in ARMS if base_examples.exists() and (wd / f"eval_{arm}" / "examples.jsonl").exists()}
     for arm, rows in paired.items():
         md += [f"Paired against the base ({arm}; 95% bootstrap over prompts):", "",
@@ -299,16 +289,11 @@ def report_stage(wd: pathlib.Path) -> None:
 
 def main(argv):
     del argv
-    wd = pathlib.Path(F.workdir)
-    wd = wd if wd.is_absolute() else REPO / wd
+    wd = work_folder(F.workdir, REPO)
     wd.mkdir(parents=True, exist_ok=True)
     stages = {"sample": sample_stage, "pairs": pairs_stage, "train": train_stage, "eval": eval_stage,
               "report": report_stage}
-    unknown = sorted(set(F.stages) - set(stages))
-    if unknown:
-        raise ValueError(f"unknown stages {unknown}; valid: {list(stages)}")
-    for stage in F.stages:
-        stages[stage](wd)
+    run_stages(stages, F.stages, wd)
 
 
 if __name__ == "__main__":

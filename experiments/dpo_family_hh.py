@@ -47,6 +47,8 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 from absl import app, flags
 
+from align_jax.run_settings import check_names, check_same_settings, read_jsonl, run_stages, work_folder, write_jsonl
+
 REPO = pathlib.Path(__file__).resolve().parents[1]
 # method -> (engine task, loss name, reference mode); options: each loss's registered defaults, set
 # explicitly (the base config's loss section carries beta=0.1, which would otherwise reach SimPO)
@@ -78,11 +80,6 @@ def define_flags():
 
 
 F = flags.FLAGS
-
-
-def _read_jsonl(path: pathlib.Path) -> list[dict]:
-    with path.open() as f:
-        return [json.loads(line) for line in f if line.strip()]
 
 
 # -- 1. train -------------------------------------------------------------------------------------
@@ -126,8 +123,8 @@ def train_stage(wd: pathlib.Path) -> None:
     overopt = _overopt_dir()
     train_pairs = wd / "train_pairs.jsonl"
     if not train_pairs.exists():
-        ordered = order_pairs(_read_jsonl(overopt / "proxy_pairs.jsonl"), F.seed)
-        train_pairs.write_text("".join(json.dumps(p) + "\n" for p in ordered))
+        ordered = order_pairs(read_jsonl(overopt / "proxy_pairs.jsonl"), F.seed)
+        write_jsonl(train_pairs, ordered)
     for method in F.methods:
         out = wd / method
         if (out / "export").exists():
@@ -192,7 +189,7 @@ class Scorer:
         from align_jax.rewards.model import load_reward_model
 
         self.ref = reference
-        self.pairs = _read_jsonl(overopt / "eval_pairs.jsonl")
+        self.pairs = read_jsonl(overopt / "eval_pairs.jsonl")
         self.gold = load_reward_model(overopt / "rm_gold" / "export", batch_size=16)
 
     def pair_logps(self, lm, score_tokens: int) -> tuple[list[np.ndarray], list[np.ndarray]]:
@@ -247,8 +244,7 @@ def judge_stage(wd: pathlib.Path) -> None:
 # -- 3. report ------------------------------------------------------------------------------------
 
 def _overopt_dir() -> pathlib.Path:
-    d = pathlib.Path(F.overopt_dir)
-    d = d if d.is_absolute() else REPO / d
+    d = work_folder(F.overopt_dir, REPO)
     missing = [f for f in ("proxy_pairs.jsonl", "eval_pairs.jsonl", "rm_gold/export/reward_model.json")
                if not (d / f).exists()]
     if missing:
@@ -263,7 +259,7 @@ def report_stage(wd: pathlib.Path) -> None:
     for method in F.methods:
         metrics = wd / method / "metrics.jsonl"
         if metrics.exists():
-            evals = [r for r in _read_jsonl(metrics) if any(k.startswith("eval/") for k in r)]
+            evals = [r for r in read_jsonl(metrics) if any(k.startswith("eval/") for k in r)]
             own[method] = evals[-1] if evals else None
     md = ["# The DPO family on HH-RLHF harmless-base, same budget each", "",
           f"{F.steps} steps x {F.batch} pairs, lr {F.learning_rate}, max length {F.max_length}, "
@@ -292,24 +288,16 @@ def report_stage(wd: pathlib.Path) -> None:
 
 def main(argv):
     del argv
-    wd = pathlib.Path(F.workdir)
-    wd = wd if wd.is_absolute() else REPO / wd
+    wd = work_folder(F.workdir, REPO)
     stages = {"train": train_stage, "judge": judge_stage, "report": report_stage}
-    unknown = sorted(set(F.stages) - set(stages))
-    if unknown:
-        raise ValueError(f"unknown stages {unknown}; valid: {list(stages)}")
-    bad = sorted(set(F.methods) - set(METHODS))
-    if bad:
-        raise ValueError(f"unknown methods {bad}; valid: {list(METHODS)}")
+    check_names("stages", F.stages, stages)
+    check_names("methods", F.methods, METHODS)
     if {"train", "judge"} & set(F.stages):
         _overopt_dir()  # before any model loads
-    from align_jax.run_settings import check_same_settings
-
     check_same_settings(wd / "settings.json", {k: F[k].value for k in (
         "overopt_dir", "model", "steps", "batch", "learning_rate", "max_length", "max_prompt_length", "seed",
         "reply_tokens", "score_tokens")})
-    for stage in F.stages:
-        stages[stage](wd)
+    run_stages(stages, F.stages, wd)
 
 
 if __name__ == "__main__":

@@ -39,7 +39,6 @@ Stages (each skipped when its outputs exist; ``--stages`` picks some):
 from __future__ import annotations
 
 import dataclasses
-import functools
 import json
 import math
 import pathlib
@@ -52,6 +51,8 @@ from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 from absl import app, flags
+
+from align_jax.run_settings import check_names, check_same_settings, read_jsonl, run_stages, work_folder, write_jsonl
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 HH = REPO.parent / "shared" / "data" / "hh_rlhf" / "harmless-base-test.jsonl.gz"
@@ -87,16 +88,6 @@ def define_flags():
 
 
 F = flags.FLAGS
-
-
-def _write_jsonl(path: pathlib.Path, rows: Sequence[Mapping[str, Any]]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-
-
-def _read_jsonl(path: pathlib.Path) -> list[dict]:
-    with path.open() as f:
-        return [json.loads(line) for line in f if line.strip()]
 
 
 # -- 1. data ----------------------------------------------------------------------------------------
@@ -150,16 +141,16 @@ def data_stage(wd: pathlib.Path) -> None:
             short.add(prompt_key(pairs[-1]["prompt"]))
     split = split_pairs(pairs, eval_prompts=F.eval_prompts, seed=F.seed, eligible=lambda p: prompt_key(p) in short)
     for name in ("proxy", "gold"):
-        _write_jsonl(wd / f"{name}_pairs.jsonl", split[name])
-    _write_jsonl(wd / "eval_prompts.jsonl", [{"prompt": p["prompt"]} for p in split["eval"]])
-    _write_jsonl(wd / "eval_pairs.jsonl", split["eval"])  # their pairs: held-out accuracy (dpo_family_hh.py)
+        write_jsonl(wd / f"{name}_pairs.jsonl", split[name])
+    write_jsonl(wd / "eval_prompts.jsonl", [{"prompt": p["prompt"]} for p in split["eval"]])
+    write_jsonl(wd / "eval_pairs.jsonl", split["eval"])  # their pairs: held-out accuracy (dpo_family_hh.py)
     seen, rl = set(), []
     for p in split["proxy"]:
         key = prompt_key(p["prompt"])
         if key in short and key not in seen:
             seen.add(key)
             rl.append({"prompt": p["prompt"]})
-    _write_jsonl(wd / "rl_prompts.jsonl", rl)
+    write_jsonl(wd / "rl_prompts.jsonl", rl)
     summary = {"source": F.hh_path, "rows_malformed": malformed, "pairs": len(pairs),
                "distinct_prompts": len({prompt_key(p["prompt"]) for p in pairs}),
                f"prompts_of_at_most_{F.max_prompt_tokens}_tokens": len(short), "eval_prompts": len(split["eval"]),
@@ -214,15 +205,10 @@ class Judge:
     """The three reward models and the reference, loaded once: rewards and reference log-probs of replies."""
 
     def __init__(self, wd: pathlib.Path, ref):
-        import jax
-        from flax import nnx
-
         from align_jax.rewards.model import load_reward_model
 
         self.ref = ref
         self.rms = {name: load_reward_model(wd / f"rm_{name}" / "export", batch_size=16) for name in RMS}
-        graphdef, self._ref_state = nnx.split(ref.model)
-        self._logps = jax.jit(functools.partial(_teacher_forced_logps, graphdef))
 
     def rewards(self, prompts: Sequence[Any], texts: Sequence[str]) -> dict[str, np.ndarray]:
         """``proxy`` [N], ``proxy_ens`` [N, E], ``gold`` [N]."""
@@ -231,36 +217,9 @@ class Judge:
     def ref_logps(self, prompt_ids: Sequence[Sequence[int]], reply_ids: Sequence[Sequence[int]],
                   batch: int = 16) -> list[np.ndarray]:
         """Teacher-forced reference log-probs of each reply's tokens (a list of [len(reply)] arrays)."""
-        out = []
-        for s in range(0, len(prompt_ids), batch):
-            rows = reply_rows(prompt_ids[s:s + batch], reply_ids[s:s + batch])
-            logps = np.asarray(self._logps(self._ref_state, rows), np.float64)
-            out += [logps[i, :len(r)] for i, r in enumerate(reply_ids[s:s + batch])]
-        return out
+        from align_jax.evals.runner import continuation_logprobs
 
-
-def _teacher_forced_logps(graphdef, state, rows):
-    from flax import nnx
-
-    from align_jax.training.tasks.online import completion_logps
-
-    return completion_logps(nnx.merge(graphdef, state), rows)[0]
-
-
-def reply_rows(prompt_ids: Sequence[Sequence[int]], reply_ids: Sequence[Sequence[int]], *,
-               bucket: int = 32) -> dict[str, np.ndarray]:
-    """The rollout layout of :mod:`align_jax.training.tasks.online`: left-padded prompts, right-padded
-    replies (widths rounded up to ``bucket``), positions = cumsum(mask) - 1; ``completion_mask`` [R, M]."""
-    wp = -(-max(len(p) for p in prompt_ids) // bucket) * bucket
-    wm = -(-max(max(len(r) for r in reply_ids), 1) // bucket) * bucket
-    r = len(prompt_ids)
-    tokens = np.zeros((r, wp + wm), np.int32)
-    mask = np.zeros((r, wp + wm), np.int32)
-    for i, (p, y) in enumerate(zip(prompt_ids, reply_ids)):
-        tokens[i, wp - len(p):wp], mask[i, wp - len(p):wp] = p, 1
-        tokens[i, wp:wp + len(y)], mask[i, wp:wp + len(y)] = y, 1
-    positions = np.maximum(np.cumsum(mask, axis=1) - 1, 0).astype(np.int32)
-    return {"tokens": tokens, "positions": positions, "segment_ids": mask, "completion_mask": mask[:, wp:]}
+        return continuation_logprobs(self.ref, list(zip(prompt_ids, reply_ids)), batch_size=batch, bucket=32)
 
 
 def sample_and_judge(lm, judge: Judge, prompts: Sequence[Any], *, n: int, max_new_tokens: int, batch: int,
@@ -330,7 +289,7 @@ def bon_stage(wd: pathlib.Path) -> None:
         return
     from align_jax.models import load_model
 
-    prompts = [r["prompt"] for r in _read_jsonl(wd / "eval_prompts.jsonl")]
+    prompts = [r["prompt"] for r in read_jsonl(wd / "eval_prompts.jsonl")]
     ref = load_model(F.model)
     judge = Judge(wd, ref)
     t = time.time()
@@ -421,7 +380,7 @@ def measure_stage(wd: pathlib.Path) -> None:
 
     path = wd / "measure.json"
     done = json.loads(path.read_text()) if path.exists() else {}
-    prompts = [r["prompt"] for r in _read_jsonl(wd / "eval_prompts.jsonl")]
+    prompts = [r["prompt"] for r in read_jsonl(wd / "eval_prompts.jsonl")]
     ref = load_model(F.model)
     judge = Judge(wd, ref)
     kw = dict(n=F.measure_samples, max_new_tokens=F.max_new_tokens, batch=F.sample_batch, seed=F.seed + 2)
@@ -494,7 +453,7 @@ def report_stage(wd: pathlib.Path) -> None:
     measured = json.loads((wd / "measure.json").read_text()) if (wd / "measure.json").exists() else None
     rms = {}
     for name in RMS:
-        rows = _read_jsonl(wd / f"rm_{name}" / "metrics.jsonl") if (wd / f"rm_{name}" / "metrics.jsonl").exists() else []
+        rows = read_jsonl(wd / f"rm_{name}" / "metrics.jsonl") if (wd / f"rm_{name}" / "metrics.jsonl").exists() else []
         evals = [r for r in rows if "eval/rm/accuracy" in r]
         rms[name] = evals[-1] if evals else None
     md = ["# Reward-model over-optimisation on HH-RLHF (proxy vs gold against KL)", "",
@@ -536,28 +495,20 @@ SETTINGS = ("hh_path", "model", "seed", "eval_prompts", "max_prompt_tokens", "rm
 
 def main(argv):
     del argv
-    wd = pathlib.Path(F.workdir)
-    wd = wd if wd.is_absolute() else REPO / wd
+    wd = work_folder(F.workdir, REPO)
     wd.mkdir(parents=True, exist_ok=True)
     stages = {"data": data_stage, "rm": rm_stage, "bon": bon_stage, "ppo": ppo_stage, "measure": measure_stage,
               "report": report_stage}
-    unknown = sorted(set(F.stages) - set(stages))
-    if unknown:
-        raise ValueError(f"unknown stages {unknown}; valid: {list(stages)}")
-    bad = sorted(set(F.variants) - set(VARIANTS))
-    if bad:
-        raise ValueError(f"unknown variants {bad}; valid: {list(VARIANTS)}")
+    check_names("stages", F.stages, stages)
+    check_names("variants", F.variants, VARIANTS)
     if F.rm_max_length < F.max_prompt_tokens + F.max_new_tokens + 1:
         raise ValueError(f"--rm_max_length={F.rm_max_length} cannot hold a {F.max_prompt_tokens}-token prompt, a "
                          f"{F.max_new_tokens}-token reply and its end of turn (needs "
                          f"{F.max_prompt_tokens + F.max_new_tokens + 1})")
     if "data" in F.stages and not pathlib.Path(F.hh_path).exists():
         raise FileNotFoundError(f"HH-RLHF pairs not found at {F.hh_path} (see ../shared/data/README.md)")
-    from align_jax.run_settings import check_same_settings
-
     check_same_settings(wd / "settings.json", {k: F[k].value for k in SETTINGS})
-    for stage in F.stages:
-        stages[stage](wd)
+    run_stages(stages, F.stages, wd)
 
 
 if __name__ == "__main__":

@@ -116,9 +116,10 @@ def checkpoint_policies(cfg: RunConfig, workdir: Path, *, skip=()):
     spec, state, state_sh = build_state(cfg, lm, mesh, task_loss=None)
     abstract = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), state, state_sh)
     del state, lm  # only the shapes are needed: free the fresh state's copies of the weights
+    skip = set(skip)
     with Checkpointer(Path(workdir) / "checkpoints", keep_last=cfg.train.keep_checkpoints) as ckpt:
         for step in ckpt.all_steps():
-            if step in set(skip):
+            if step in skip:
                 continue
             restored, _ = ckpt.restore(step, abstract_state=abstract)
             yield step, nnx.merge(spec.graphdef, S.policy_state(spec, restored.params, restored.frozen))

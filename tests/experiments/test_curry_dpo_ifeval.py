@@ -60,7 +60,7 @@ def test_lists_are_scored_by_the_ifeval_verifier():
 def test_the_train_command_passes_the_engines_config_checks(tmp_path):
     files, _ = E.make_pairs(_lists([[1.0, 0.0], [0.0, 1.0], [0.5, 0.0]]), eval_fraction=0.34, seed=0)
     for k, rows in files.items():
-        E._write_jsonl(tmp_path / f"pairs_{k}.jsonl", rows)
+        E.write_jsonl(tmp_path / f"pairs_{k}.jsonl", rows)
     cmd = E.train_command(tmp_path, "random", 17, model="smollm2-135m-instruct", batch=8, seed=0,
                           learning_rate=2e-5, beta=0.3)
     out = subprocess.run(cmd + ["--dry_run"], cwd=REPO, capture_output=True, text=True, timeout=300)

@@ -89,18 +89,8 @@ def test_within_prompt_correlation_ignores_prompt_means():
     assert abs(np.corrcoef(a.ravel(), b.ravel())[0, 1]) < 0.5  # pooled correlation is swamped by the offsets
 
 
-def test_a_workdir_refuses_other_settings(tmp_path):
-    from align_jax.run_settings import check_same_settings
-
-    check_same_settings(tmp_path / "settings.json", {"kl_coef": 0.01, "seed": 0})
-    check_same_settings(tmp_path / "settings.json", {"kl_coef": 0.01, "seed": 0})
-    with pytest.raises(ValueError, match="--kl_coef: 0.01 then, 0.05 now"):
-        check_same_settings(tmp_path / "settings.json", {"kl_coef": 0.05, "seed": 0})
-
-
-def test_reply_rows_layout_matches_the_sampler_logprobs():
-    from flax import nnx
-
+def test_reference_logps_match_the_sampler_logprobs():
+    """The KL estimate subtracts the judge's teacher-forced reference log-probs from the sampler's own."""
     from align_jax.models import load_model
     from align_jax.sampling.greedy import chat_ids, generate_sampled
 
@@ -108,12 +98,12 @@ def test_reply_rows_layout_matches_the_sampler_logprobs():
     prompts = [chat_ids(lm, [{"role": "user", "content": t}]) for t in ("write a", "say something longer here")]
     gens = generate_sampled(lm, prompts, n=2, max_new_tokens=6, batch_size=2, seed=3)
     flat = [(p, g) for p, gs in zip(prompts, gens) for g in gs]
-    rows = E.reply_rows([p for p, _ in flat], [g.token_ids for _, g in flat])
-    graphdef, state = nnx.split(lm.model)
-    logps = np.asarray(E._teacher_forced_logps(graphdef, state, rows))
-    for i, (_, g) in enumerate(flat):
-        np.testing.assert_allclose(logps[i, :len(g.token_ids)], g.logprobs, atol=1e-4)
-        assert rows["completion_mask"][i].sum() == len(g.token_ids)
+    judge = E.Judge.__new__(E.Judge)
+    judge.ref = lm
+    logps = judge.ref_logps([p for p, _ in flat], [g.token_ids for _, g in flat], batch=3)
+    for got, (_, g) in zip(logps, flat):
+        assert got.shape == (len(g.token_ids),)
+        np.testing.assert_allclose(got, g.logprobs, atol=1e-4)
 
 
 def test_configs_pass_the_engines_checks(tmp_path):
