@@ -85,6 +85,8 @@ def define_flags():
     flags.DEFINE_float("kl_coef", 0.01, "PPO KL coefficient (in the reward, k1)")
     flags.DEFINE_float("ppo_learning_rate", 1e-4, "PPO learning rate (LoRA, constant)")
     flags.DEFINE_integer("measure_samples", 2, "replies per held-out prompt for each measured policy")
+    flags.DEFINE_list("measure_steps", [], "PPO checkpoint steps to measure on the held-out prompts (empty: every "
+                      "checkpoint); the training logs hold every step's proxy, gold and KL")
 
 
 F = flags.FLAGS
@@ -330,7 +332,9 @@ def ppo_overrides(wd: pathlib.Path, variant: str, *, model: str, steps: int, eve
             # only the step cadence saves (a time-based save between them would push the early ones out)
             "train.keep_checkpoints": steps // every + 1, "train.checkpoint_every_seconds": 0.0,
             "optimizer.learning_rate": learning_rate,
-            "rl.rewards": rewards[variant], "rl.kl_coef": kl_coef, "rl.max_new_tokens": max_new_tokens,
+            # the gold model scores every rollout at weight 0: logged beside the proxy, never optimised
+            "rl.rewards": f"{rewards[variant]},rm:{wd / 'rm_gold' / 'export'}", "rl.reward_weights": "1,0",
+            "rl.kl_coef": kl_coef, "rl.max_new_tokens": max_new_tokens,
             "rl.reward_transform": "log-sigmoid" if variant == "log_sigmoid" else "identity"}
 
 
@@ -392,7 +396,8 @@ def measure_stage(wd: pathlib.Path) -> None:
                           learning_rate=F.ppo_learning_rate, max_new_tokens=F.max_new_tokens, seed=F.seed)
         cfg = parse_config(ppo_config(o))
         points = done.setdefault(variant, {})
-        for step, policy in checkpoint_policies(cfg, wd / f"ppo_{variant}", skip=[int(k) for k in points]):
+        only = [int(k) for k in F.measure_steps] or None
+        for step, policy in checkpoint_policies(cfg, wd / f"ppo_{variant}", skip=[int(k) for k in points], only=only):
             lm = dataclasses.replace(ref, model=policy)
             points[str(step)] = dict(summarize(sample_and_judge(lm, judge, prompts, **kw)), step=step)
             p = points[str(step)]
@@ -403,13 +408,42 @@ def measure_stage(wd: pathlib.Path) -> None:
 
 # -- 6. report --------------------------------------------------------------------------------------
 
-def plot(bon: Mapping[str, Any] | None, measured: Mapping[str, Any] | None, path: pathlib.Path) -> None:
+def training_curve(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, float]]:
+    """Per PPO step, from its ``metrics.jsonl`` rows: the optimised reward (before any transform) and
+    the gold reward of that step's on-policy rollouts, and their sequence KL to the reference
+    (``rl/kl_to_reference`` is a per-token mean, times the mean reply length)."""
+    out = []
+    for r in rows:
+        if r.get("split", "train") != "train" or "rl/kl_to_reference" not in r:
+            continue
+        rewards = {k: v for k, v in r.items() if k.startswith("reward/rm:")}
+        gold = [k for k in rewards if k.rstrip("/").endswith("rm_gold/export")]
+        if len(gold) != 1 or len(rewards) != 2:
+            raise ValueError(f"step {r.get('step')}: expected one optimised and one gold reward, got {sorted(rewards)}")
+        (optimised,) = set(rewards) - set(gold)
+        out.append({"step": int(r["step"]), "kl": float(r["rl/kl_to_reference"]) * float(r["rl/response_length"]),
+                    "optimised": float(rewards[optimised]), "gold": float(rewards[gold[0]])})
+    return sorted(out, key=lambda p: p["step"])
+
+
+def smooth(values: Sequence[float], window: int) -> np.ndarray:  # [len(values)]
+    """Trailing mean over the last ``window`` values (fewer at the start)."""
+    v = np.asarray(values, np.float64)
+    c = np.concatenate([[0.0], np.cumsum(v)])
+    i = np.arange(1, len(v) + 1)
+    lo = np.maximum(i - window, 0)
+    return (c[i] - c[lo]) / (i - lo)
+
+
+
+def plot(bon: Mapping[str, Any] | None, measured: Mapping[str, Any] | None,
+         curves: Mapping[str, Sequence[Mapping[str, float]]], path: pathlib.Path, window: int = 5) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4.6))
+    fig, axes = plt.subplots(1, 3, figsize=(17, 4.6))
     colors = dict(zip(SELECTORS + VARIANTS, ("tab:blue", "tab:green", "tab:red", "tab:purple",
                                              "tab:blue", "tab:red", "tab:orange")))
     ax = axes[0]
@@ -438,6 +472,17 @@ def plot(bon: Mapping[str, Any] | None, measured: Mapping[str, Any] | None, path
                     label=f"{variant}: {key} (optimised)")
         ax.set_title("PPO against the proxy (points: checkpoints)")
     ax.set_xlabel("sqrt(KL(pi || pi_ref)), Monte Carlo, nats per reply")
+    ax = axes[2]
+    for variant, pts in curves.items():
+        if not pts:
+            continue
+        x = np.sqrt(np.maximum(smooth([p["kl"] for p in pts], window), 0.0))
+        for key, style, alpha in (("gold", "-", 1.0), ("optimised", "--", 0.6)):
+            y = smooth([p[key] for p in pts], window)
+            ax.plot(x, y - y[0], style, color=colors[variant], alpha=alpha,
+                    label=f"{variant}: {key if key == 'gold' else OPTIMISED[variant] + ' (optimised)'}")
+    ax.set_title(f"PPO, on-policy rollouts while training (mean of {window} steps)")
+    ax.set_xlabel("sqrt(KL), k1 per reply")
     for ax in axes:
         ax.set_ylabel("reward - reference policy's")
         ax.axhline(0, color="k", lw=0.5)
@@ -480,10 +525,24 @@ def report_stage(wd: pathlib.Path) -> None:
                 md.append(f"| {variant} | {p['step']} | {p['kl']:.3f} | {p['proxy']:+.3f} | {p['gold']:+.3f} "
                           f"(±{p['gold_se']:.3f}) | {p['ensemble_min']:+.3f} | {p['mean_length']:.1f} |")
         md.append("")
+    curves = {v: training_curve(read_jsonl(wd / f"ppo_{v}" / "metrics.jsonl")) for v in VARIANTS
+              if (wd / f"ppo_{v}" / "metrics.jsonl").exists()}
+    if any(curves.values()):
+        md += ["## PPO while training (on-policy rollouts of the RL prompts; first and last 5 steps)", "",
+               "| variant | steps | KL first -> last | optimised first -> last | gold first -> last |",
+               "|---|---|---|---|---|"]
+        for v, pts in curves.items():
+            if pts:
+                head, tail = pts[:5], pts[-5:]
+                m = {k: (np.mean([p[k] for p in head]), np.mean([p[k] for p in tail])) for k in ("kl", "optimised", "gold")}
+                md.append(f"| {v} | {len(pts)} | {m['kl'][0]:.2f} -> {m['kl'][1]:.2f} | {m['optimised'][0]:+.3f} -> "
+                          f"{m['optimised'][1]:+.3f} | {m['gold'][0]:+.3f} -> {m['gold'][1]:+.3f} |")
+        md.append("")
     md += ["![over-optimisation](overoptimization.png)", ""]
-    plot(bon, measured, wd / "overoptimization.png")
+    plot(bon, measured, curves, wd / "overoptimization.png")
     (wd / "report.md").write_text("\n".join(md))
-    (wd / "results.json").write_text(json.dumps({"reward_models": rms, "best_of_n": bon, "ppo": measured}, indent=1))
+    (wd / "results.json").write_text(json.dumps({"reward_models": rms, "best_of_n": bon, "ppo": measured,
+                                                 "ppo_training": curves}, indent=1))
     print("\n".join(md), flush=True)
 
 

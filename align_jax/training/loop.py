@@ -109,17 +109,18 @@ def build_state(cfg: RunConfig, lm: LoadedModel, mesh, task_loss, *, reference_f
     return spec, S.shard_state(state, state_sh), state_sh
 
 
-def checkpoint_policies(cfg: RunConfig, workdir: Path, *, skip=()):
-    """``(step, policy model)`` for every checkpoint of the run in ``workdir`` but those in ``skip``,
-    oldest first (LoRA adapters merged into the base): the policies an experiment measures along a run."""
+def checkpoint_policies(cfg: RunConfig, workdir: Path, *, skip=(), only=None):
+    """``(step, policy model)`` for every checkpoint of the run in ``workdir`` (or those of its steps in
+    ``only``) but those in ``skip``, oldest first (LoRA adapters merged into the base): the policies
+    an experiment measures along a run."""
     mesh, lm = load(cfg)
     spec, state, state_sh = build_state(cfg, lm, mesh, task_loss=None)
     abstract = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), state, state_sh)
     del state, lm  # only the shapes are needed: free the fresh state's copies of the weights
-    skip = set(skip)
+    skip, only = set(skip), None if only is None else set(only)
     with Checkpointer(Path(workdir) / "checkpoints", keep_last=cfg.train.keep_checkpoints) as ckpt:
         for step in ckpt.all_steps():
-            if step in skip:
+            if step in skip or (only is not None and step not in only):
                 continue
             restored, _ = ckpt.restore(step, abstract_state=abstract)
             yield step, nnx.merge(spec.graphdef, S.policy_state(spec, restored.params, restored.frozen))

@@ -112,8 +112,9 @@ def test_configs_pass_the_engines_checks(tmp_path):
 
     toy = load_model("toy-chars")
     d = toy.model.cfg.hidden_size
-    save_reward_model(tmp_path / "rm_proxy" / "export", toy.model, {"w": np.zeros(d, np.float32), "b": np.float32(0)},
-                      toy.tokenizer, max_length=64)
+    for name in ("rm_proxy", "rm_gold"):
+        save_reward_model(tmp_path / name / "export", toy.model, {"w": np.zeros(d, np.float32), "b": np.float32(0)},
+                          toy.tokenizer, max_length=64)
     save_reward_model(tmp_path / "rm_proxy_ens" / "export", toy.model,
                       {"w": np.zeros((3, d), np.float32), "b": np.zeros(3, np.float32)}, toy.tokenizer, max_length=64)
     (tmp_path / "proxy_pairs.jsonl").write_text("".join(json.dumps(p) + "\n" for p in _pairs(30)))
@@ -136,10 +137,33 @@ def test_configs_pass_the_engines_checks(tmp_path):
         assert out.returncode == 0, out.stderr[-2000:]
         cfg = json.loads(out.stdout[out.stdout.index("{"):])
         assert cfg["rl"]["rewards"] == o["rl.rewards"] and cfg["train"]["checkpoint_every_seconds"] == 0
+        # the gold model is scored on every rollout but weighs nothing in the optimised reward
+        assert cfg["rl"]["rewards"].endswith(f",rm:{tmp_path / 'rm_gold' / 'export'}")
+        assert cfg["rl"]["reward_weights"] == "1,0"
         assert cfg["rl"]["reward_transform"] == ("log-sigmoid" if variant == "log_sigmoid" else "identity")
     with pytest.raises(ValueError, match="unknown variant"):
         E.ppo_overrides(tmp_path, "gold", model="toy-chars", steps=4, every=2, kl_coef=0.05, learning_rate=1e-3,
                         max_new_tokens=8, seed=0)
+
+
+def test_training_curve_reads_the_optimised_and_gold_rewards_and_the_sequence_kl():
+    rows = [{"step": 0, "split": "eval", "eval/reward": 0.1},
+            {"step": 2, "split": "train", "rl/kl_to_reference": 0.02, "rl/response_length": 50.0,
+             "reward/rm:/w/rm_proxy_ens/export@min": 1.5, "reward/rm:/w/rm_gold/export": -0.5},
+            {"step": 1, "split": "train", "rl/kl_to_reference": 0.01, "rl/response_length": 40.0,
+             "reward/rm:/w/rm_proxy_ens/export@min": 1.0, "reward/rm:/w/rm_gold/export": -0.25}]
+    curve = E.training_curve(rows)
+    assert [p["step"] for p in curve] == [1, 2]
+    np.testing.assert_allclose([p["kl"] for p in curve], [0.4, 1.0])
+    assert [p["optimised"] for p in curve] == [1.0, 1.5] and [p["gold"] for p in curve] == [-0.25, -0.5]
+    with pytest.raises(ValueError, match="one optimised and one gold"):
+        E.training_curve([{"step": 1, "rl/kl_to_reference": 0.0, "rl/response_length": 1.0, "reward/rm:/w/x": 1.0}])
+
+
+def test_smooth_is_a_trailing_mean():
+    v = np.array([1.0, 3.0, 2.0, 8.0, 0.0])
+    want = [np.mean(v[max(0, i - 2):i + 1]) for i in range(len(v))]
+    np.testing.assert_allclose(E.smooth(v, 3), want)
 
 
 def _hh_row(i):
@@ -170,6 +194,9 @@ def test_every_stage_runs_on_the_toy_model(tmp_path):
     assert abs(ppo["reference"]["kl"]) < 1e-3  # the reference's log-ratio to itself
     assert sorted(ppo["plain"], key=int) == ["1", "2"] and sorted(ppo["ensemble_min"], key=int) == ["1", "2"]
     assert (wd / "overoptimization.png").stat().st_size > 10_000
+    for variant in ("plain", "ensemble_min"):  # the gold model watched every PPO step
+        curve = results["ppo_training"][variant]
+        assert [p["step"] for p in curve] == [1, 2] and all(np.isfinite(p["gold"]) for p in curve)
     # a second run skips every stage
     again = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=900)
     assert again.returncode == 0 and again.stdout.count("exists, skipped") >= 5, again.stdout[-2000:]
