@@ -2,8 +2,9 @@
 
 Value head, GAE (arXiv:1506.02438), the KL to the reference in the per-token reward (RLHF shaping
 of arXiv:2203.02155; with LoRA the frozen base is the reference). The reward is a Bradley-Terry
-reward-model export named as ``rm:PATH`` (``rm:PATH@min`` for an ensemble's minimum); prompt files
-hold ``{"prompt": [messages]}`` records. ``experiments/overoptimization_hh.py`` writes the prompt
+reward-model export named as ``rm:PATH`` (``rm:PATH@min`` for an ensemble's minimum); a second
+reward at weight 0 (``rl.rewards=rm:A,rm:B``, ``rl.reward_weights=1,0``) is logged, not optimised.
+Prompt files hold ``{"prompt": [messages]}`` records. ``experiments/overoptimization_hh.py`` writes the prompt
 files and the reward models, runs this config once per reward variant and measures the proxy and
 gold rewards of every checkpoint against the KL (issue #23):
 
