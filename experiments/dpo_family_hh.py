@@ -120,7 +120,7 @@ def train_overrides(method: str, *, train_pairs: pathlib.Path, eval_pairs: pathl
 
 
 def train_stage(wd: pathlib.Path) -> None:
-    overopt = _overopt_dir()
+    overopt = _overopt_dir(["train"])
     train_pairs = wd / "train_pairs.jsonl"
     if not train_pairs.exists():
         ordered = order_pairs(read_jsonl(overopt / "proxy_pairs.jsonl"), F.seed)
@@ -221,7 +221,7 @@ def judge_stage(wd: pathlib.Path) -> None:
     path = wd / "judge.json"
     done = json.loads(path.read_text()) if path.exists() else {}
     ref = load_model(F.model)
-    scorer = Scorer(_overopt_dir(), ref)
+    scorer = Scorer(_overopt_dir(["judge"]), ref)
     ref_c, ref_r = scorer.pair_logps(ref, F.score_tokens)
     for name in ["base", *F.methods]:
         if name in done:
@@ -243,13 +243,16 @@ def judge_stage(wd: pathlib.Path) -> None:
 
 # -- 3. report ------------------------------------------------------------------------------------
 
-def _overopt_dir() -> pathlib.Path:
+def _overopt_dir(stages: Sequence[str]) -> pathlib.Path:
+    """The over-optimisation run's folder, checked for what ``stages`` read: its pair splits
+    (train) and also its gold reward model (judge), so training can start before the gold model exists."""
     d = work_folder(F.overopt_dir, REPO)
-    missing = [f for f in ("proxy_pairs.jsonl", "eval_pairs.jsonl", "rm_gold/export/reward_model.json")
-               if not (d / f).exists()]
+    need = ["proxy_pairs.jsonl", "eval_pairs.jsonl"] + (["rm_gold/export/reward_model.json"] if "judge" in stages else [])
+    missing = [f for f in need if not (d / f).exists()]
     if missing:
+        rerun = "data,rm" if "judge" in stages else "data"
         raise FileNotFoundError(f"{d} lacks {missing}: run `python experiments/overoptimization_hh.py "
-                                f"--workdir={F.overopt_dir} --stages=data,rm` first")
+                                f"--workdir={F.overopt_dir} --stages={rerun}` first")
     return d
 
 
@@ -293,7 +296,7 @@ def main(argv):
     check_names("stages", F.stages, stages)
     check_names("methods", F.methods, METHODS)
     if {"train", "judge"} & set(F.stages):
-        _overopt_dir()  # before any model loads
+        _overopt_dir(F.stages)  # before any model loads
     check_same_settings(wd / "settings.json", {k: F[k].value for k in (
         "overopt_dir", "model", "steps", "batch", "learning_rate", "max_length", "max_prompt_length", "seed",
         "reply_tokens", "score_tokens")})

@@ -110,3 +110,22 @@ def test_the_script_runs_on_the_toy_model(tmp_path):
                               f"--overopt_dir={tmp_path / 'nowhere'}"], cwd=REPO, capture_output=True, text=True,
                              timeout=300)
     assert missing.returncode != 0 and "--stages=data,rm" in missing.stderr
+
+
+def test_training_needs_only_the_pair_splits_and_judging_also_the_gold_model(tmp_path):
+    overopt = tmp_path / "overopt"
+    overopt.mkdir()
+
+    def fails(stages):
+        out = subprocess.run([sys.executable, "experiments/dpo_family_hh.py", f"--workdir={tmp_path / 'run'}",
+                              f"--overopt_dir={overopt}", f"--stages={stages}"], cwd=REPO, capture_output=True,
+                             text=True, timeout=300)
+        assert out.returncode != 0
+        return out.stderr
+
+    err = fails("train")
+    assert "proxy_pairs.jsonl" in err and "rm_gold" not in err and "--stages=data`" in err
+    for name in ("proxy_pairs.jsonl", "eval_pairs.jsonl"):
+        (overopt / name).write_text("")
+    err = fails("train,judge")
+    assert "rm_gold/export/reward_model.json" in err and "proxy_pairs" not in err and "--stages=data,rm`" in err
