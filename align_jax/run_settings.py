@@ -34,7 +34,7 @@ def work_folder(flag_value: str | Path, root: Path) -> Path:
 
 def read_jsonl(path: str | Path) -> list[dict]:
     """Every non-blank line of ``path`` as JSON."""
-    with Path(path).open() as f:
+    with Path(path).open(encoding="utf-8") as f:
         return [json.loads(line) for line in f if line.strip()]
 
 
@@ -42,7 +42,7 @@ def write_jsonl(path: str | Path, rows: Iterable[Mapping[str, Any]]) -> None:
     """``rows`` one JSON object a line (UTF-8 kept as is), the parent folder made if needed."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
 
 
 def check_names(kind: str, chosen: Iterable[str], valid: Iterable[str]) -> None:

@@ -396,7 +396,7 @@ def measure_stage(wd: pathlib.Path) -> None:
                           learning_rate=F.ppo_learning_rate, max_new_tokens=F.max_new_tokens, seed=F.seed)
         cfg = parse_config(ppo_config(o))
         points = done.setdefault(variant, {})
-        only = [int(k) for k in F.measure_steps] or None
+        only = [int(k) for k in F.measure_steps] or None  # integers: checked in main
         for step, policy in checkpoint_policies(cfg, wd / f"ppo_{variant}", skip=[int(k) for k in points], only=only):
             lm = dataclasses.replace(ref, model=policy)
             points[str(step)] = dict(summarize(sample_and_judge(lm, judge, prompts, **kw)), step=step)
@@ -411,18 +411,23 @@ def measure_stage(wd: pathlib.Path) -> None:
 def training_curve(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, float]]:
     """Per PPO step, from its ``metrics.jsonl`` rows: the optimised reward (before any transform) and
     the gold reward of that step's on-policy rollouts, and their sequence KL to the reference
-    (``rl/kl_to_reference`` is a per-token mean, times the mean reply length)."""
+    (``rl/kl_to_reference`` is a per-token mean, times the mean reply length). A step with a
+    non-finite value (a failed batch) is left out; a log without a watched gold reward gives []."""
     out = []
     for r in rows:
         if r.get("split", "train") != "train" or "rl/kl_to_reference" not in r:
             continue
         rewards = {k: v for k, v in r.items() if k.startswith("reward/rm:")}
         gold = [k for k in rewards if k.rstrip("/").endswith("rm_gold/export")]
+        if not gold:
+            return []
         if len(gold) != 1 or len(rewards) != 2:
             raise ValueError(f"step {r.get('step')}: expected one optimised and one gold reward, got {sorted(rewards)}")
         (optimised,) = set(rewards) - set(gold)
-        out.append({"step": int(r["step"]), "kl": float(r["rl/kl_to_reference"]) * float(r["rl/response_length"]),
-                    "optimised": float(rewards[optimised]), "gold": float(rewards[gold[0]])})
+        p = {"step": int(r["step"]), "kl": float(r["rl/kl_to_reference"]) * float(r["rl/response_length"]),
+             "optimised": float(rewards[optimised]), "gold": float(rewards[gold[0]])}
+        if all(math.isfinite(v) for v in p.values()):
+            out.append(p)
     return sorted(out, key=lambda p: p["step"])
 
 
@@ -478,13 +483,15 @@ def plot(bon: Mapping[str, Any] | None, measured: Mapping[str, Any] | None,
             continue
         x = np.sqrt(np.maximum(smooth([p["kl"] for p in pts], window), 0.0))
         for key, style, alpha in (("gold", "-", 1.0), ("optimised", "--", 0.6)):
-            y = smooth([p[key] for p in pts], window)
-            ax.plot(x, y - y[0], style, color=colors[variant], alpha=alpha,
+            y = smooth([p[key] for p in pts], window)  # y[window - 1]: the mean of the first `window` steps
+            ax.plot(x, y - y[min(window, len(y)) - 1], style, color=colors[variant], alpha=alpha,
                     label=f"{variant}: {key if key == 'gold' else OPTIMISED[variant] + ' (optimised)'}")
     ax.set_title(f"PPO, on-policy rollouts while training (mean of {window} steps)")
     ax.set_xlabel("sqrt(KL), k1 per reply")
-    for ax in axes:
+    for ax in axes[:2]:
         ax.set_ylabel("reward - reference policy's")
+    axes[2].set_ylabel(f"reward - its mean over the first {window} steps")
+    for ax in axes:
         ax.axhline(0, color="k", lw=0.5)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
@@ -560,6 +567,11 @@ def main(argv):
               "report": report_stage}
     check_names("stages", F.stages, stages)
     check_names("variants", F.variants, VARIANTS)
+    bad_steps = [k for k in F.measure_steps if not k.strip().isdigit() or int(k) % F.checkpoint_every
+                 or not 0 < int(k) <= F.ppo_steps]
+    if bad_steps:
+        raise ValueError(f"--measure_steps {bad_steps}: PPO checkpoints are the multiples of --checkpoint_every="
+                         f"{F.checkpoint_every} up to --ppo_steps={F.ppo_steps}")
     if F.rm_max_length < F.max_prompt_tokens + F.max_new_tokens + 1:
         raise ValueError(f"--rm_max_length={F.rm_max_length} cannot hold a {F.max_prompt_tokens}-token prompt, a "
                          f"{F.max_new_tokens}-token reply and its end of turn (needs "

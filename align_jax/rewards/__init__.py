@@ -119,10 +119,14 @@ class Scores:
     failed: np.ndarray  # [N, K] bool
     errors: list[str]  # one message per failure ("reward 'x' on completion i: ...")
 
-    def total(self, weights: Sequence[float], combine: str = "sum") -> np.ndarray:  # [N] float32; NaN where any failed
+    def total(self, weights: Sequence[float], combine: str = "sum") -> np.ndarray:  # [N] float32; NaN where a weighted one failed
         """``sum_k w_k r_k``, or with ``combine="min"`` the worst weighted reward ``min_k w_k r_k``: with one
-        reward model per group of annotators, the MaxMin-RLHF objective (arXiv:2402.08925)."""
-        weighted = np.asarray(self.values, np.float64) * np.asarray(weights, np.float64)  # [N, K]
+        reward model per group of annotators, the MaxMin-RLHF objective (arXiv:2402.08925).
+
+        A reward of weight 0 is watched, not used: it is left out of the sum and the minimum, so
+        neither its value nor its failure (NaN) reaches the total."""
+        used = _used(weights, len(self.names))
+        weighted = np.asarray(self.values, np.float64)[:, used] * np.asarray(weights, np.float64)[used]  # [N, K']
         if combine == "sum":
             return weighted.sum(axis=1).astype(np.float32)
         if combine == "min":
@@ -132,6 +136,19 @@ class Scores:
     @property
     def ok(self) -> np.ndarray:  # [N] bool: every reward succeeded
         return ~self.failed.any(axis=1)
+
+    def ok_under(self, weights: Sequence[float]) -> np.ndarray:  # [N] bool
+        """Every reward of nonzero weight succeeded (a watched, weight-0 reward may fail)."""
+        return ~self.failed[:, _used(weights, len(self.names))].any(axis=1)
+
+
+def _used(weights: Sequence[float], k: int) -> np.ndarray:  # [K] bool
+    w = np.asarray(weights, np.float64)
+    if w.shape != (k,):
+        raise ValueError(f"{w.size} weights for {k} rewards")
+    if not (w != 0).any():
+        raise ValueError(f"every reward weight is 0 ({list(weights)}): nothing to optimise")
+    return w != 0
 
 
 def build(names: Sequence[str], options: dict[str, dict] | None = None) -> list[Callable[[Any, str], float]]:

@@ -109,7 +109,7 @@ class RLSection:
     policy loss (``ppo`` / ``gspo``: clip ranges, aggregation). One train step = one rollout batch."""
 
     rewards: str = "toy_letter"  # comma-separated names from align_jax.rewards.REWARDS
-    reward_weights: str = ""  # comma-separated weights, one per reward ("": all 1)
+    reward_weights: str = ""  # comma-separated weights, one per reward ("": all 1; 0: watched, scored and logged only)
     reward_combine: str = "sum"  # "sum": sum_k w_k r_k; "min": min_k w_k r_k (MaxMin-RLHF, arXiv:2402.08925)
     # each reward relative to the reference policy's own samples of the same prompt, before combining:
     # "identity" (off), "log-sigmoid" (log sigmoid(r - quantile of the reference rewards), arXiv:2402.00742)

@@ -308,7 +308,7 @@ def run_online(cfg: RunConfig, workdir: str | Path) -> dict[str, Any]:
         texts = _decode(lm.tokenizer, out["tokens"][:, eval_set.width:], out["completion_mask"])
         scores = R.score(rl.reward_names, reward_fns, eval_set.records, texts)
         total = scores.total(rl.weights, rl.reward_combine)
-        metrics = {"eval/reward": float(np.nanmean(total)) if scores.ok.any() else float("nan"),
+        metrics = {"eval/reward": float(np.nanmean(total)) if scores.ok_under(rl.weights).any() else float("nan"),
                    "eval/response_length": float(out["completion_mask"].sum(1).mean()),
                    "eval/reward_failures": float(scores.failed.any(1).sum())}
         for k, name in enumerate(scores.names):
@@ -401,7 +401,8 @@ def _rl_step(cfg, engine: OnlineRL, train_step, state, step, prompt_idx, prompts
         metrics["rl/sampler_trainer_logp_maxdiff"] = float(diff.max())
     full = {"tokens": batch["tokens"], "positions": batch["positions"], "segment_ids": batch["segment_ids"],
             "old_logps": old.astype(np.float32), "ref_logps": ref.astype(np.float32)}
-    valid = scores.ok & np.isfinite(total)  # a transform leaves NaN where no reference reward scored
+    # a transform leaves NaN where no reference reward scored; a watched (weight-0) reward may fail
+    valid = scores.ok_under(rl.weights) & np.isfinite(total)
     if engine.ppo:
         adv, returns, keep = ppo_advantages(rl, total, valid, old, ref, extra["old_values"], mask)
         full.update(returns=returns, old_values=np.asarray(extra["old_values"], np.float32))
@@ -451,5 +452,6 @@ def _rl_step(cfg, engine: OnlineRL, train_step, state, step, prompt_idx, prompts
         "perf/tokens_per_sec": float(batch["segment_ids"].sum()) / max(t3 - t0, 1e-9),
     })
     for k, name in enumerate(scores.names):
-        metrics[f"reward/{name}"] = float(np.nanmean(scores.values[:, k])) if valid.any() else float("nan")
+        column = scores.values[:, k]
+        metrics[f"reward/{name}"] = float(np.nanmean(column)) if valid.any() and np.isfinite(column).any() else float("nan")
     return state, metrics

@@ -157,7 +157,12 @@ def test_training_curve_reads_the_optimised_and_gold_rewards_and_the_sequence_kl
     np.testing.assert_allclose([p["kl"] for p in curve], [0.4, 1.0])
     assert [p["optimised"] for p in curve] == [1.0, 1.5] and [p["gold"] for p in curve] == [-0.25, -0.5]
     with pytest.raises(ValueError, match="one optimised and one gold"):
-        E.training_curve([{"step": 1, "rl/kl_to_reference": 0.0, "rl/response_length": 1.0, "reward/rm:/w/x": 1.0}])
+        E.training_curve([{"step": 1, "rl/kl_to_reference": 0.0, "rl/response_length": 1.0,
+                           "reward/rm:/w/rm_gold/export": 1.0}])
+    assert E.training_curve([{"step": 1, "rl/kl_to_reference": 0.0, "rl/response_length": 1.0,
+                              "reward/rm:/w/x": 1.0}]) == []  # a log from before gold was watched
+    rows[1]["reward/rm:/w/rm_gold/export"] = float("nan")  # a failed batch: the step is left out
+    assert [p["step"] for p in E.training_curve(rows)] == [1]
 
 
 def test_smooth_is_a_trailing_mean():

@@ -66,6 +66,13 @@ def test_total_sums_or_takes_the_worst_weighted_reward():
     assert np.isnan(scores.total([1.0, 1.0], "min")[2]) and np.isnan(scores.total([1.0, 1.0])[2])
     with pytest.raises(ValueError, match="combine must be 'sum' or 'min'"):
         scores.total([1.0, 1.0], "max")
+    # a weight-0 reward is watched: its value and its failure (row 2's NaN in "a") reach neither total
+    np.testing.assert_allclose(scores.total([0.0, 2.0]), [1.8, 0.2, 1.0], rtol=1e-6)
+    np.testing.assert_allclose(scores.total([0.0, 2.0], "min"), [1.8, 0.2, 1.0], rtol=1e-6)  # not min(0, ...)
+    assert scores.ok.tolist() == [True, True, False] and scores.ok_under([0.0, 2.0]).all()
+    assert scores.ok_under([1.0, 0.0]).tolist() == [True, True, False]
+    with pytest.raises(ValueError, match="every reward weight is 0"):
+        scores.total([0.0, 0.0])
     from align_jax.training.config import RLSection
 
     with pytest.raises(ValueError, match="rl.reward_combine must be 'sum' or 'min'"):

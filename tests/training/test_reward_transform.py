@@ -67,6 +67,15 @@ def test_a_failed_policy_reward_stays_nan(batch):
     assert np.isnan(got[1]) and np.isfinite(got[0])
 
 
+def test_a_watched_reward_changes_nothing_even_where_it_fails(batch):
+    pol, ref, p, g, r = batch  # reward b has no reference on prompt 2: NaN there once transformed
+    got = reference_relative_total(pol, ref, g, (1.0, 0.0), "sum", "par")
+    alone = reference_relative_total(R.Scores(("a",), pol.values[:, :1], pol.failed[:, :1], []),
+                                     R.Scores(("a",), ref.values[:, :1], ref.failed[:, :1], []), g, (1.0,), "sum", "par")
+    np.testing.assert_allclose(got, alone, rtol=1e-6)
+    assert np.isfinite(got).all()
+
+
 def _toy(**rl):
     c = grpo_toy_config()
     c.rl.update(**rl)
@@ -78,6 +87,8 @@ def test_config_checks_before_the_model_loads():
         parse_config(_toy(reward_transform="parr"))
     with pytest.raises(ValueError, match="needs a reference"):
         parse_config(_toy(reward_transform="par"))  # full fine-tuning with reference.mode='none'
+    with pytest.raises(ValueError, match="every weight is 0, nothing to optimise"):
+        parse_config(_toy(reward_weights="0"))
     with pytest.raises(ValueError, match="reference_samples must be >= 1"):
         parse_config(_toy(reference_samples=0))
     with pytest.raises(ValueError, match="transform_quantile"):

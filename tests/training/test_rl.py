@@ -191,6 +191,15 @@ def test_grpo_toy_learns_and_eight_devices_match_one(tmp_path):
     np.testing.assert_allclose([r["reward"] for r in eight], [r["reward"] for r in rows[:3]], rtol=1e-5)
     np.testing.assert_allclose([r["loss"] for r in eight], [r["loss"] for r in rows[:3]], rtol=1e-3, atol=1e-6)
 
+    # a watched reward (weight 0) that fails on every completion (the toy prompts carry no answer)
+    # is logged as failed and changes neither the rewards nor the updates
+    run(parse_config(toy_config(train__steps=3, train__eval_every=100, train__checkpoint_every=100,
+                                rl__rewards="toy_letter,exact_match", rl__reward_weights="1,0")), tmp_path / "watched")
+    watched = read_metrics(tmp_path / "watched", split="train")
+    assert [r["reward"] for r in watched] == [r["reward"] for r in rows[:3]]
+    assert [r["loss"] for r in watched] == [r["loss"] for r in rows[:3]]
+    assert all(np.isnan(r["reward/exact_match"]) and r["rl/reward_failures"] == 0 for r in watched)
+
 
 def test_sigkill_mid_run_then_same_command_resumes_exactly(tmp_path, subprocess_env):
     config_file = tmp_path / "cfg.py"

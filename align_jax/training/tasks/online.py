@@ -135,6 +135,9 @@ def _check_rl_config(cfg: Any) -> None:
     rewards.build(rl.reward_names)  # unknown reward names raise with the valid ones
     if len(rl.weights) != len(rl.reward_names):
         raise ValueError(f"rl.reward_weights has {len(rl.weights)} values for {len(rl.reward_names)} rewards")
+    if not any(w != 0 for w in rl.weights):
+        raise ValueError(f"rl.reward_weights={rl.reward_weights!r}: every weight is 0, nothing to optimise "
+                         "(a weight-0 reward is only watched: scored and logged)")
     ADVANTAGE_ESTIMATORS.entry(rl.advantage)
     KL_ESTIMATORS.entry(rl.kl_estimator)
     if rl.reward_transform != "identity" and cfg.reference.mode == "none" and not cfg.lora.rank:
