@@ -270,11 +270,20 @@ def report_stage(wd: pathlib.Path) -> None:
           f"Pairs: `{json.dumps(summary.get('pairs', {}))}`", "",
           "Greedy, 256 tokens, constraints_ood (95% bootstrap CIs for prompt-level strict):", "",
           report_table(results), ""]
-    base_examples = wd / "eval_base" / "examples.jsonl"
-    paired = {arm: paired_vs_base(read_jsonl(base_examples), read_jsonl(wd / f"eval_{arm}" / "examples.jsonl"))
-              for arm in ARMS if base_examples.exists() and (wd / f"eval_{arm}" / "examples.jsonl").exists()}
+    def examples(name):
+        path = wd / f"eval_{name}" / "examples.jsonl"
+        return read_jsonl(path) if path.exists() else None
+
+    # each arm against the base, then Curry-DPO's claim itself: curriculum against random order
+    comparisons = [(arm, "base") for arm in ARMS] + [("curriculum", "random")]
+    paired = {}
+    for arm, against in comparisons:
+        a, b = examples(arm), examples(against)
+        if a is not None and b is not None:
+            paired[arm if against == "base" else f"{arm}_vs_{against}"] = paired_vs_base(b, a)
     for arm, rows in paired.items():
-        md += [f"Paired against the base ({arm}; 95% bootstrap over prompts):", "",
+        title = f"against the base ({arm}; " if arm in ARMS else f"{arm.replace('_vs_', ' minus ')} ("
+        md += [f"Paired {title}95% bootstrap over prompts):", "",
                "| split | instruction-level diff | prompt-level diff | prompts better / worse |", "|---|---|---|---|"]
         md += [f"| {k} | {r['instruction_level_diff']:+.3f} [{r['instruction_ci'][0]:.3f}, {r['instruction_ci'][1]:.3f}] | "
                f"{r['prompt_level_diff']:+.3f} [{r['prompt_ci'][0]:.3f}, {r['prompt_ci'][1]:.3f}] | "
@@ -283,7 +292,7 @@ def report_stage(wd: pathlib.Path) -> None:
     (wd / "report.md").write_text("\n".join(md))
     (wd / "results.json").write_text(json.dumps({"summary": summary, "train": train,
                                                  "eval": {k: v["metrics"] for k, v in results.items()},
-                                                 "paired_vs_base": paired}, indent=1))
+                                                 "paired": paired}, indent=1))
     print("\n".join(md), flush=True)
 
 
