@@ -16,6 +16,17 @@ os.environ.setdefault("XLA_FLAGS", f"--xla_force_host_platform_device_count=8 {F
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+# One persistent XLA compilation cache for the suite, shared by the xdist workers and by the
+# subprocess runs they start (the environment is inherited): the same toy programs compile in many
+# files, and a resume or CLI test runs the same config two or three times. The key covers the
+# program, XLA_FLAGS and the jax/jaxlib versions, so an entry is never reused for another program.
+# A size limit turns on JAX's file lock (filelock) for the concurrent writers. Measured 2026-12-07:
+# test_rl.py's SIGKILL-resume test (three runs of one config) 90 -> 69 s.
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", str(REPO_ROOT / ".xla_cache"))
+os.environ.setdefault("JAX_COMPILATION_CACHE_MAX_SIZE", str(2 * 1024**3))
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.2")
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
 SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
 
 # Files that take longest (seconds of one process, measured 2026-12-04 one file at a time with
@@ -24,11 +35,13 @@ SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
 # collection order, so the long ones start at once instead of last.
 LONGEST_FIRST = (
     "training/test_engine.py",  # ~200 s (slow: subprocess runs)
+    "training/test_objective_sweep.py",  # ~220 s with the suite running beside it (2026-12-07)
     "training/test_rl.py",  # ~155 s (slow)
+    "experiments/test_overoptimization_hh.py",  # ~175 s (2026-12-07)
+    "experiments/test_dpo_family_hh.py",  # ~95 s (2026-12-07)
     "training/test_packed_pairs.py",  # ~95 s (~45 s without the slow engine runs)
     "models/test_real_weights.py",  # ~90 s (slow)
     "models/test_real_weights_gemma.py",  # ~75 s (slow)
-    "training/test_objective_sweep.py",  # ~60 s (slow)
     "models/test_chat.py",  # ~55 s (slow)
     "models/test_decoder_parity.py",  # ~40 s
     "training/test_train_step.py",  # ~30 s
