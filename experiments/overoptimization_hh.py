@@ -180,6 +180,7 @@ def rm_command(wd: pathlib.Path, name: str, n_pairs: int, *, model: str, batch: 
         f"--config.data.seed={seed}", f"--config.train.steps={steps}", f"--config.train.eval_every={steps}",
         f"--config.train.checkpoint_every={steps}", f"--config.optimizer.learning_rate={learning_rate}",
         f"--config.optimizer.total_steps={steps}", "--config.optimizer.warmup_steps=5", "--config.model.remat=full",
+        "--config.data.pair_layout=shared_prefix",  # each prompt once, both replies in its row
     ]
     if name == "proxy_ens":
         cmd += [f"--config.loss.ensemble_size={ensemble_size}", "--config.loss.bootstrap=true",

@@ -68,7 +68,15 @@ def last_token_rewards(
     """A reward model's scalar per sequence: a linear head on the hidden state of its last token
     (InstructGPT, arXiv:2203.02155). Stacked heads ``w [E, D]`` score E ensemble members at once."""
     last = jnp.sum(segment_ids > 0, axis=1) - 1  # right padding
-    h = jnp.take_along_axis(hidden, last[:, None, None], axis=1)[:, 0].astype(jnp.float32)  # [B, D]
+    return linear_head(jnp.take_along_axis(hidden, last[:, None, None], axis=1)[:, 0], head)
+
+
+def linear_head(
+    h: jax.Array,  # [B, D] a hidden state per sequence
+    head: dict[str, jax.Array],  # {"w": [D] or [E, D], "b": [] or [E]}
+) -> jax.Array:  # [B] (or [B, E]) float32
+    """``h . w + b`` in float32 (E stacked heads at once)."""
+    h = h.astype(jnp.float32)
     return jnp.einsum("bd,...d->b...", h, head["w"].astype(jnp.float32)) + head["b"].astype(jnp.float32)
 
 

@@ -56,7 +56,7 @@ class DataSection:
     max_length: int = 128
     max_prompt_length: int = 0  # 0: half of max_length
     truncation: str = "truncate"  # or "drop"
-    pair_layout: str = "separate"  # one of PAIR_LAYOUTS (train.task="preference" only)
+    pair_layout: str = "separate"  # one of PAIR_LAYOUTS (train.task="preference"; "reward_model": all but length_grouped)
     group_multiple: int = 64  # pair_layout="length_grouped": each pair's row is padded to a multiple of this
     batch_size: int = 8  # global examples per optimizer step
     micro_batches: int = 1  # gradient accumulation: batch_size / micro_batches per forward

@@ -24,6 +24,7 @@ from align_jax.objectives.types import SequenceLogps
 Batch = Mapping[str, jax.Array]
 SIDE_CODES = {"chosen": 1, "rejected": 2}  # packed_target_side values
 SCORED_TOKEN_CHUNK = 256  # default positions per unembedding chunk of scored_token_logps (opt-in)
+DIGEST_MULTIPLIER = 2654435761  # Knuth's multiplicative hash (an example's identity, mod 2^32)
 
 
 def is_packed(batch: Batch) -> bool:
@@ -129,6 +130,38 @@ def packed_sides_logps(
 
         out[name] = SequenceLogps(scatter(logps.token_logps), scatter(sel.astype(jnp.float32)))
     return out
+
+
+def packed_last_hidden(model: Decoder, batch: Batch) -> dict[str, jax.Array]:
+    """``{"chosen", "rejected"}`` -> ``[P, D]``: the final hidden state of each pair's last token of
+    that side (of its prompt, were the side empty), from one tree-attention pass: what a reward
+    model's head reads, equal to the last token of the side's own row in the separate layout
+    (same tokens, positions and visible context). Padding pairs read an arbitrary row."""
+    hidden = model(batch["packed_tokens"], batch["packed_positions"], batch["packed_segment_ids"],
+                   branch_ids=batch["packed_branch_ids"], return_logits=False).final_hidden  # [R, L, D]
+    r, length, d = hidden.shape
+    flat = hidden.reshape(r * length, d)
+    index = jnp.arange(r * length, dtype=jnp.int32).reshape(r, length)
+    num_pairs = batch["pair_mask"].shape[-1]
+    prompt = (batch["packed_branch_ids"] == 0) & (batch["packed_segment_ids"] > 0)
+    out = {}
+    for name, code in SIDE_CODES.items():
+        sel = prompt | (batch["packed_target_side"] == code)  # the side's tokens follow its prompt in the row
+        pair = jnp.where(sel, batch["packed_pair_index"], num_pairs)  # out of range: dropped
+        last = jnp.zeros((num_pairs,), jnp.int32).at[pair].max(jnp.where(sel, index, 0), mode="drop")
+        out[name] = flat[last]
+    return out
+
+
+def packed_example_digest(batch: Batch) -> jax.Array:  # [P] uint32
+    """:func:`align_jax.training.tasks.losses.example_digest` of each pair's prompt + chosen tokens,
+    the same number as from the pair's chosen row in the separate layout."""
+    num_pairs = batch["pair_mask"].shape[-1]
+    sel = (batch["packed_segment_ids"] > 0) & (batch["packed_branch_ids"] <= 1)  # prompt and chosen
+    terms = batch["packed_tokens"].astype(jnp.uint32) * (
+        (batch["packed_positions"].astype(jnp.uint32) + jnp.uint32(1)) * jnp.uint32(DIGEST_MULTIPLIER))
+    pair = jnp.where(sel, batch["packed_pair_index"], num_pairs)
+    return jnp.zeros((num_pairs,), jnp.uint32).at[pair].add(jnp.where(sel, terms, jnp.uint32(0)), mode="drop")
 
 
 def packed_example_weight(batch: Batch) -> jax.Array:  # [P] float32: pair_mask times example_weight

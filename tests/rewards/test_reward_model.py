@@ -26,6 +26,12 @@ from align_jax.training.tasks.offline import REWARD_MODEL_LOSSES
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "training"))
 from engine_config import make_config  # noqa: E402
 
+
+def train_losses(workdir):
+    from align_jax.training.metrics_logging import read_metrics
+
+    return [r["loss"] for r in read_metrics(workdir, split="train")]
+
 PROMPTS = ["Add 2 and 3.", "Name a colour.", "Say hi.", "Count to four.", "What is up?"]
 GOOD = ["5", "blue", "hi there", "1 2 3 4", "the sky"]
 BAD = ["no", "I won't", "...", "x", "?"]
@@ -175,20 +181,28 @@ def test_reward_model_run_exports_a_folder_that_scores_like_training(pairs_file,
 
 
 def test_bootstrap_weights_are_poisson_counts_fixed_per_example():
-    from align_jax.training.tasks.losses import bootstrap_weights
+    from align_jax.training.tasks.losses import bootstrap_weights, example_digest
 
     tokens = jnp.asarray(np.random.RandomState(3).randint(0, 1000, (4000, 12)), jnp.int32)
-    w = np.asarray(bootstrap_weights(tokens, 3, seed=0))
+    positions, segments = jnp.broadcast_to(jnp.arange(12), tokens.shape), jnp.ones_like(tokens)
+    digest = example_digest(tokens, positions, segments)
+    w = np.asarray(bootstrap_weights(digest, 3, seed=0))
     assert w.shape == (4000, 3) and np.all(w == np.round(w)) and w.min() >= 0
     assert abs(w.mean() - 1) < 0.05 and abs(w.var() - 1) < 0.1  # Poisson(1)
     assert np.corrcoef(w[:, 0], w[:, 1])[0, 1] < 0.05  # members resample independently
     perm = np.random.RandomState(4).permutation(4000)
-    np.testing.assert_array_equal(np.asarray(bootstrap_weights(tokens[perm], 3, seed=0)), w[perm])  # per example
-    assert not np.array_equal(np.asarray(bootstrap_weights(tokens, 3, seed=1)), w)
+    np.testing.assert_array_equal(np.asarray(bootstrap_weights(digest[perm], 3, seed=0)), w[perm])  # per example
+    assert not np.array_equal(np.asarray(bootstrap_weights(digest, 3, seed=1)), w)
+    # the digest is a hash of the real tokens at their positions: padding does not enter it
+    want = (np.asarray(tokens[:3], np.uint64) * ((np.arange(12) + 1) * 2654435761)).sum(1) % 2**32
+    np.testing.assert_array_equal(np.asarray(digest[:3]), want)
+    padded = jnp.concatenate([tokens[:3], jnp.full((3, 4), 7, jnp.int32)], axis=1)
+    mask = jnp.concatenate([segments[:3], jnp.zeros((3, 4), jnp.int32)], axis=1)
+    np.testing.assert_array_equal(np.asarray(example_digest(padded, jnp.broadcast_to(jnp.arange(16), (3, 16)), mask)), want)
 
 
 def test_ensemble_loss_is_the_mean_of_member_losses_on_their_resamples(toy):
-    from align_jax.training.tasks.losses import bootstrap_weights
+    from align_jax.training.tasks.losses import bootstrap_weights, example_digest
 
     tok = Tokenize(toy.tokenizer, template=toy.chat_template, max_length=64)
     rows = [tok(PreferenceRecord(p, c, r)) for p, c, r in zip(PROMPTS, GOOD, BAD)]
@@ -197,7 +211,8 @@ def test_ensemble_loss_is_the_mean_of_member_losses_on_their_resamples(toy):
     head = {"w": jnp.asarray(rng.randn(3, 64).astype(np.float32)), "b": jnp.asarray(rng.randn(3).astype(np.float32))}
     loss, metrics, _ = REWARD_MODEL_LOSSES.build("bradley_terry", ensemble_size=3, center_coef=0.01, margin=0.2)(
         toy.model, head, batch)
-    boot = np.asarray(bootstrap_weights(batch["chosen_tokens"], 3, 0))
+    boot = np.asarray(bootstrap_weights(example_digest(batch["chosen_tokens"], batch["chosen_positions"],
+                                                       batch["chosen_segment_ids"]), 3, 0))
     want = []
     for e in range(3):
         member = {"w": head["w"][e], "b": head["b"][e]}
@@ -224,6 +239,14 @@ def test_ensemble_run_exports_stacked_heads(pairs_file, tmp_path):
     records = [PromptRecord(p) for p in PROMPTS]
     got = R.score(["m"], R.build([f"rm:{result['export']}@min"]), records, GOOD).values[:, 0]
     np.testing.assert_allclose(got, rm.score(PROMPTS, GOOD).min(1), atol=1e-6)
+
+    # the prefix-shared layout (each prompt once, both replies in one row) trains the same ensemble:
+    # same bootstrap resamples, losses and heads
+    c.data.pair_layout = "shared_prefix"
+    c.train.export_hf = False
+    shared = run(parse_config(c), tmp_path / "shared")
+    np.testing.assert_allclose(train_losses(tmp_path / "shared"), train_losses(tmp_path / "ens"), rtol=1e-5)
+    np.testing.assert_allclose(np.asarray(shared["reward_head"]["w"]), w, rtol=1e-4, atol=1e-6)
 
 
 @pytest.mark.parametrize("lora_rank", [0, 4], ids=["full_copies", "lora_adapters"])

@@ -204,6 +204,55 @@ def test_dpo_loss_and_gradients_equal_separate(family, pack):
         np.testing.assert_allclose(y, x, atol=1e-6, rtol=1e-4)
 
 
+@pytest.mark.parametrize("family,pack", [("llama", True), ("llama", False), ("gemma3", True)])
+def test_reward_model_loss_and_gradients_equal_separate(family, pack):
+    """Prefix-shared rows give a reward model the same rewards (each side's last token), bootstrap
+    identities, loss and gradients (trunk and head) as the two separate rows; padding pairs weigh nothing."""
+    from align_jax.objectives.reward import last_token_rewards
+    from align_jax.training.packed_pairs import packed_example_digest
+    from align_jax.training.tasks.losses import example_digest, pair_rewards
+    from align_jax.training.tasks.offline import REWARD_MODEL_LOSSES
+
+    model = init_decoder(MODELS[family], seed=0)
+    d = MODELS[family].hidden_size
+    pairs = make_pairs(5, seed=4)
+    sep, packed = separate_batch(pairs, 6), packed_batch(pairs, pack=pack, max_pairs=6)
+    rng = np.random.RandomState(1)
+    for e, options in ((1, {"center_coef": 0.01, "margin": 0.2}), (3, {"ensemble_size": 3, "center_coef": 0.01})):
+        shape = (d,) if e == 1 else (e, d)
+        head = {"w": jnp.asarray(rng.randn(*shape).astype(np.float32)),
+                "b": jnp.asarray(np.asarray(rng.randn(*shape[:-1]), np.float32))}
+        c_sep, r_sep, digest_sep, w_sep = pair_rewards(model, head, sep)
+        c_pk, r_pk, digest_pk, w_pk = pair_rewards(model, head, packed)
+        np.testing.assert_allclose(c_pk[:5], c_sep[:5], atol=1e-5, rtol=1e-5)
+        np.testing.assert_allclose(r_pk[:5], r_sep[:5], atol=1e-5, rtol=1e-5)
+        np.testing.assert_array_equal(digest_pk[:5], digest_sep[:5])
+        np.testing.assert_array_equal(w_pk, w_sep)  # the 6th pair is padding in both
+        # the separate side's reward is the head on its own row's last token (independent path)
+        hidden = model(sep["chosen_tokens"], sep["chosen_positions"], sep["chosen_segment_ids"],
+                       return_logits=False).final_hidden
+        np.testing.assert_allclose(c_pk[:5], last_token_rewards(hidden, sep["chosen_segment_ids"], head)[:5], atol=1e-5)
+        loss_fn = REWARD_MODEL_LOSSES.build("bradley_terry", **options)
+        graphdef, state = nnx.split(model)
+
+        def f(state, head, batch):
+            loss, metrics, weight = loss_fn(nnx.merge(graphdef, state), head, batch)
+            return loss, (metrics, weight)
+
+        (la, (ma, wa)), ga = jax.value_and_grad(f, argnums=(0, 1), has_aux=True)(state, head, sep)
+        (lb, (mb, wb)), gb = jax.value_and_grad(f, argnums=(0, 1), has_aux=True)(state, head, packed)
+        assert abs(float(la) - np.log(2)) > 1e-3
+        np.testing.assert_allclose(lb, la, atol=1e-6, rtol=1e-5)
+        assert float(wa) == float(wb) == 5
+        for k in ("rm/accuracy", "rm/margin", "rm/chosen"):
+            np.testing.assert_allclose(mb[k], ma[k], atol=1e-5, rtol=1e-5)
+        for x, y in zip(jax.tree.leaves(ga), jax.tree.leaves(gb)):  # float32 rounding on each tensor's scale
+            np.testing.assert_allclose(y, x, atol=1e-5 * float(np.abs(x).max()), rtol=1e-4)
+    assert len(set(np.asarray(packed_example_digest(packed))[:5].tolist())) == 5  # distinct pairs, distinct ids
+    np.testing.assert_array_equal(example_digest(sep["chosen_tokens"], sep["chosen_positions"], sep["chosen_segment_ids"]),
+                                  digest_sep)
+
+
 def _keep_gradient():
     """An identity optax transformation whose state is the last gradient it was given."""
     return optax.GradientTransformation(lambda params: jax.tree.map(jnp.zeros_like, params),

@@ -22,7 +22,7 @@ from align_jax.training.config import parse_config
 from align_jax.training.lora import LoraConfig
 from align_jax.training.optimizer import OptimizerConfig, make_optimizer
 from align_jax.training.tasks import init_reward_head
-from align_jax.training.tasks.losses import bootstrap_weights
+from align_jax.training.tasks.losses import bootstrap_weights, example_digest
 from align_jax.training.tasks.offline import REWARD_MODEL_LOSSES
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -72,7 +72,9 @@ def test_separate_trunk_ensemble_equals_separate_single_runs(toy, batch, lora):
 
     single = S.StepSpec(graphdef, REWARD_MODEL_LOSSES.build("bradley_terry", center_coef=0.01), optimizer, lora=lora,
                         uses_head=True)
-    boot = jnp.stack([bootstrap_weights(batch["chosen_tokens"][a], E, BOOTSTRAP_SEED) for a in range(2)])  # [A, B, E]
+    boot = jnp.stack([bootstrap_weights(example_digest(batch["chosen_tokens"][a], batch["chosen_positions"][a],
+                                                       batch["chosen_segment_ids"][a]), E, BOOTSTRAP_SEED)
+                      for a in range(2)])  # [A, B, E]
     members = []
     for e in range(E):  # member e = a single run with seed SEED + e on member e's bootstrap weights
         state = S.init_state(single, jax.tree.map(jnp.copy, base), lora_key=jax.random.key(SEED + e),

@@ -22,10 +22,17 @@ import jax.numpy as jnp
 from align_jax.models.decoder import Decoder
 from align_jax.objectives.calibration import confidence_brier_loss, confidence_log_loss, label_smoothed_cross_entropy
 from align_jax.objectives.logprobs import sequence_logps
-from align_jax.objectives.reward import bradley_terry_loss, last_token_rewards
+from align_jax.objectives.reward import bradley_terry_loss, last_token_rewards, linear_head
 from align_jax.objectives.types import PreferenceInputs, SequenceLogps, UnpairedInputs
 from align_jax.parallel.rules import MEMBER_AXIS
-from align_jax.training.packed_pairs import is_packed, packed_example_weight, packed_sides_logps
+from align_jax.training.packed_pairs import (
+    DIGEST_MULTIPLIER,
+    is_packed,
+    packed_example_digest,
+    packed_example_weight,
+    packed_last_hidden,
+    packed_sides_logps,
+)
 
 Batch = Mapping[str, jax.Array]
 PAIR_SIDES = ("chosen", "rejected")
@@ -158,28 +165,54 @@ def sequence_rewards(model: Decoder, head: Mapping[str, jax.Array], batch: Batch
     return last_token_rewards(hidden, batch[f"{side}_segment_ids"], head)
 
 
-def member_bootstrap_weights(
+def example_digest(
     tokens: jax.Array,  # [B, L] int: the rows that identify each example (its chosen sequence)
+    positions: jax.Array,  # [B, L] int
+    segment_ids: jax.Array,  # [B, L] int; 0 on padding
+) -> jax.Array:  # [B] uint32
+    """An example's identity: ``sum_t token_t * (position_t + 1) * 2654435761 mod 2^32`` over its
+    tokens (padding left out), so any layout of the same tokens gives the same number
+    (:func:`align_jax.training.packed_pairs.packed_example_digest` for prefix-shared rows)."""
+    terms = tokens.astype(jnp.uint32) * ((positions.astype(jnp.uint32) + jnp.uint32(1)) * jnp.uint32(DIGEST_MULTIPLIER))
+    return jnp.sum(jnp.where(segment_ids > 0, terms, jnp.uint32(0)), axis=1, dtype=jnp.uint32)
+
+
+def member_bootstrap_weights(
+    digest: jax.Array,  # [B] uint32: each example's identity (example_digest)
     member: jax.Array | int,  # [] the ensemble member (may be traced: a vmapped member index)
     seed: int,
 ) -> jax.Array:  # [B] float32 Poisson(1) counts of member ``member``, fixed per example
     """Bootstrap resampling for ensemble member ``member``: each example counts ``Poisson(1)`` times,
-    drawn from a hash of its token ids, so a member sees the same resample in every epoch and on
-    every host (Poisson bootstrap, as online bagging: Oza and Russell 2001)."""
-    positions = jnp.arange(1, tokens.shape[1] + 1, dtype=jnp.uint32)
-    digest = jnp.sum(tokens.astype(jnp.uint32) * (positions * jnp.uint32(2654435761)), axis=1)  # [B] mod 2^32
+    drawn from a hash of its token ids, so a member sees the same resample in every epoch, on
+    every host and in every pair layout (Poisson bootstrap, as online bagging: Oza and Russell 2001)."""
     key = jax.random.fold_in(jax.random.key(seed), jnp.asarray(member, jnp.uint32))
     return jax.vmap(lambda h: jax.random.poisson(jax.random.fold_in(key, h), 1.0))(digest).astype(jnp.float32)
 
 
 def bootstrap_weights(
-    tokens: jax.Array,  # [B, L] int: the rows that identify each example (its chosen sequence)
+    digest: jax.Array,  # [B] uint32: each example's identity (example_digest)
     ensemble_size: int,
     seed: int,
 ) -> jax.Array:  # [B, E] float32 Poisson(1) counts, fixed per example and member
     """:func:`member_bootstrap_weights` of every member."""
     members = jnp.arange(ensemble_size, dtype=jnp.uint32)
-    return jax.vmap(lambda e: member_bootstrap_weights(tokens, e, seed), out_axes=1)(members)
+    return jax.vmap(lambda e: member_bootstrap_weights(digest, e, seed), out_axes=1)(members)
+
+
+def pair_rewards(
+    model: Decoder, head: Mapping[str, jax.Array], batch: Batch
+) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
+    """``(chosen, rejected, digest, weight)`` of a preference batch in any pair layout: the rewards
+    ``[B]`` (``[B, E]`` for stacked heads), each example's identity ``[B]`` uint32 and weight ``[B]``.
+    The separate layout takes a forward per side; the prefix-shared/packed one (``packed_*`` keys)
+    one tree-attention pass over ``[prompt | chosen | rejected]`` rows, the prompt computed once."""
+    if is_packed(batch):
+        last = packed_last_hidden(model, batch)
+        return (linear_head(last["chosen"], head), linear_head(last["rejected"], head), packed_example_digest(batch),
+                packed_example_weight(batch))
+    chosen = sequence_rewards(model, head, batch, "chosen")
+    digest = example_digest(batch["chosen_tokens"], batch["chosen_positions"], batch["chosen_segment_ids"])
+    return chosen, sequence_rewards(model, head, batch, "rejected"), digest, _weight(batch, chosen.shape[0])
 
 
 TRUNKS = ("shared", "separate")  # an ensemble's members: heads over one trunk, or a trunk (or LoRA adapter) each
@@ -228,16 +261,14 @@ def reward_model_loss(
       then exactly the single-model loss on examples weighted by that member's resample, and returns
       that member's weight; the cross-member metrics are taken over the vmapped axis.
     """
-    chosen = sequence_rewards(model, head, batch, "chosen")  # [B], or [B, E] for shared-trunk members
-    rejected = sequence_rewards(model, head, batch, "rejected")
-    weight = _weight(batch, chosen.shape[0])
+    chosen, rejected, digest, weight = pair_rewards(model, head, batch)  # [B], or [B, E] for shared-trunk members
     margins = jnp.full(chosen.shape[:1], margin, jnp.float32) if margin else None
     if ensemble_size == 1:
         loss, metrics = bradley_terry_loss(chosen, rejected, margins, mask=weight, center_coef=center_coef)
         return loss, {"loss": loss, **metrics}, jnp.sum(weight)
 
     def member_loss(c, r, member):  # [B], [B], [] -> ([] loss, [] its weight)
-        w = weight * member_bootstrap_weights(batch["chosen_tokens"], member, bootstrap_seed) if bootstrap else weight
+        w = weight * member_bootstrap_weights(digest, member, bootstrap_seed) if bootstrap else weight
         return bradley_terry_loss(c, r, margins, mask=w, center_coef=center_coef)[0], jnp.sum(w)
 
     if trunk == "separate":

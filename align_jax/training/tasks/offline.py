@@ -113,6 +113,7 @@ TASKS.register(Task(
 TASKS.register(Task(
     name="reward_model", summary="Bradley-Terry reward model: decoder + linear head on the last token",
     record_kind="preference", losses=REWARD_MODEL_LOSSES, uses_head=True, check_config=_check_reward_model,
+    pair_layouts=("separate", "shared_prefix", "packed"),  # the loss reads either layout (pair_rewards)
 ))
 TASKS.register(Task(
     name="calibration", summary="tokenized Brier (ConfTuner) or log score on a verbalized confidence digit",
