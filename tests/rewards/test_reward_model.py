@@ -229,7 +229,7 @@ def test_ensemble_run_exports_stacked_heads(pairs_file, tmp_path):
     from align_jax.training.loop import run
 
     c = make_config(materialize(), pairs_file, train__task="reward_model", reference__mode="none",
-                    train__export_hf=True, train__steps=2, optimizer__total_steps=2, data__max_length=64)
+                    train__export_hf=True, train__steps=4, optimizer__total_steps=4, data__max_length=64)
     c.loss = dict(name="bradley_terry", ensemble_size=2)
     result = run(parse_config(c), tmp_path / "ens")
     w = np.asarray(result["reward_head"]["w"])
@@ -240,13 +240,16 @@ def test_ensemble_run_exports_stacked_heads(pairs_file, tmp_path):
     got = R.score(["m"], R.build([f"rm:{result['export']}@min"]), records, GOOD).values[:, 0]
     np.testing.assert_allclose(got, rm.score(PROMPTS, GOOD).min(1), atol=1e-6)
 
-    # the prefix-shared layout (each prompt once, both replies in one row) trains the same ensemble:
-    # same bootstrap resamples, losses and heads
-    c.data.pair_layout = "shared_prefix"
+    # the packed layout (each prompt once, both replies in its row, several pairs a row) trains the
+    # same ensemble: same bootstrap resamples, losses (step 1 is ln 2 with zero heads: 2-4 differ)
+    # and heads
+    c.data.pair_layout = "packed"
     c.train.export_hf = False
-    shared = run(parse_config(c), tmp_path / "shared")
-    np.testing.assert_allclose(train_losses(tmp_path / "shared"), train_losses(tmp_path / "ens"), rtol=1e-5)
-    np.testing.assert_allclose(np.asarray(shared["reward_head"]["w"]), w, rtol=1e-4, atol=1e-6)
+    packed = run(parse_config(c), tmp_path / "packed")
+    losses = train_losses(tmp_path / "ens")
+    assert len(set(np.round(losses, 6))) == 4
+    np.testing.assert_allclose(train_losses(tmp_path / "packed"), losses, rtol=1e-5)
+    np.testing.assert_allclose(np.asarray(packed["reward_head"]["w"]), w, rtol=1e-4, atol=1e-6)
 
 
 @pytest.mark.parametrize("lora_rank", [0, 4], ids=["full_copies", "lora_adapters"])

@@ -253,6 +253,39 @@ def test_reward_model_loss_and_gradients_equal_separate(family, pack):
                                   digest_sep)
 
 
+def test_reward_model_reads_empty_sides_pad_ids_and_host_offsets_like_separate():
+    """Edge cases of the prefix-shared reward-model layout: an empty chosen or rejected side (its
+    reward is the prompt's last token, as in a row of its own), a nonzero pad id (padding enters
+    neither hidden states nor the bootstrap identity), and two hosts' pairs concatenated into one
+    global batch (``pair_offset``)."""
+    from align_jax.training.tasks.losses import pair_rewards
+
+    model = init_decoder(LLAMA, seed=0)
+    rng = np.random.RandomState(2)
+    head = {"w": jnp.asarray(rng.randn(32).astype(np.float32)), "b": jnp.float32(0.3)}
+    pairs = make_pairs(6, seed=8)
+    pairs[1] = (pairs[1][0], pairs[1][1][:0], pairs[1][2])  # empty chosen
+    pairs[4] = (pairs[4][0], pairs[4][1], pairs[4][2][:0])  # empty rejected
+    sep = separate_batch(pairs)
+    pad = 2
+    for side in ("chosen", "rejected"):  # pad with a real token id: masked, so nothing may change
+        sep[f"{side}_tokens"] = jnp.where(sep[f"{side}_segment_ids"] > 0, sep[f"{side}_tokens"], pad)
+    hosts = []
+    for h in range(2):  # each host packs its 3 pairs, pair indices offset by 3 * h
+        part = pairs[3 * h:3 * h + 3]
+        rows = rows_needed([len(p) + len(c) + len(r) for p, c, r in part], 24)
+        hosts.append(pack_preference_pairs(part, row_length=24, num_rows=rows + 1, max_pairs=3, pad_id=pad,
+                                           pair_offset=3 * h))
+    packed = {k: jnp.asarray(np.concatenate([x[k] for x in hosts])) for k in hosts[0]}
+    c_sep, r_sep, d_sep, w_sep = pair_rewards(model, head, sep)
+    c_pk, r_pk, d_pk, w_pk = pair_rewards(model, head, packed)
+    np.testing.assert_allclose(c_pk, c_sep, atol=1e-5, rtol=1e-5)
+    np.testing.assert_allclose(r_pk, r_sep, atol=1e-5, rtol=1e-5)
+    np.testing.assert_array_equal(d_pk, d_sep)
+    np.testing.assert_array_equal(w_pk, w_sep)
+    assert abs(float(c_sep[1]) - float(r_sep[4])) > 1e-3  # the empty sides read different prompts' last tokens
+
+
 def _keep_gradient():
     """An identity optax transformation whose state is the last gradient it was given."""
     return optax.GradientTransformation(lambda params: jax.tree.map(jnp.zeros_like, params),
