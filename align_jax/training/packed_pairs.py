@@ -153,13 +153,20 @@ def packed_last_hidden(model: Decoder, batch: Batch) -> dict[str, jax.Array]:
     return out
 
 
+def digest_terms(
+    tokens: jax.Array,  # [..., L] int
+    positions: jax.Array,  # [..., L] int
+) -> jax.Array:  # [..., L] uint32: token * (position + 1) * DIGEST_MULTIPLIER mod 2^32
+    """Each token's share of its example's identity (summed over the example's real tokens)."""
+    return tokens.astype(jnp.uint32) * ((positions.astype(jnp.uint32) + jnp.uint32(1)) * jnp.uint32(DIGEST_MULTIPLIER))
+
+
 def packed_example_digest(batch: Batch) -> jax.Array:  # [P] uint32
     """:func:`align_jax.training.tasks.losses.example_digest` of each pair's prompt + chosen tokens,
     the same number as from the pair's chosen row in the separate layout."""
     num_pairs = batch["pair_mask"].shape[-1]
     sel = (batch["packed_segment_ids"] > 0) & (batch["packed_branch_ids"] <= 1)  # prompt and chosen
-    terms = batch["packed_tokens"].astype(jnp.uint32) * (
-        (batch["packed_positions"].astype(jnp.uint32) + jnp.uint32(1)) * jnp.uint32(DIGEST_MULTIPLIER))
+    terms = digest_terms(batch["packed_tokens"], batch["packed_positions"])
     pair = jnp.where(sel, batch["packed_pair_index"], num_pairs)
     return jnp.zeros((num_pairs,), jnp.uint32).at[pair].add(jnp.where(sel, terms, jnp.uint32(0)), mode="drop")
 

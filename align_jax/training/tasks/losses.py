@@ -26,7 +26,7 @@ from align_jax.objectives.reward import bradley_terry_loss, last_token_rewards, 
 from align_jax.objectives.types import PreferenceInputs, SequenceLogps, UnpairedInputs
 from align_jax.parallel.rules import MEMBER_AXIS
 from align_jax.training.packed_pairs import (
-    DIGEST_MULTIPLIER,
+    digest_terms,
     is_packed,
     packed_example_digest,
     packed_example_weight,
@@ -173,7 +173,7 @@ def example_digest(
     """An example's identity: ``sum_t token_t * (position_t + 1) * 2654435761 mod 2^32`` over its
     tokens (padding left out), so any layout of the same tokens gives the same number
     (:func:`align_jax.training.packed_pairs.packed_example_digest` for prefix-shared rows)."""
-    terms = tokens.astype(jnp.uint32) * ((positions.astype(jnp.uint32) + jnp.uint32(1)) * jnp.uint32(DIGEST_MULTIPLIER))
+    terms = digest_terms(tokens, positions)
     return jnp.sum(jnp.where(segment_ids > 0, terms, jnp.uint32(0)), axis=1, dtype=jnp.uint32)
 
 
