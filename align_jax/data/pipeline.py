@@ -75,6 +75,13 @@ def attach(examples: list[dict], columns: Mapping[str, np.ndarray]) -> list[dict
     return [{**ex, **{k: np.float32(v[i]) for k, v in columns.items()}} for i, ex in enumerate(examples)]
 
 
+# Batches built ahead of the step that reads them, by one thread. grain's default (16 threads, 500
+# batches) builds 500 batches the moment the first is read: measured 2026-12-07, a core stays busy
+# ~5 s after the first batch of a toy run (every test that starts a run paid it), competing with the
+# compile and the first steps on a 2-core machine for batches a short run never reads.
+PREFETCH_THREADS, PREFETCH_BATCHES = 1, 4
+
+
 def host_batches(
     examples: Sequence[dict],
     batch_size: int,
@@ -113,4 +120,4 @@ def host_batches(
     ds = ds[process_index::process_count]
     if transform is not None:
         ds = ds.map(transform)
-    return iter(ds.to_iter_dataset())
+    return iter(ds.to_iter_dataset(grain.ReadOptions(num_threads=PREFETCH_THREADS, prefetch_buffer_size=PREFETCH_BATCHES)))

@@ -68,6 +68,25 @@ def test_iterator_state_resumes_exactly(transform):
     assert ids(fresh, 5) == expected
 
 
+def test_batches_are_built_only_a_few_ahead_of_the_reader():
+    """grain's default read options build 500 batches as soon as the first is read (a core busy for
+    seconds, for batches a short run never reads); the pipeline keeps PREFETCH_BATCHES ready."""
+    import threading
+    import time
+
+    built, lock = [], threading.Lock()
+
+    def count(batch):
+        with lock:
+            built.append(int(batch["i"][0]))
+        return batch
+
+    it = pipeline.host_batches(examples(40), 2, seed=0, train=True, transform=count, process_index=0, process_count=1)
+    next(it)
+    time.sleep(0.5)  # time for a greedy prefetcher to run far ahead
+    assert 1 <= len(built) <= 2 + pipeline.PREFETCH_BATCHES, len(built)
+
+
 def test_the_engine_iterator_is_the_pipeline():
     data = DataSection(batch_size=4, seed=7)
     engine = ids(data_setup.iterator(examples(20), data, train=True), 7)
