@@ -18,6 +18,7 @@ import dataclasses
 import functools
 import json
 import logging
+import os
 from pathlib import Path
 from typing import Any
 
@@ -228,6 +229,7 @@ def run(cfg: RunConfig, workdir: str | Path) -> dict[str, Any]:
         from align_jax.training.rl_loop import run_online
 
         return run_online(cfg, workdir)
+    _given_peak_flops()  # a bad value fails now, not after the model loads
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     mesh, lm = load(cfg)
@@ -372,9 +374,28 @@ def _lr(cfg: RunConfig, step: int) -> float:
     return learning_rate_schedule(cfg.optimizer)(step - 1)
 
 
+PEAK_FLOPS_ENV = "ALIGN_JAX_PEAK_FLOPS"
+
+
+def _given_peak_flops() -> float | None:
+    """The MFU denominator from ``$ALIGN_JAX_PEAK_FLOPS`` (FLOP/s of all devices, e.g. a vendor's
+    peak), or None: then it is measured. Checked before the model loads."""
+    given = os.environ.get(PEAK_FLOPS_ENV, "").strip()
+    if not given:
+        return None
+    try:
+        value = float(given)
+    except ValueError:
+        value = float("nan")
+    if not value > 0 or value == float("inf"):
+        raise ValueError(f"{PEAK_FLOPS_ENV}={given!r} must be a positive number of FLOP/s (e.g. 9.9e14), or unset to measure")
+    return value
+
+
 @functools.lru_cache(maxsize=None)
 def _peak_flops() -> float:
-    return measure_matmul_peak("float32", size=1024, repeats=3)
+    """Given, or measured once per process (~1-2 s of float32 1024^2 matmuls on this 2-core CPU)."""
+    return _given_peak_flops() or measure_matmul_peak("float32", size=1024, repeats=3)
 
 
 def _jsonable(cfg: RunConfig) -> dict:

@@ -5,6 +5,7 @@ import json
 import math
 import pathlib
 import struct
+from types import SimpleNamespace
 
 import jax.numpy as jnp
 import numpy as np
@@ -192,3 +193,20 @@ def test_throughput_window_and_mfu():
     only_rate = Throughput()
     only_rate.update(5, now=0.0)
     assert set(only_rate.update(10, now=1.0)) == {"perf/tokens_per_sec"}
+
+
+def test_a_given_peak_is_the_mfu_denominator_and_a_bad_one_fails_before_the_model_loads(monkeypatch, tmp_path):
+    from align_jax.training import loop
+
+    monkeypatch.setenv(loop.PEAK_FLOPS_ENV, "2.5e12")
+    loop._peak_flops.cache_clear()
+    try:
+        assert loop._peak_flops() == 2.5e12
+    finally:
+        loop._peak_flops.cache_clear()
+    monkeypatch.setattr(loop, "load", lambda cfg: pytest.fail("the model loaded before the value was checked"))
+    cfg = SimpleNamespace(task=SimpleNamespace(online=False))
+    for bad in ("fast", "0", "-1e12", "inf", "nan"):
+        monkeypatch.setenv(loop.PEAK_FLOPS_ENV, bad)
+        with pytest.raises(ValueError, match=f"ALIGN_JAX_PEAK_FLOPS={bad!r} must be a positive number"):
+            loop.run(cfg, tmp_path)
