@@ -74,6 +74,8 @@ def define_flags():
     flags.DEFINE_integer("rm_max_length", 224, "reward-model sequence length (>= max_prompt_tokens + "
                          "max_new_tokens + 1: the reply's end of turn)")
     flags.DEFINE_integer("rm_batch", 8, "reward-model pairs per step (one pass over its half)")
+    flags.DEFINE_integer("rm_pairs", 0, "train pairs per reward model, the first of its half's seeded prompt order "
+                         "(0: all; the held-out 10% is taken from the whole half first)")
     flags.DEFINE_float("rm_learning_rate", 2e-5, "reward-model peak learning rate")
     flags.DEFINE_integer("ensemble_size", 4, "heads of the proxy ensemble")
     flags.DEFINE_integer("max_new_tokens", 64, "reply length limit (best-of-N, PPO, measurement)")
@@ -164,12 +166,16 @@ def data_stage(wd: pathlib.Path) -> None:
 # -- 2. reward models ---------------------------------------------------------------------------------
 
 def rm_command(wd: pathlib.Path, name: str, n_pairs: int, *, model: str, batch: int, max_length: int,
-               max_prompt_length: int, learning_rate: float, seed: int, ensemble_size: int) -> list[str]:
-    """One pass over ``n_pairs`` pairs of the reward model ``name``'s half (10% held out for accuracy)."""
+               max_prompt_length: int, learning_rate: float, seed: int, ensemble_size: int,
+               max_pairs: int = 0) -> list[str]:
+    """One pass over the ``n_pairs`` pairs of the reward model ``name``'s half, 10% held out for accuracy
+    (of the rest, the first ``max_pairs`` when > 0)."""
     if name not in RMS:
         raise ValueError(f"unknown reward model {name!r}; valid: {RMS}")
     half = "gold" if name == "gold" else "proxy"
     train = n_pairs - n_pairs // 10
+    if max_pairs > 0:
+        train = min(train, max_pairs)
     steps = max(math.ceil(train / batch), 1)
     cmd = [
         sys.executable, "-m", "align_jax.main", "--config=configs/reward_model.py", f"--workdir={wd / f'rm_{name}'}",
@@ -181,6 +187,7 @@ def rm_command(wd: pathlib.Path, name: str, n_pairs: int, *, model: str, batch: 
         f"--config.train.checkpoint_every={steps}", f"--config.optimizer.learning_rate={learning_rate}",
         f"--config.optimizer.total_steps={steps}", "--config.optimizer.warmup_steps=5", "--config.model.remat=full",
         "--config.data.pair_layout=shared_prefix",  # each prompt once, both replies in its row
+        f"--config.data.max_train_examples={max(max_pairs, 0)}",
     ]
     if name == "proxy_ens":
         cmd += [f"--config.loss.ensemble_size={ensemble_size}", "--config.loss.bootstrap=true",
@@ -197,7 +204,7 @@ def rm_stage(wd: pathlib.Path) -> None:
         n = sum(1 for _ in (wd / f"{half}_pairs.jsonl").open())
         cmd = rm_command(wd, name, n, model=F.model, batch=F.rm_batch, max_length=F.rm_max_length,
                          max_prompt_length=F.max_prompt_tokens, learning_rate=F.rm_learning_rate, seed=F.seed,
-                         ensemble_size=F.ensemble_size)
+                         ensemble_size=F.ensemble_size, max_pairs=F.rm_pairs)
         print(f"rm {name}:", shlex.join(cmd), flush=True)
         subprocess.run(cmd, cwd=REPO, check=True)
 
@@ -555,7 +562,7 @@ def report_stage(wd: pathlib.Path) -> None:
 
 
 # the flags that decide what the stages write: a workdir holds the outputs of one setting
-SETTINGS = ("hh_path", "model", "seed", "eval_prompts", "max_prompt_tokens", "rm_max_length", "rm_batch",
+SETTINGS = ("hh_path", "model", "seed", "eval_prompts", "max_prompt_tokens", "rm_max_length", "rm_batch", "rm_pairs",
             "rm_learning_rate", "ensemble_size", "max_new_tokens", "bon_max", "ppo_steps", "checkpoint_every",
             "kl_coef", "ppo_learning_rate", "measure_samples")
 

@@ -146,6 +146,21 @@ def test_configs_pass_the_engines_checks(tmp_path):
                         max_new_tokens=8, seed=0)
 
 
+def test_rm_pairs_caps_the_pass_after_the_held_out_tenth(tmp_path):
+    kw = dict(model="toy-chars", batch=4, max_length=96, max_prompt_length=64, learning_rate=1e-4, seed=0,
+              ensemble_size=3)
+
+    def opts(cmd):
+        return dict(a[len("--config."):].split("=", 1) for a in cmd if a.startswith("--config."))
+
+    full = opts(E.rm_command(tmp_path, "gold", 30, **kw))
+    assert (full["train.steps"], full["data.max_train_examples"], full["data.max_eval_examples"]) == ("7", "0", "3")
+    capped = opts(E.rm_command(tmp_path, "gold", 30, max_pairs=10, **kw))
+    assert (capped["train.steps"], capped["data.max_train_examples"]) == ("3", "10")  # ceil(10 / 4)
+    assert capped["data.max_eval_examples"] == "3" and capped["optimizer.total_steps"] == "3"
+    assert opts(E.rm_command(tmp_path, "gold", 30, max_pairs=100, **kw))["train.steps"] == "7"  # fewer exist
+
+
 def test_training_curve_reads_the_optimised_and_gold_rewards_and_the_sequence_kl():
     rows = [{"step": 0, "split": "eval", "eval/reward": 0.1},
             {"step": 2, "split": "train", "rl/kl_to_reference": 0.02, "rl/response_length": 50.0,
