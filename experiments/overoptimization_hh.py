@@ -26,6 +26,14 @@ Stages (each skipped when its outputs exist; ``--stages`` picks some):
    best of a random N-subset with probability C(i-1, N-1) / C(N_max, N)).
    Best-of-N is invariant to a per-prompt monotone transform, so log-sigmoid centring has no
    best-of-N curve; it shows only under RL.
+   ``normalize``: as Gao et al. do, every reward model (each ensemble member on its own) is made to
+   score the reference policy's samples with mean 0 and standard deviation 1: the affine head
+   ``(w / std, (b - mean) / std)`` is written to ``rm_NAME/export_normalized`` beside hard links to
+   the trunk, and best-of-N is recomputed from the saved rewards in those units. A short
+   Bradley-Terry run leaves rewards that differ by ~0.01 between replies; in raw units the KL
+   penalty and the value noise drown them (a first PPO run's proxy did not move in 20 steps),
+   and log-sigmoid centring of differences that small is linear. From here on every stage uses
+   the normalised models.
 4. ``ppo``: ``configs/ppo_hh.py`` once per ``--variants``: ``plain`` (reward ``rm:proxy``),
    ``ensemble_min`` (``rm:proxy_ens@min``), ``log_sigmoid`` (``rm:proxy`` with
    ``rl.reward_transform=log-sigmoid``); checkpoints every ``--checkpoint_every`` steps.
@@ -60,12 +68,13 @@ RMS = ("proxy", "proxy_ens", "gold")
 VARIANTS = ("plain", "ensemble_min", "log_sigmoid")
 SELECTORS = ("proxy", "ensemble_mean", "ensemble_min", "ensemble_mean_minus_std")
 OPTIMISED = {"plain": "proxy", "ensemble_min": "ensemble_min", "log_sigmoid": "proxy"}  # before the transform
+NORMALIZED = "export_normalized"  # the reward-model folders PPO and the measurement use (after `normalize`)
 
 
 def define_flags():
     """Defined only when run as a script (tests import this module beside align_jax.main)."""
     flags.DEFINE_string("workdir", "runs/overopt_hh", "splits, reward models, PPO runs, samples, report")
-    flags.DEFINE_list("stages", ["data", "rm", "bon", "ppo", "measure", "report"], "which stages to run")
+    flags.DEFINE_list("stages", ["data", "rm", "bon", "normalize", "ppo", "measure", "report"], "which stages to run")
     flags.DEFINE_string("hh_path", str(HH), "HH-RLHF pairs (chosen / rejected transcripts)")
     flags.DEFINE_string("model", "smollm2-135m-instruct", "registered model: reward-model trunks and the policy")
     flags.DEFINE_integer("seed", 0, "split, bootstrap, sampling and training seed")
@@ -214,11 +223,11 @@ def rm_stage(wd: pathlib.Path) -> None:
 class Judge:
     """The three reward models and the reference, loaded once: rewards and reference log-probs of replies."""
 
-    def __init__(self, wd: pathlib.Path, ref):
+    def __init__(self, wd: pathlib.Path, ref, folder: str = NORMALIZED):
         from align_jax.rewards.model import load_reward_model
 
         self.ref = ref
-        self.rms = {name: load_reward_model(wd / f"rm_{name}" / "export", batch_size=16) for name in RMS}
+        self.rms = {name: load_reward_model(wd / f"rm_{name}" / folder, batch_size=16) for name in RMS}
 
     def rewards(self, prompts: Sequence[Any], texts: Sequence[str]) -> dict[str, np.ndarray]:
         """``proxy`` [N], ``proxy_ens`` [N, E], ``gold`` [N]."""
@@ -301,28 +310,100 @@ def bon_stage(wd: pathlib.Path) -> None:
 
     prompts = [r["prompt"] for r in read_jsonl(wd / "eval_prompts.jsonl")]
     ref = load_model(F.model)
-    judge = Judge(wd, ref)
+    judge = Judge(wd, ref, folder="export")  # raw: the samples' rewards set the normalisation
     t = time.time()
     s = sample_and_judge(ref, judge, prompts, n=F.bon_max, max_new_tokens=F.max_new_tokens, batch=F.sample_batch,
                          seed=F.seed + 1)
-    ns = [n for n in (1, 2, 4, 8, 16, 32, 64, 128) if n <= F.bon_max]
-    sel = selector_scores(s["rewards"])
-    out = {"n_max": F.bon_max, "prompts": len(prompts), "seconds": time.time() - t,
-           "curves": {k: best_of_n(v, s["rewards"]["proxy"], s["rewards"]["gold"], ns) for k, v in sel.items()},
-           "reference": {"proxy": float(s["rewards"]["proxy"].mean()), "gold": float(s["rewards"]["gold"].mean()),
-                         "mean_length": float(s["length"].mean())},
-           "proxy_gold_correlation": float(np.corrcoef(s["rewards"]["proxy"].ravel(), s["rewards"]["gold"].ravel())[0, 1]),
-           "proxy_gold_correlation_within_prompt": within_prompt_correlation(s["rewards"]["proxy"], s["rewards"]["gold"]),
-           # is the ensemble an ensemble? its members' spread on a sample vs the spread of its mean across samples
-           "ensemble_member_std": float(s["rewards"]["proxy_ens"].std(-1).mean()),
-           "ensemble_mean_std_within_prompt": float(s["rewards"]["proxy_ens"].mean(-1).std(1).mean()),
-           "examples": s["texts"][:4]}
+    out = dict(bon_summary(s["rewards"], s["length"]), seconds=time.time() - t, examples=s["texts"][:4])
     np.savez(wd / "bon_samples.npz", log_ratio=s["log_ratio"], length=s["length"],
              **{f"reward_{k}": v for k, v in s["rewards"].items()})
     (wd / "bon.json").write_text(json.dumps(out, indent=1))
+    print_bon(out)
+
+
+def bon_summary(rewards: Mapping[str, np.ndarray], length: np.ndarray) -> dict[str, Any]:
+    """Best-of-N curves of every selector, from ``rewards`` (``proxy`` / ``gold`` [P, N_max],
+    ``proxy_ens`` [P, N_max, E]) of the reference's samples, and how the reward models agree."""
+    p, n_max = rewards["proxy"].shape
+    ns = [n for n in (1, 2, 4, 8, 16, 32, 64, 128) if n <= n_max]
+    sel = selector_scores(rewards)
+    return {"n_max": int(n_max), "prompts": int(p),
+            "curves": {k: best_of_n(v, rewards["proxy"], rewards["gold"], ns) for k, v in sel.items()},
+            "reference": {"proxy": float(rewards["proxy"].mean()), "gold": float(rewards["gold"].mean()),
+                          "mean_length": float(length.mean())},
+            "proxy_gold_correlation": float(np.corrcoef(rewards["proxy"].ravel(), rewards["gold"].ravel())[0, 1]),
+            "proxy_gold_correlation_within_prompt": within_prompt_correlation(rewards["proxy"], rewards["gold"]),
+            # is the ensemble an ensemble? its members' spread on a sample vs the spread of its mean across samples
+            "ensemble_member_std": float(rewards["proxy_ens"].std(-1).mean()),
+            "ensemble_mean_std_within_prompt": float(rewards["proxy_ens"].mean(-1).std(1).mean())}
+
+
+def print_bon(out: Mapping[str, Any]) -> None:
     for k, pts in out["curves"].items():
         print(f"bon {k}: " + "  ".join(f"N={p['n']} proxy {p['proxy']:+.3f} gold {p['gold']:+.3f}" for p in pts),
               flush=True)
+
+
+# -- 3b. normalise ------------------------------------------------------------------------------------
+
+def reference_moments(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and standard deviation over the reference samples of ``values`` [P, N] (one reward
+    model) or [P, N, E] (an ensemble: each member its own): ``([] or [E], [] or [E])``."""
+    flat = values.reshape((-1,) + values.shape[2:])
+    mean, std = flat.mean(0), flat.std(0)
+    if not np.all(std > 0):
+        raise ValueError(f"the reference samples' rewards do not vary (std {std}); nothing to normalise by")
+    return mean, std
+
+
+def normalized_head(head: Mapping[str, np.ndarray], mean: np.ndarray, std: np.ndarray) -> dict[str, np.ndarray]:
+    """The affine head ``(w / std, (b - mean) / std)``: it scores ``(r - mean) / std`` for the head's ``r``
+    (``w [D]`` / ``b []``, or ``w [E, D]`` / ``b [E]`` with per-member ``mean`` / ``std`` [E])."""
+    w, b = np.asarray(head["w"], np.float64), np.asarray(head["b"], np.float64)
+    return {"w": (w / np.asarray(std)[..., None]).astype(np.float32), "b": ((b - mean) / std).astype(np.float32)}
+
+
+def write_normalized(src: pathlib.Path, dst: pathlib.Path, mean: np.ndarray, std: np.ndarray) -> None:
+    """``dst``: the reward model of ``src`` with its head normalised; the trunk and tokenizer files are
+    hard links (copies where links fail), the metadata records the moments."""
+    import os
+    import shutil
+
+    from align_jax.rewards.model import HEAD_FILE, META_FILE, read_head, save_head
+
+    head, meta = read_head(src)
+    dst.mkdir(parents=True, exist_ok=True)
+    for f in src.iterdir():
+        if f.is_file() and f.name not in (HEAD_FILE, META_FILE) and not (dst / f.name).exists():
+            try:
+                os.link(f, dst / f.name)
+            except OSError:
+                shutil.copy2(f, dst / f.name)
+    kept = {k: v for k, v in meta.items() if k not in ("hidden_size", "ensemble_size", "max_length")}
+    save_head(dst, normalized_head(head, mean, std), max_length=meta["max_length"],
+              normalized={"mean": np.asarray(mean).tolist(), "std": np.asarray(std).tolist(),
+                          "over": "the reference policy's best-of-N samples of the held-out prompts"}, **kept)
+
+
+def normalize_stage(wd: pathlib.Path) -> None:
+    path = wd / "normalization.json"
+    if path.exists():
+        print("normalize: exists, skipped", flush=True)
+        return
+    s = np.load(wd / "bon_samples.npz")
+    raw = {name: s[f"reward_{name}"] for name in RMS}
+    moments = {name: reference_moments(v) for name, v in raw.items()}
+    for name, (mean, std) in moments.items():
+        write_normalized(wd / f"rm_{name}" / "export", wd / f"rm_{name}" / NORMALIZED, mean, std)
+    scaled = {name: (v - moments[name][0]) / moments[name][1] for name, v in raw.items()}
+    bon = json.loads((wd / "bon.json").read_text())
+    (wd / "bon_raw.json").write_text(json.dumps(bon, indent=1))
+    out = dict(bon_summary(scaled, s["length"]), units="reference-sample standard deviations",
+               seconds=bon["seconds"], examples=bon["examples"])
+    (wd / "bon.json").write_text(json.dumps(out, indent=1))
+    path.write_text(json.dumps({k: {"mean": np.asarray(m).tolist(), "std": np.asarray(sd).tolist()}
+                                for k, (m, sd) in moments.items()}, indent=1))
+    print_bon(out)
 
 
 # -- 4. PPO ---------------------------------------------------------------------------------------
@@ -330,8 +411,8 @@ def bon_stage(wd: pathlib.Path) -> None:
 def ppo_overrides(wd: pathlib.Path, variant: str, *, model: str, steps: int, every: int, kl_coef: float,
                   learning_rate: float, max_new_tokens: int, seed: int) -> dict[str, Any]:
     """The ``configs/ppo_hh.py`` overrides of one reward variant (dotted keys)."""
-    rewards = {"plain": f"rm:{wd / 'rm_proxy' / 'export'}", "ensemble_min": f"rm:{wd / 'rm_proxy_ens' / 'export'}@min",
-               "log_sigmoid": f"rm:{wd / 'rm_proxy' / 'export'}"}
+    rewards = {"plain": f"rm:{wd / 'rm_proxy' / NORMALIZED}", "ensemble_min": f"rm:{wd / 'rm_proxy_ens' / NORMALIZED}@min",
+               "log_sigmoid": f"rm:{wd / 'rm_proxy' / NORMALIZED}"}
     if variant not in rewards:
         raise ValueError(f"unknown variant {variant!r}; valid: {VARIANTS}")
     return {"model.name": model, "data.train_path": str(wd / "rl_prompts.jsonl"),
@@ -341,7 +422,7 @@ def ppo_overrides(wd: pathlib.Path, variant: str, *, model: str, steps: int, eve
             "train.keep_checkpoints": steps // every + 1, "train.checkpoint_every_seconds": 0.0,
             "optimizer.learning_rate": learning_rate,
             # the gold model scores every rollout at weight 0: logged beside the proxy, never optimised
-            "rl.rewards": f"{rewards[variant]},rm:{wd / 'rm_gold' / 'export'}", "rl.reward_weights": "1,0",
+            "rl.rewards": f"{rewards[variant]},rm:{wd / 'rm_gold' / NORMALIZED}", "rl.reward_weights": "1,0",
             "rl.kl_coef": kl_coef, "rl.max_new_tokens": max_new_tokens,
             "rl.reward_transform": "log-sigmoid" if variant == "log_sigmoid" else "identity"}
 
@@ -426,7 +507,7 @@ def training_curve(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, float]]:
         if r.get("split", "train") != "train" or "rl/kl_to_reference" not in r:
             continue
         rewards = {k: v for k, v in r.items() if k.startswith("reward/rm:")}
-        gold = [k for k in rewards if k.rstrip("/").endswith("rm_gold/export")]
+        gold = [k for k in rewards if k.rstrip("/").endswith(("rm_gold/export", f"rm_gold/{NORMALIZED}"))]
         if not gold:
             return []
         if len(gold) != 1 or len(rewards) != 2:
@@ -571,7 +652,7 @@ def main(argv):
     del argv
     wd = work_folder(F.workdir, REPO)
     wd.mkdir(parents=True, exist_ok=True)
-    stages = {"data": data_stage, "rm": rm_stage, "bon": bon_stage, "ppo": ppo_stage, "measure": measure_stage,
+    stages = {"data": data_stage, "rm": rm_stage, "bon": bon_stage, "normalize": normalize_stage, "ppo": ppo_stage, "measure": measure_stage,
               "report": report_stage}
     check_names("stages", F.stages, stages)
     check_names("variants", F.variants, VARIANTS)

@@ -112,10 +112,10 @@ def test_configs_pass_the_engines_checks(tmp_path):
 
     toy = load_model("toy-chars")
     d = toy.model.cfg.hidden_size
-    for name in ("rm_proxy", "rm_gold"):
-        save_reward_model(tmp_path / name / "export", toy.model, {"w": np.zeros(d, np.float32), "b": np.float32(0)},
+    for name in ("rm_proxy", "rm_gold"):  # PPO reads the normalised folders
+        save_reward_model(tmp_path / name / E.NORMALIZED, toy.model, {"w": np.zeros(d, np.float32), "b": np.float32(0)},
                           toy.tokenizer, max_length=64)
-    save_reward_model(tmp_path / "rm_proxy_ens" / "export", toy.model,
+    save_reward_model(tmp_path / "rm_proxy_ens" / E.NORMALIZED, toy.model,
                       {"w": np.zeros((3, d), np.float32), "b": np.zeros(3, np.float32)}, toy.tokenizer, max_length=64)
     (tmp_path / "proxy_pairs.jsonl").write_text("".join(json.dumps(p) + "\n" for p in _pairs(30)))
     cmd = E.rm_command(tmp_path, "proxy_ens", 30, model="toy-chars", batch=4, max_length=96, max_prompt_length=64,
@@ -138,12 +138,40 @@ def test_configs_pass_the_engines_checks(tmp_path):
         cfg = json.loads(out.stdout[out.stdout.index("{"):])
         assert cfg["rl"]["rewards"] == o["rl.rewards"] and cfg["train"]["checkpoint_every_seconds"] == 0
         # the gold model is scored on every rollout but weighs nothing in the optimised reward
-        assert cfg["rl"]["rewards"].endswith(f",rm:{tmp_path / 'rm_gold' / 'export'}")
+        assert cfg["rl"]["rewards"].endswith(f",rm:{tmp_path / 'rm_gold' / E.NORMALIZED}")
         assert cfg["rl"]["reward_weights"] == "1,0"
         assert cfg["rl"]["reward_transform"] == ("log-sigmoid" if variant == "log_sigmoid" else "identity")
     with pytest.raises(ValueError, match="unknown variant"):
         E.ppo_overrides(tmp_path, "gold", model="toy-chars", steps=4, every=2, kl_coef=0.05, learning_rate=1e-3,
                         max_new_tokens=8, seed=0)
+
+
+def test_normalized_reward_models_score_in_reference_standard_deviations(tmp_path):
+    from align_jax.models import load_model
+    from align_jax.rewards.model import load_reward_model, read_head, save_reward_model
+
+    toy = load_model("toy-chars")
+    d = toy.model.cfg.hidden_size
+    rng = np.random.default_rng(0)
+    prompts = [[{"role": "user", "content": f"q{i}"}] for i in range(6)]
+    replies = [f"reply {'ab' * i} {i}" for i in range(6)]
+    for name, w, b in (("single", rng.normal(size=d), 0.3), ("ens", rng.normal(size=(3, d)), rng.normal(size=3))):
+        save_reward_model(tmp_path / name / "export", toy.model, {"w": np.float32(w), "b": np.float32(b)},
+                          toy.tokenizer, max_length=64)
+        raw = load_reward_model(tmp_path / name / "export").score(prompts, replies)  # [6] or [6, 3]
+        mean, std = E.reference_moments(raw.reshape((2, 3) + raw.shape[1:]))  # as [P, N(, E)] samples
+        np.testing.assert_allclose(mean, raw.mean(0), rtol=1e-6)
+        np.testing.assert_allclose(std, raw.std(0), rtol=1e-6)
+        E.write_normalized(tmp_path / name / "export", tmp_path / name / E.NORMALIZED, mean, std)
+        got = load_reward_model(tmp_path / name / E.NORMALIZED).score(prompts, replies)
+        np.testing.assert_allclose(got, (raw - mean) / std, atol=1e-5)
+        np.testing.assert_allclose(got.mean(0), 0, atol=1e-5)
+        np.testing.assert_allclose(got.std(0), 1, atol=1e-5)
+        _, meta = read_head(tmp_path / name / E.NORMALIZED)
+        np.testing.assert_allclose(meta["normalized"]["std"], std, rtol=1e-6)
+        assert (tmp_path / name / E.NORMALIZED / "model.safetensors").stat().st_nlink == 2  # a link, not a copy
+    with pytest.raises(ValueError, match="do not vary"):
+        E.reference_moments(np.ones((2, 3)))
 
 
 def test_rm_pairs_caps_the_pass_after_the_held_out_tenth(tmp_path):
@@ -210,6 +238,9 @@ def test_every_stage_runs_on_the_toy_model(tmp_path):
     assert set(bon["curves"]) == set(E.SELECTORS) and [p["n"] for p in bon["curves"]["proxy"]] == [1, 2, 4]
     proxy = [p["proxy"] for p in bon["curves"]["proxy"]]
     assert proxy == sorted(proxy)  # best-of-N by the proxy raises the proxy
+    # in reference-sample standard deviations: best-of-1 is the reference samples' mean, 0
+    assert bon["units"].startswith("reference-sample") and abs(proxy[0]) < 1e-5
+    assert set(json.loads((wd / "normalization.json").read_text())) == set(E.RMS)
     ppo = results["ppo"]
     assert abs(ppo["reference"]["kl"]) < 1e-3  # the reference's log-ratio to itself
     assert sorted(ppo["plain"], key=int) == ["1", "2"] and sorted(ppo["ensemble_min"], key=int) == ["1", "2"]
@@ -219,4 +250,4 @@ def test_every_stage_runs_on_the_toy_model(tmp_path):
         assert [p["step"] for p in curve] == [1, 2] and all(np.isfinite(p["gold"]) for p in curve)
     # a second run skips every stage
     again = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=900)
-    assert again.returncode == 0 and again.stdout.count("exists, skipped") >= 5, again.stdout[-2000:]
+    assert again.returncode == 0 and again.stdout.count("exists, skipped") >= 6, again.stdout[-2000:]
