@@ -397,7 +397,8 @@ def normalize_stage(wd: pathlib.Path) -> None:
         write_normalized(wd / f"rm_{name}" / "export", wd / f"rm_{name}" / NORMALIZED, mean, std)
     scaled = {name: (v - moments[name][0]) / moments[name][1] for name, v in raw.items()}
     bon = json.loads((wd / "bon.json").read_text())
-    (wd / "bon_raw.json").write_text(json.dumps(bon, indent=1))
+    if not (wd / "bon_raw.json").exists():  # an interrupted earlier try may have rewritten bon.json already
+        (wd / "bon_raw.json").write_text(json.dumps(bon, indent=1))
     out = dict(bon_summary(scaled, s["length"]), units="reference-sample standard deviations",
                seconds=bon["seconds"], examples=bon["examples"])
     (wd / "bon.json").write_text(json.dumps(out, indent=1))
