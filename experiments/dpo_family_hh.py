@@ -109,6 +109,7 @@ def train_overrides(method: str, *, train_pairs: pathlib.Path, eval_pairs: pathl
     o = {"model.name": model, "data.source": "preference", "data.train_path": str(train_pairs),
          "data.eval_path": str(eval_pairs), "data.eval_fraction": 0.0, "data.shuffle": False,
          "data.max_eval_examples": 128 * single, "data.batch_size": batch * single,
+         "data.max_train_examples": steps * batch * single,  # one pass; the reference pass reads no more
          "data.max_length": max_length, "data.max_prompt_length": max_prompt_length, "data.seed": seed,
          "train.steps": steps, "train.eval_every": steps, "train.checkpoint_every": steps,
          "optimizer.learning_rate": learning_rate, "optimizer.total_steps": steps, "optimizer.warmup_steps": 5,
@@ -182,6 +183,14 @@ def win_rate(method_scores: np.ndarray, base_scores: np.ndarray, same_reply: np.
             "losses": loss}
 
 
+def gold_folder(overopt: pathlib.Path) -> pathlib.Path:
+    """The gold reward model: normalised (mean 0 / std 1 over the reference's best-of-N samples, its
+    ``normalize`` stage) when that exists, so gold rewards read in the same units as its report;
+    else the raw export. The win rate does not depend on which (an affine map with a positive scale)."""
+    done = (overopt / "normalization.json").exists()  # written after every normalised model is complete
+    return overopt / "rm_gold" / ("export_normalized" if done else "export")
+
+
 class Scorer:
     """Per-token log-probs of the held-out pairs' replies, and greedy replies judged by the gold RM."""
 
@@ -190,7 +199,8 @@ class Scorer:
 
         self.ref = reference
         self.pairs = read_jsonl(overopt / "eval_pairs.jsonl")
-        self.gold = load_reward_model(overopt / "rm_gold" / "export", batch_size=16)
+        self.gold_folder = gold_folder(overopt)
+        self.gold = load_reward_model(self.gold_folder, batch_size=16)
 
     def pair_logps(self, lm, score_tokens: int) -> tuple[list[np.ndarray], list[np.ndarray]]:
         from align_jax.data.tokenization import completion_text
@@ -230,7 +240,8 @@ def judge_stage(wd: pathlib.Path) -> None:
         lm = ref if name == "base" else load_model(path=str(wd / name / "export"))
         pol_c, pol_r = (ref_c, ref_r) if name == "base" else scorer.pair_logps(lm, F.score_tokens)
         texts, gold, length = scorer.replies(lm, F.reply_tokens)
-        done[name] = {**pair_accuracies(pol_c, pol_r, ref_c, ref_r), "gold_reward": float(gold.mean()),
+        done[name] = {**pair_accuracies(pol_c, pol_r, ref_c, ref_r), "judge_model": str(scorer.gold_folder),
+                      "gold_reward": float(gold.mean()),
                       "gold_reward_se": float(gold.std(ddof=1) / math.sqrt(len(gold))), "mean_length": float(length.mean()),
                       "gold_scores": gold.tolist(), "replies": texts}
         if name != "base":
@@ -256,6 +267,15 @@ def _overopt_dir(stages: Sequence[str]) -> pathlib.Path:
     return d
 
 
+def _units(judged: Mapping[str, Any]) -> str:
+    folders = {r.get("judge_model", "") for r in judged.values()}
+    if len(folders) > 1:
+        raise ValueError(f"judge.json mixes gold reward models {sorted(folders)}: rerun the judge stage in a new workdir")
+    if folders and next(iter(folders)).endswith("export_normalized"):
+        return " (normalised: gold rewards in std units of the reference's best-of-N samples)"
+    return " (raw scores)" if folders else ""
+
+
 def report_stage(wd: pathlib.Path) -> None:
     judged = json.loads((wd / "judge.json").read_text()) if (wd / "judge.json").exists() else {}
     own = {}
@@ -267,7 +287,7 @@ def report_stage(wd: pathlib.Path) -> None:
     md = ["# The DPO family on HH-RLHF harmless-base, same budget each", "",
           f"{F.steps} steps x {F.batch} pairs, lr {F.learning_rate}, max length {F.max_length}, "
           "each loss's registered default options; held-out pairs and prompts from overoptimization_hh.py; "
-          "judge = its gold reward model.", "",
+          "judge = its gold reward model" + _units(judged) + ".", "",
           "One seed; six comparisons against the base model. The implicit reward is what DPO, IPO, cDPO and "
           "KTO optimise and the mean log-prob what SimPO and ORPO optimise: the win rate is the main comparison.", "",
           "| method | implicit-reward acc. | mean-log-prob acc. | implicit margin | win rate vs base (gold RM) [95% CI] "

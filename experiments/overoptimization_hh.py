@@ -9,6 +9,12 @@ harmless-base (``../shared/data``, 2,312 pairs), with SmolLM2-135M-Instruct ever
 
     python experiments/overoptimization_hh.py --workdir=runs/overopt_hh
 
+A sweep of PPO settings over one set of reward models (``--reward_models_from``: that workdir's
+split, reward models, best-of-N and normalisation, same settings, are linked into a new workdir):
+
+    python experiments/overoptimization_hh.py --workdir=runs/overopt_hh_kl01 --kl_coef=0.1 \
+        --reward_models_from=runs/overopt_hh
+
 Stages (each skipped when its outputs exist; ``--stages`` picks some):
 
 1. ``data``: the pairs split by prompt (seeded): ``--eval_prompts`` held-out prompts (neither reward
@@ -96,6 +102,9 @@ def define_flags():
     flags.DEFINE_float("kl_coef", 0.01, "PPO KL coefficient (in the reward, k1)")
     flags.DEFINE_float("ppo_learning_rate", 1e-4, "PPO learning rate (LoRA, constant)")
     flags.DEFINE_integer("measure_samples", 2, "replies per held-out prompt for each measured policy")
+    flags.DEFINE_string("reward_models_from", "", "an earlier workdir whose split, reward models, best-of-N and "
+                        "normalisation (stages data..normalize, same settings) are linked here, to sweep PPO settings "
+                        "(--kl_coef, --ppo_learning_rate, --ppo_steps) over one set of reward models")
     flags.DEFINE_list("measure_steps", [], "PPO checkpoint steps to measure on the held-out prompts (empty: every "
                       "checkpoint); the training logs hold every step's proxy, gold and KL")
 
@@ -644,9 +653,58 @@ def report_stage(wd: pathlib.Path) -> None:
 
 
 # the flags that decide what the stages write: a workdir holds the outputs of one setting
-SETTINGS = ("hh_path", "model", "seed", "eval_prompts", "max_prompt_tokens", "rm_max_length", "rm_batch", "rm_pairs",
-            "rm_learning_rate", "ensemble_size", "max_new_tokens", "bon_max", "ppo_steps", "checkpoint_every",
-            "kl_coef", "ppo_learning_rate", "measure_samples")
+UPSTREAM_SETTINGS = ("hh_path", "model", "seed", "eval_prompts", "max_prompt_tokens", "rm_max_length", "rm_batch",
+                     "rm_pairs", "rm_learning_rate", "ensemble_size", "max_new_tokens", "bon_max")  # data..normalize
+SETTINGS = UPSTREAM_SETTINGS + ("ppo_steps", "checkpoint_every", "kl_coef", "ppo_learning_rate", "measure_samples")
+UPSTREAM_FILES = ("data_summary.json", "proxy_pairs.jsonl", "gold_pairs.jsonl", "eval_pairs.jsonl", "eval_prompts.jsonl",
+                  "rl_prompts.jsonl", "bon.json", "bon_raw.json", "bon_samples.npz", "normalization.json")
+
+
+def check_upstream(src: pathlib.Path, settings: Mapping[str, Any]) -> None:
+    """``src`` holds finished data..normalize stages written with the same upstream ``settings``;
+    else ``ValueError`` / ``FileNotFoundError`` naming what differs or is missing (before any writing)."""
+    if not (src / "settings.json").exists():
+        raise FileNotFoundError(f"--reward_models_from={src}: no settings.json there (not a workdir of this script)")
+    before = json.loads((src / "settings.json").read_text())
+    changed = {k: (before.get(k), settings[k]) for k in UPSTREAM_SETTINGS if before.get(k) != settings[k]}
+    if changed:
+        listed = ", ".join(f"--{k}: {a!r} there, {b!r} here" for k, (a, b) in changed.items())
+        raise ValueError(f"--reward_models_from={src} was written with other settings ({listed})")
+    if not (src / "normalization.json").exists():
+        raise FileNotFoundError(f"--reward_models_from={src} has not finished its normalize stage: run its stages "
+                                "data,rm,bon,normalize first")
+
+
+def link_upstream(src: pathlib.Path, wd: pathlib.Path) -> None:
+    """Makes ``wd``'s data..normalize stages those of ``src`` (checked by :func:`check_upstream`): the
+    small files copied, each reward model's exports (raw and normalised) hard-linked (copied where
+    links fail) with its training metrics, so nothing written in ``wd`` changes ``src``. Files that
+    ``wd`` already holds are kept. Its later stages then skip those."""
+    import os
+    import shutil
+
+    def put(a: pathlib.Path, b: pathlib.Path, link: bool) -> None:
+        if b.exists() or not a.exists():
+            return
+        b.parent.mkdir(parents=True, exist_ok=True)
+        if link:
+            try:
+                os.link(a, b)
+                return
+            except OSError:
+                pass
+        shutil.copy2(a, b)
+
+    for name in UPSTREAM_FILES:
+        put(src / name, wd / name, link=False)
+    for name in RMS:
+        for f in ("metrics.jsonl", "result.json"):
+            put(src / f"rm_{name}" / f, wd / f"rm_{name}" / f, link=False)
+        for folder in ("export", NORMALIZED):
+            for f in sorted((src / f"rm_{name}" / folder).iterdir()):
+                if f.is_file():  # the model files are never rewritten after export: links are safe
+                    put(f, wd / f"rm_{name}" / folder / f.name, link=True)
+    (wd / "reward_models_from.txt").write_text(f"{src}\n")
 
 
 def main(argv):
@@ -668,7 +726,15 @@ def main(argv):
                          f"{F.max_prompt_tokens + F.max_new_tokens + 1})")
     if "data" in F.stages and not pathlib.Path(F.hh_path).exists():
         raise FileNotFoundError(f"HH-RLHF pairs not found at {F.hh_path} (see ../shared/data/README.md)")
-    check_same_settings(wd / "settings.json", {k: F[k].value for k in SETTINGS})
+    settings = {k: F[k].value for k in SETTINGS}
+    if F.reward_models_from:
+        src = work_folder(F.reward_models_from, REPO)
+        if src.resolve() == wd.resolve():
+            raise ValueError("--reward_models_from names the workdir itself")
+        check_upstream(src, settings)
+    check_same_settings(wd / "settings.json", settings)
+    if F.reward_models_from:
+        link_upstream(src, wd)
     run_stages(stages, F.stages, wd)
 
 

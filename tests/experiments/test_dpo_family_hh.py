@@ -69,6 +69,7 @@ def test_every_method_passes_the_engines_checks_with_the_same_budget(tmp_path):
         assert cfg["loss_name"] == E.METHODS[method][1] and cfg["train"]["steps"] == 7
         assert dict(map(tuple, cfg["loss_options"])) == E.loss_defaults(method), method  # no stray beta=0.1
         assert cfg["data"]["shuffle"] is False
+        assert cfg["data"]["max_train_examples"] == 7 * cfg["data"]["batch_size"]  # one pass, no more referenced
         seen[method] = (cfg["data"]["batch_size"], cfg["data"]["train_path"], cfg["optimizer"]["learning_rate"])
     assert seen["kto"][0] == 2 * seen["dpo"][0]  # KTO: each pair as two single replies
     assert len({v[1:] for v in seen.values()}) == 1
@@ -105,7 +106,8 @@ def test_the_script_runs_on_the_toy_model(tmp_path):
     assert results["base"]["implicit_reward_accuracy"] == 0.5
     for m in ("dpo", "simpo", "kto"):
         assert results[m]["pairs"] == 4 and 0 <= results[m]["vs_base"]["win_rate"] <= 1
-    assert "| dpo |" in (wd / "report.md").read_text()
+    assert "| dpo |" in (wd / "report.md").read_text() and "(raw scores)" in (wd / "report.md").read_text()
+    assert results["dpo"]["judge_model"] == str(overopt / "rm_gold" / "export")
     missing = subprocess.run([sys.executable, "experiments/dpo_family_hh.py", f"--workdir={wd}",
                               f"--overopt_dir={tmp_path / 'nowhere'}"], cwd=REPO, capture_output=True, text=True,
                              timeout=300)
@@ -129,3 +131,15 @@ def test_training_needs_only_the_pair_splits_and_judging_also_the_gold_model(tmp
         (overopt / name).write_text("")
     err = fails("train,judge")
     assert "rm_gold/export/reward_model.json" in err and "proxy_pairs" not in err and "--stages=data,rm`" in err
+
+
+def test_the_judge_reads_the_normalised_gold_model_once_the_normalize_stage_is_complete(tmp_path):
+    assert E.gold_folder(tmp_path) == tmp_path / "rm_gold" / "export"
+    (tmp_path / "rm_gold" / "export_normalized").mkdir(parents=True)  # a half-written normalize stage
+    assert E.gold_folder(tmp_path) == tmp_path / "rm_gold" / "export"
+    (tmp_path / "normalization.json").write_text("{}")
+    assert E.gold_folder(tmp_path) == tmp_path / "rm_gold" / "export_normalized"
+    normalized = {"base": {"judge_model": str(E.gold_folder(tmp_path))}}
+    assert "std units" in E._units(normalized) and E._units({}) == ""
+    with pytest.raises(ValueError, match="mixes"):
+        E._units({**normalized, "dpo": {"judge_model": str(tmp_path / "rm_gold" / "export")}})

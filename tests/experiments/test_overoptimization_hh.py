@@ -251,3 +251,42 @@ def test_every_stage_runs_on_the_toy_model(tmp_path):
     # a second run skips every stage
     again = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=900)
     assert again.returncode == 0 and again.stdout.count("exists, skipped") >= 6, again.stdout[-2000:]
+    # a PPO sweep over the same reward models: its upstream stages are those of the first workdir
+    sweep = [c for c in cmd if not c.startswith("--workdir")] + [f"--workdir={tmp_path / 'sweep'}", "--kl_coef=0.5",
+                                                                    f"--reward_models_from={wd}",
+                                                                    "--stages=data,rm,bon,normalize,report"]
+    linked = subprocess.run(sweep, cwd=REPO, capture_output=True, text=True, timeout=900)
+    assert linked.returncode == 0, linked.stderr[-3000:]
+    assert linked.stdout.count("exists, skipped") >= 4, linked.stdout[-2000:]
+    assert json.loads((tmp_path / "sweep" / "results.json").read_text())["best_of_n"] == bon
+
+
+def test_reward_models_from_links_finished_upstream_stages_of_the_same_settings(tmp_path):
+    settings = {k: 1 for k in E.SETTINGS}
+    src, wd = tmp_path / "src", tmp_path / "wd"
+    src.mkdir()
+    (src / "settings.json").write_text(json.dumps(settings))
+    for name in E.UPSTREAM_FILES:
+        (src / name).write_text(name)
+    for name in E.RMS:
+        for folder in ("export", E.NORMALIZED, "checkpoints"):
+            (src / f"rm_{name}" / folder).mkdir(parents=True)
+            (src / f"rm_{name}" / folder / "model.safetensors").write_text(f"{name} {folder}")
+        (src / f"rm_{name}" / "metrics.jsonl").write_text("{}\n")
+    E.check_upstream(src, {**settings, "kl_coef": 0.1, "ppo_steps": 80})  # PPO settings may differ
+    with pytest.raises(ValueError, match="--rm_pairs: 1 there, 400 here"):
+        E.check_upstream(src, {**settings, "rm_pairs": 400})
+    with pytest.raises(FileNotFoundError, match="no settings.json"):
+        E.check_upstream(wd, settings)
+    E.link_upstream(src, wd)
+    for name in E.UPSTREAM_FILES:
+        assert (wd / name).read_text() == name
+        assert not (wd / name).samefile(src / name)  # copies: a stage rewriting one here leaves src alone
+    for name in E.RMS:
+        for folder in ("export", E.NORMALIZED):
+            assert (wd / f"rm_{name}" / folder / "model.safetensors").samefile(src / f"rm_{name}" / folder /
+                                                                                 "model.safetensors")
+        assert (wd / f"rm_{name}" / "metrics.jsonl").exists() and not (wd / f"rm_{name}" / "checkpoints").exists()
+    (src / "normalization.json").unlink()
+    with pytest.raises(FileNotFoundError, match="normalize stage"):
+        E.check_upstream(src, settings)
