@@ -69,11 +69,11 @@ def define_flags():
     flags.DEFINE_list("stages", ["train", "judge", "report"], "which stages to run")
     flags.DEFINE_list("methods", list(METHODS), "losses to compare")
     flags.DEFINE_string("model", "smollm2-135m-instruct", "registered model every method starts from")
-    flags.DEFINE_integer("steps", 60, "optimizer steps per method")
+    flags.DEFINE_integer("steps", 32, "optimizer steps per method (~10 min each on 2 cores)")
     flags.DEFINE_integer("batch", 8, "pairs per step (KTO: twice as many single replies, the same pairs)")
-    flags.DEFINE_float("learning_rate", 1e-5, "peak learning rate (cosine, 5 warmup steps), every method")
-    flags.DEFINE_integer("max_length", 224, "tokens per sequence in training (prompt + reply)")
-    flags.DEFINE_integer("max_prompt_length", 128, "prompt tokens kept when a pair must be truncated")
+    flags.DEFINE_float("learning_rate", 5e-5, "peak learning rate (cosine, 5 warmup steps), every method")
+    flags.DEFINE_integer("max_length", 128, "tokens per sequence in training (prompt + reply)")
+    flags.DEFINE_integer("max_prompt_length", 64, "prompt tokens kept when a pair must be truncated")
     flags.DEFINE_integer("seed", 0, "data order and initialisation, the same for every method")
     flags.DEFINE_integer("reply_tokens", 64, "greedy reply length for the win rate")
     flags.DEFINE_integer("score_tokens", 96, "reply tokens scored for the held-out accuracy")
@@ -276,6 +276,37 @@ def _units(judged: Mapping[str, Any]) -> str:
     return " (raw scores)" if folders else ""
 
 
+def plot(judged: Mapping[str, Any], path: pathlib.Path) -> None:
+    """Two panels: each method's win rate against the base model with its 95% interval, and each
+    policy's mean gold reward (± SE) against its mean reply length, since a reward model may favour a
+    length or a style rather than better replies."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.4))
+    methods = [m for m, r in judged.items() if r.get("vs_base")]
+    rates = [judged[m]["vs_base"] for m in methods]
+    left.errorbar(range(len(methods)), [w["win_rate"] for w in rates],
+                  yerr=[[w["win_rate"] - w["low"] for w in rates], [w["high"] - w["win_rate"] for w in rates]],
+                  fmt="o", capsize=4)
+    left.axhline(0.5, color="gray", ls="--", lw=1)
+    left.set_xticks(range(len(methods)), methods)
+    left.set_ylim(0, 1)
+    left.set_ylabel("win rate vs base (gold RM), 95% Wilson")
+    left.set_title(f"greedy replies to {rates[0]['n'] if rates else 0} held-out prompts")
+    for name, r in judged.items():
+        right.errorbar(r["mean_length"], r["gold_reward"], yerr=r["gold_reward_se"], fmt="o", capsize=3)
+        right.annotate(name, (r["mean_length"], r["gold_reward"]), textcoords="offset points", xytext=(5, 5))
+    right.set_xlabel("mean reply length (tokens)")
+    right.set_ylabel("mean gold reward" + (" (reference-sample std)" if "std units" in _units(judged) else ""))
+    right.set_title("gold reward against reply length")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
 def report_stage(wd: pathlib.Path) -> None:
     judged = json.loads((wd / "judge.json").read_text()) if (wd / "judge.json").exists() else {}
     own = {}
@@ -301,6 +332,9 @@ def report_stage(wd: pathlib.Path) -> None:
                   f"{r['mean_logp_accuracy']:.3f} {ci['mean_logp_accuracy']} | "
                   f"{r['implicit_margin']:+.3f} | {win} | {r['gold_reward']:+.3f} (±{r['gold_reward_se']:.3f}) | "
                   f"{r['mean_length']:.1f} |")
+    if judged:
+        plot(judged, wd / "dpo_family.png")
+        md += ["", "![win rate and gold reward against length](dpo_family.png)"]
     (wd / "report.md").write_text("\n".join(md) + "\n")
     (wd / "results.json").write_text(json.dumps(
         {"judged": {k: {kk: (vv[:3] if kk == "replies" else vv) for kk, vv in v.items() if kk != "gold_scores"}

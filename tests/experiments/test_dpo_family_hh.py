@@ -108,6 +108,7 @@ def test_the_script_runs_on_the_toy_model(tmp_path):
         assert results[m]["pairs"] == 4 and 0 <= results[m]["vs_base"]["win_rate"] <= 1
     assert "| dpo |" in (wd / "report.md").read_text() and "(raw scores)" in (wd / "report.md").read_text()
     assert results["dpo"]["judge_model"] == str(overopt / "rm_gold" / "export")
+    assert (wd / "dpo_family.png").stat().st_size > 10_000
     missing = subprocess.run([sys.executable, "experiments/dpo_family_hh.py", f"--workdir={wd}",
                               f"--overopt_dir={tmp_path / 'nowhere'}"], cwd=REPO, capture_output=True, text=True,
                              timeout=300)
