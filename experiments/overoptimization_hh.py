@@ -372,22 +372,27 @@ def normalized_head(head: Mapping[str, np.ndarray], mean: np.ndarray, std: np.nd
     return {"w": (w / np.asarray(std)[..., None]).astype(np.float32), "b": ((b - mean) / std).astype(np.float32)}
 
 
-def write_normalized(src: pathlib.Path, dst: pathlib.Path, mean: np.ndarray, std: np.ndarray) -> None:
-    """``dst``: the reward model of ``src`` with its head normalised; the trunk and tokenizer files are
-    hard links (copies where links fail), the metadata records the moments."""
+def link_or_copy(a: pathlib.Path, b: pathlib.Path) -> None:
+    """``b`` as a hard link to ``a`` (a copy where links fail, e.g. across file systems)."""
     import os
     import shutil
 
+    try:
+        os.link(a, b)
+    except OSError:
+        shutil.copy2(a, b)
+
+
+def write_normalized(src: pathlib.Path, dst: pathlib.Path, mean: np.ndarray, std: np.ndarray) -> None:
+    """``dst``: the reward model of ``src`` with its head normalised; the trunk and tokenizer files are
+    hard links (copies where links fail), the metadata records the moments."""
     from align_jax.rewards.model import HEAD_FILE, META_FILE, read_head, save_head
 
     head, meta = read_head(src)
     dst.mkdir(parents=True, exist_ok=True)
     for f in src.iterdir():
         if f.is_file() and f.name not in (HEAD_FILE, META_FILE) and not (dst / f.name).exists():
-            try:
-                os.link(f, dst / f.name)
-            except OSError:
-                shutil.copy2(f, dst / f.name)
+            link_or_copy(f, dst / f.name)
     kept = {k: v for k, v in meta.items() if k not in ("hidden_size", "ensemble_size", "max_length")}
     save_head(dst, normalized_head(head, mean, std), max_length=meta["max_length"],
               normalized={"mean": np.asarray(mean).tolist(), "std": np.asarray(std).tolist(),
@@ -680,20 +685,13 @@ def link_upstream(src: pathlib.Path, wd: pathlib.Path) -> None:
     small files copied, each reward model's exports (raw and normalised) hard-linked (copied where
     links fail) with its training metrics, so nothing written in ``wd`` changes ``src``. Files that
     ``wd`` already holds are kept. Its later stages then skip those."""
-    import os
     import shutil
 
     def put(a: pathlib.Path, b: pathlib.Path, link: bool) -> None:
         if b.exists() or not a.exists():
             return
         b.parent.mkdir(parents=True, exist_ok=True)
-        if link:
-            try:
-                os.link(a, b)
-                return
-            except OSError:
-                pass
-        shutil.copy2(a, b)
+        (link_or_copy if link else shutil.copy2)(a, b)
 
     for name in UPSTREAM_FILES:
         put(src / name, wd / name, link=False)
