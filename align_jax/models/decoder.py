@@ -20,7 +20,7 @@ from flax import nnx
 from align_jax.models.attention import Attention, attention_mask, dot_product_attention, recomputed_attention
 from align_jax.models.config import ModelConfig
 from align_jax.models.interventions import SITES, Intervention, apply_edit
-from align_jax.models.layers import GatedMLP, RMSNorm, param
+from align_jax.models.layers import GatedMLP, RMSNorm, param, rows_matmul
 from align_jax.models.rope import inverse_frequencies
 
 
@@ -180,7 +180,7 @@ class Decoder(nnx.Module):
     ) -> jax.Array:  # [..., V]
         """Logits of final hidden states; pass ``unembedding`` to reuse one precomputed ``self.unembedding()``."""
         unembedding = self.unembedding() if unembedding is None else unembedding
-        logits = h @ unembedding.astype(h.dtype)
+        logits = rows_matmul(h, unembedding.astype(h.dtype))
         cap = self.cfg.final_logit_softcap
         if cap is not None:
             logits = cap * jnp.tanh(logits / cap)

@@ -20,6 +20,19 @@ def param(rngs: nnx.Rngs, shape: Sequence[int], axes: Sequence[str | None], dtyp
     return nnx.Param(value, axes=tuple(axes))
 
 
+def rows_matmul(x: jax.Array, w: jax.Array) -> jax.Array:  # x [..., K] @ w [K, N] -> [..., N]
+    """``x @ w`` computed as one 2-D matmul over all leading positions (same values).
+
+    The point is the backward pass. Autodiff's weight gradient of a 2-D matmul is one
+    ``[K, rows] x [rows, N]`` dot. That of the batched form (``[B, T, K] @ [K, N]``, or an einsum
+    over ``b t``) is a dot followed by a transpose, which XLA:CPU fuses into the producer of the
+    output gradient as a strided copy: on a 30-layer SwiGLU stack at 4 x 384 tokens, forward +
+    backward runs about 1.3x faster in this form (issue #28).
+    """
+    lead = x.shape[:-1]
+    return (x.reshape(-1, x.shape[-1]) @ w).reshape(*lead, w.shape[-1])
+
+
 class RMSNorm(nnx.Module):
     """RMSNorm (arXiv:1910.07467) in float32; Gemma scales by (1 + w) with w stored zero-centred."""
 
@@ -54,10 +67,10 @@ class GatedMLP(nnx.Module):
 
     def __call__(self, x: jax.Array) -> jax.Array:  # x [..., D] -> [..., D]
         dt = self.dtype
-        gate = x @ self.gate[...].astype(dt)
-        up = x @ self.up[...].astype(dt)
+        gate = rows_matmul(x, self.gate[...].astype(dt))
+        up = rows_matmul(x, self.up[...].astype(dt))
         if self.activation == "silu":
             act = jax.nn.silu(gate)
         else:
             act = jax.nn.gelu(gate, approximate=True)
-        return (act * up) @ self.down[...].astype(dt)
+        return rows_matmul(act * up, self.down[...].astype(dt))
