@@ -176,14 +176,16 @@ def _flash_attention_fwd(q, k, v, mask, scale):
 def _flash_attention_bwd(scale, residuals, d_out):
     q, k, v, mask, out, row_max, inv_total = residuals
     probs = jnp.exp(_masked_scores(q, k, mask, scale) - row_max[..., None]) * inv_total[..., None]
-    d_v = jnp.einsum("bkgts,bkgth->bksh", probs.astype(v.dtype), d_out)
+    # d_v and d_k are computed transposed ([B, K, H, S]) so that the [B, K, G, T, S] operand is the
+    # right-hand side with its contracted (G, T) leading: no transposed copy of it per layer.
+    d_v = jnp.einsum("bkgth,bkgts->bkhs", d_out, probs.astype(v.dtype)).swapaxes(-1, -2)
     d_probs = jnp.einsum("bkgth,bksh->bkgts", d_out, v, preferred_element_type=jnp.float32)
     delta = jnp.sum(d_out.astype(jnp.float32) * out.astype(jnp.float32), axis=-1)  # rowsum(dO * O)
     d_scores = probs * (d_probs - delta[..., None]) * scale
     # A query with no visible key (padding) spreads uniform weights over masked keys: no gradient.
     d_scores = jnp.where(mask[:, None, None], d_scores, 0.0).astype(q.dtype)
     d_q = jnp.einsum("bkgts,bksh->bkgth", d_scores, k)
-    d_k = jnp.einsum("bkgts,bkgth->bksh", d_scores, q)
+    d_k = jnp.einsum("bkgth,bkgts->bkhs", q, d_scores).swapaxes(-1, -2)
     return d_q, d_k.astype(k.dtype), d_v.astype(v.dtype), None
 
 
