@@ -63,9 +63,11 @@ class ModelConfig:
     # Runtime.
     param_dtype: str = "float32"
     dtype: str = "float32"  # compute dtype of activations and matmuls
-    # What the backward pass recomputes instead of storing: "none"; "attention" (the attention
-    # scores and probabilities, never stored as [B, N, T, S]); "dots" ("attention", and in each
-    # layer only matmul outputs are saved); "full" (only each layer's input is saved).
+    # What the backward pass recomputes instead of storing. The attention probabilities are never
+    # stored as [B, N, T, S]: FlashAttention's backward recomputes them, which on XLA:CPU is also
+    # faster than storing them (issue #28); only soft-capped attention logits under "none" store
+    # them. "none": nothing else; "attention": the same as "none" (soft caps recomputed too);
+    # "dots": in each layer only matmul outputs are saved; "full": only each layer's input is saved.
     remat: str = "none"
     scan_layers: bool = True
 

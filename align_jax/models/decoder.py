@@ -109,7 +109,8 @@ class Block(nnx.Module):
     ) -> jax.Array:  # [B, T, D]
         """Attention of q over keys/values, then the MLP; returns the new x."""
         hook = hook or (lambda site, h: h)
-        attend = dot_product_attention if self.cfg.remat == "none" else recomputed_attention
+        plain = self.cfg.remat == "none" and self.cfg.attn_logit_softcap is not None
+        attend = dot_product_attention if plain else recomputed_attention
         attended = attend(
             q, keys.astype(q.dtype), values.astype(q.dtype), mask, self.attn.scale, self.cfg.attn_logit_softcap,
             kv_heads_first,
@@ -145,7 +146,7 @@ def _stacked_blocks(cfg: ModelConfig, rngs: nnx.Rngs) -> Block:
     return nnx.merge(graphdef, state)
 
 
-_REMAT_POLICIES = {  # layer-level checkpoint policies; "attention" only recomputes the attention core
+_REMAT_POLICIES = {  # layer-level checkpoint policies; "none" and "attention" have none
     "full": None,
     "dots": jax.checkpoint_policies.checkpoint_dots,
 }
