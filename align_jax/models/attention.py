@@ -132,6 +132,8 @@ def recomputed_attention(
     """
     if softcap is not None:
         return _checkpointed_attention(q, k, v, mask, scale, softcap, kv_heads_first)
+    if kv_heads_first and q.shape[1] == 1:  # one decode step over the cache: its multiply-sum form
+        return dot_product_attention(q, k, v, mask, scale, None, kv_heads_first)
     b, t, n, h = q.shape
     kv_heads = k.shape[1 if kv_heads_first else 2]
     qh = q.reshape(b, t, kv_heads, n // kv_heads, h).transpose(0, 2, 3, 1, 4)  # [B, K, G, T, H]

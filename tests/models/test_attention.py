@@ -85,3 +85,15 @@ def test_rows_matmul_is_the_batched_matmul():
     r = jax.grad(lambda x, w: jnp.sum(jnp.sin(x @ w)), argnums=(0, 1))(x, w)
     for a, b in zip(g, r):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-5)
+
+
+def test_a_decode_step_keeps_the_multiply_sum_form():
+    """One query over a head-major cache goes to the decode form (no batched matmuls, issue #28)."""
+    q, k, v, _ = _inputs(5, kv_heads_first=True)
+    q = q[:, -1:]
+    mask = _mask()[:, -1:]
+    jaxpr = str(jax.make_jaxpr(recomputed_attention, static_argnums=(4, 5, 6))(q, k, v, mask, 0.4, None, True))
+    assert "dot_general" not in jaxpr
+    token_major = recomputed_attention(q, k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3), mask, 0.4)  # matmul form
+    np.testing.assert_allclose(np.asarray(recomputed_attention(q, k, v, mask, 0.4, None, True)),
+                               np.asarray(token_major), atol=1e-5)
