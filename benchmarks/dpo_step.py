@@ -37,8 +37,9 @@ Rows (``--variants``; each optimisation can be seen on and off):
   completions attending to it), ``shared_prefix_scored_only`` (c with the unembedding and
   log-softmax only on the completion positions: ``packed_pairs.scored_token_logps``), ``packed`` (d: + several pairs per row, no padding between
   them), ``packed_remat_full`` / ``packed_remat_dots`` (d with the decoder's ``remat`` policy),
-  ``shared_prefix_remat_attention`` / ``shared_prefix_remat_dots`` (c with the attention scores
-  recomputed in the backward pass, alone or with only matmul outputs saved),
+  ``shared_prefix_remat_attention`` / ``shared_prefix_remat_dots`` (c with ``remat="attention"``, or
+  with only matmul outputs saved; since 2026-12-07 every policy recomputes the attention
+  probabilities in the backward pass, so ``remat="attention"`` rows equal their plain ones),
   ``shared_prefix_grouped`` (e: c with length groups, ``pair_packing.pack_length_groups``: each
   pair's row padded to a multiple of ``--group_multiple`` only, rows of equal length batched
   together, all groups accumulated into one update) and ``shared_prefix_grouped_remat_attention``.
