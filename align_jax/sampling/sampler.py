@@ -123,26 +123,32 @@ def sample_program(
 ):
     model: Decoder = nnx.merge(graphdef, state)
     cfg = model.cfg
-    b, _ = prompt_tokens.shape
+    b, p = prompt_tokens.shape
     rows = b * n
     kv_sharding, row_sharding, row2_sharding = shardings or (None, None, None)
 
-    def new_cache(batch):
-        cache = KVCache.init(cfg, batch, cache_len)
-        return dataclasses.replace(cache, k=_constrain(cache.k, kv_sharding), v=_constrain(cache.v, kv_sharding))
-
-    # Prefill: every prompt once, logits only at the last (real) column.
+    # Prefill: every prompt once, into a cache of the prompt's own width (its attention reads the
+    # prompt only), logits only at the last (real) column; then the cache is widened to cache_len
+    # (empty slots: segment 0) and repeated n times.
     positions = jnp.maximum(jnp.cumsum(prompt_mask, axis=-1) - 1, 0).astype(jnp.int32)
-    out = model(prompt_tokens, positions, prompt_mask, cache=new_cache(b), return_logits=False,
+    prefill_cache = KVCache.init(cfg, b, p)
+    prefill_cache = dataclasses.replace(prefill_cache, k=_constrain(prefill_cache.k, kv_sharding),
+                                        v=_constrain(prefill_cache.v, kv_sharding))
+    out = model(prompt_tokens, positions, prompt_mask, cache=prefill_cache, return_logits=False,
                 intervention=intervention)
     last_logits = model.logits_from_hidden(out.final_hidden[:, -1])  # [B, V]
+
     rep = lambda x, axis: jnp.repeat(x, n, axis=axis) if n > 1 else x
+
+    def widen(x, axis, slot_axis):  # each prompt's rows repeated n times; the slot axis padded to cache_len
+        return jnp.pad(rep(x, axis), [(0, cache_len - p if a == slot_axis else 0) for a in range(x.ndim)])
+
     c = out.cache
     cache = KVCache(
-        k=_constrain(rep(c.k, 1), kv_sharding),
-        v=_constrain(rep(c.v, 1), kv_sharding),
-        positions=_constrain(rep(c.positions, 0), row2_sharding),
-        segment_ids=_constrain(rep(c.segment_ids, 0), row2_sharding),
+        k=_constrain(widen(c.k, 1, 3), kv_sharding),  # [L, B*n, K, S, H]
+        v=_constrain(widen(c.v, 1, 3), kv_sharding),
+        positions=_constrain(widen(c.positions, 0, 1), row2_sharding),  # [B*n, S]
+        segment_ids=_constrain(widen(c.segment_ids, 0, 1), row2_sharding),
         index=c.index,
     )
     last_logits = _constrain(rep(last_logits, 0), row2_sharding)
