@@ -61,6 +61,14 @@ or packed row position, plus the reference forward when it runs in the step; rem
 not counted) / time / peak. The peak is the larger of the fp32 matmul rates of ``jnp.dot`` and
 ``torch.mm`` measured in the same run, before and after the rows. Prints a Markdown table and writes JSON.
 
+``--precision=bf16`` races both sides in bf16 (issue #28): ours keeps float32 weights and
+activations and runs every weight matmul on bfloat16 operands accumulating in float32
+(``model.matmul_dtype="bfloat16"``; norms, softmax and the log-softmax stay float32), TRL runs its
+step and reference pass under ``torch.autocast("cpu", bfloat16)`` (fp32 master weights). The peak is
+then the bf16 matmul rate (``jnp.dot`` with float32 accumulation, bf16 ``torch.mm``), and the JSON's
+``logp_gap_vs_fp32`` gives each side's distance from its own fp32 sequence log-probs on the
+workload's pairs (initial policy).
+
 ``--model=llama-1b-random`` (for a GPU later) builds a randomly initialised Llama-3.2-1B-shaped
 model in bf16 and runs the align_jax rows only (``--model_override_layers`` shrinks it for a CPU
 smoke test).
@@ -126,6 +134,9 @@ flags.DEFINE_integer("pack_row_length", 0, "packed rows' length (0: the longest 
 flags.DEFINE_float("learning_rate", 1e-6, "AdamW learning rate (TRL's DPOConfig default)")
 flags.DEFINE_integer("peak_size", 2048, "side of the square matmuls that measure the peak")
 flags.DEFINE_integer("seed", 0, "data seed")
+flags.DEFINE_enum("precision", "fp32", ["fp32", "bf16"],
+                  "fp32; or bf16 on both sides: ours float32 weights and activations with bfloat16 matmul operands "
+                  "(model.matmul_dtype), TRL torch.autocast(bfloat16) around its step and reference pass")
 FLAGS = flags.FLAGS
 
 
@@ -193,11 +204,13 @@ def round_up(n: int, multiple: int) -> int:
 
 # -- matmul peaks ---------------------------------------------------------------------------
 def torch_matmul_peak(size: int, repeats: int = 5, chain: int = 8) -> float:
-    """fp32 ``torch.mm`` FLOP/s, measured like ``align_jax.training.flops.measure_matmul_peak``."""
+    """``torch.mm`` FLOP/s (fp32, or bf16 under ``--precision=bf16``), measured like
+    ``align_jax.training.flops.measure_matmul_peak``."""
     import torch
 
-    a = torch.randn(size, size)
-    b = torch.randn(size, size) / size**0.5
+    dtype = torch.bfloat16 if FLAGS.precision == "bf16" else torch.float32
+    a = torch.randn(size, size).to(dtype)
+    b = (torch.randn(size, size) / size**0.5).to(dtype)
 
     def run():
         y = a
@@ -440,6 +453,62 @@ def precompute_reference(model, batches: list[Batch], pad_id: int, pad_multiple:
 
 
 # -- TRL rows -------------------------------------------------------------------------------
+def autocast():
+    """``torch.autocast`` to bfloat16 under ``--precision=bf16``; a no-op context otherwise."""
+    import contextlib
+
+    import torch
+
+    if FLAGS.precision == "bf16":
+        return torch.autocast("cpu", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def trl_sequence_logps(folder: Path, batches: list[Batch], *, bf16: bool) -> np.ndarray:
+    """TRL's summed log-probs of every (chosen, rejected) completion [pairs, 2], its
+    ``compute_ref_log_probs`` on its own collated batches, in fp32 or under bf16 autocast."""
+    import contextlib
+
+    import datasets
+    import torch
+    import transformers
+    from trl import DPOConfig, DPOTrainer
+
+    model = transformers.AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
+    args = DPOConfig(output_dir=tempfile.mkdtemp(prefix="dpo_gap_"), report_to="none", use_cpu=True,
+                     max_length=None, per_device_train_batch_size=len(batches[0]), bf16=False)
+    placeholder = datasets.Dataset.from_dict({"prompt": ["Hi"], "chosen": [" a"], "rejected": [" b"]})
+    trainer = DPOTrainer(model=model, args=args, train_dataset=placeholder,
+                         processing_class=transformers.AutoTokenizer.from_pretrained(folder))
+    out = []
+    for batch in batches:
+        collated = trainer.data_collator([{"prompt_ids": p, "chosen_ids": c, "rejected_ids": r} for p, c, r in batch])
+        with torch.autocast("cpu", dtype=torch.bfloat16) if bf16 else contextlib.nullcontext():
+            chosen, rejected = trainer.compute_ref_log_probs(model, collated)
+        out.append(np.stack([chosen.float().numpy(), rejected.float().numpy()], axis=1))
+    return np.concatenate(out)
+
+
+def logp_gap(model_fp32, model_bf16, batches: list[Batch], pad_id: int, trl_folder: Path | None) -> dict:
+    """How far each side's bf16 sequence log-probs (the initial policy's, every chosen and rejected
+    completion of the workload) lie from its own fp32 ones: max and mean |difference| in nats per
+    sequence, and the mean per completion token."""
+    def summary(a: np.ndarray, b: np.ndarray, tokens: np.ndarray) -> dict:
+        d = np.abs(a.astype(np.float64) - b.astype(np.float64))
+        return dict(max_abs_nats=float(d.max()), mean_abs_nats=float(d.mean()),
+                    mean_abs_nats_per_token=float((d / tokens).mean()))
+
+    tokens = np.array([[len(c), len(r)] for b in batches for _, c, r in b], np.float64)
+    ours = [precompute_reference(m, batches, pad_id, FLAGS.pad_multiple) for m in (model_fp32, model_bf16)]
+    stack = lambda refs: np.concatenate([np.stack([r["reference_chosen_logps"], r["reference_rejected_logps"]], 1)  # noqa: E731
+                                         for r in refs])
+    gap = {"align_jax": summary(stack(ours[0]), stack(ours[1]), tokens)}
+    if trl_folder is not None:
+        gap["trl"] = summary(trl_sequence_logps(trl_folder, batches, bf16=False),
+                             trl_sequence_logps(trl_folder, batches, bf16=True), tokens)
+    return gap
+
+
 def trl_model_folder(gguf: Path, folder: Path) -> Path:
     """The GGUF as a plain fp32 transformers folder (no quantization_config), for TRL."""
     import torch
@@ -482,6 +551,10 @@ class TrlRunner:
             save_strategy="no",
             dataloader_num_workers=0,
             seed=0,
+            # Explicit: TRL's default bf16=True makes compute_ref_log_probs autocast to bf16 (its
+            # accelerator.autocast()), while training_step outside train() runs fp32. Precision is
+            # set by autocast() around both instead (checked with a forward hook, 2026-12-08).
+            bf16=False,
         )
         # TRL tokenizes text datasets itself; a one-row placeholder satisfies the constructor and
         # the timed batches are collated below from our ids.
@@ -497,7 +570,8 @@ class TrlRunner:
                 [{"prompt_ids": p, "chosen_ids": c, "rejected_ids": r} for p, c, r in batch]
             )
             if self.precompute:
-                ref_c, ref_r = trainer.compute_ref_log_probs(trainer.model, collated)
+                with autocast():
+                    ref_c, ref_r = trainer.compute_ref_log_probs(trainer.model, collated)
                 collated["ref_chosen_logps"], collated["ref_rejected_logps"] = ref_c, ref_r
             self.batches.append(collated)
 
@@ -507,7 +581,8 @@ class TrlRunner:
         trainer, model = self.trainer, self.trainer.model
         batch = dict(self.batches[k % len(self.batches)])
         t = time.perf_counter()
-        trainer.training_step(model, batch)
+        with autocast():
+            trainer.training_step(model, batch)
         if trainer.args.max_grad_norm > 0:
             torch.nn.utils.clip_grad_norm_(model.parameters(), trainer.args.max_grad_norm)
         trainer.optimizer.step()
@@ -669,7 +744,7 @@ def load(model_name: str):
     if model_name == "smollm2-135m-instruct":
         if FLAGS.model_override_layers:
             raise app.UsageError("--model_override_layers applies to llama-1b-random only")
-        lm = load_model(model_name)
+        lm = load_model(model_name, matmul_dtype="bfloat16" if FLAGS.precision == "bf16" else "")
         return lm.model, lm.tokenizer, lm.chat_template, Path(lm.source)
     from align_jax.models.decoder import init_decoder
 
@@ -723,14 +798,15 @@ def main(argv):
 
         torch.set_num_threads(os.cpu_count())
         versions.update(torch=torch.__version__, transformers=transformers.__version__, trl=trl.__version__)
-    peaks = measure_peaks(cfg.dtype, bool(trl_names), "start")
+    peak_dtype = "bfloat16" if FLAGS.precision == "bf16" else cfg.dtype
+    peaks = measure_peaks(peak_dtype, bool(trl_names), "start")
     peak = max(peaks.values())
     log(f"{FLAGS.model}: {cfg.num_params() / 1e6:.1f}M params ({matmul_params(cfg) / 1e6:.1f}M in matmuls), "
-        f"{cfg.dtype}; {cfg.dtype} matmul peak "
+        f"{cfg.dtype} (matmul operands {cfg.matmul_dtype or cfg.dtype}); {peak_dtype} matmul peak "
         + ", ".join(f"{k} {v / 1e9:.1f}" for k, v in peaks.items())
         + f" GFLOP/s (using {peak / 1e9:.1f}); jax devices {jax.devices()}; cpu_count {os.cpu_count()}")
 
-    results, data_info = {}, {}
+    results, data_info, gaps = {}, {}, {}
     with tempfile.TemporaryDirectory(prefix="dpo_step_") as tmp:
         tmp = Path(tmp)
         trl_folder = trl_model_folder(gguf, tmp / "model") if trl_names else None
@@ -749,6 +825,14 @@ def main(argv):
             else:
                 raise app.UsageError(f"unknown workload {workload!r}; valid: fixed, realistic")
             data_info[workload]["counted_tokens_per_batch"] = [counted_tokens(b) for b in batches]
+            if FLAGS.precision == "bf16" and FLAGS.model == "smollm2-135m-instruct":
+                from align_jax.models.registry import load_model
+
+                fp32 = load_model(FLAGS.model).model
+                gaps[workload] = logp_gap(fp32, model, batches, pad_id, trl_folder)
+                del fp32
+                gc.collect()
+                log(f"log-prob gap bf16 vs fp32 ({workload}): {json.dumps(gaps[workload])}")
             log(f"workload {workload}: {len(batches)} batch(es) of {FLAGS.pairs} pairs, counted tokens "
                 f"{data_info[workload]['counted_tokens_per_batch']}")
             with Contention() as machine:  # load and other processes' CPU while the rows ran
@@ -763,22 +847,23 @@ def main(argv):
                 log(json.dumps({k: v for k, v in r.items() if k not in ("step_s", "batch_index")}))
 
     # The peak again after the rows: a busy moment of the VM at the start must not inflate MFU.
-    peaks.update(measure_peaks(cfg.dtype, bool(trl_names), "end"))
+    peaks.update(measure_peaks(peak_dtype, bool(trl_names), "end"))
     peak = max(peaks.values())
     log("matmul peaks " + ", ".join(f"{k} {v / 1e9:.1f}" for k, v in peaks.items())
         + f" GFLOP/s; MFU uses the largest, {peak / 1e9:.1f}")
     apply_peak(results, peak)
-    table = markdown(results, peak, cfg.dtype)
+    table = markdown(results, peak, peak_dtype)
     print("\n" + table)
     out = Path(FLAGS.output_json)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(dict(
         model=FLAGS.model, params=cfg.num_params(), matmul_params=matmul_params(cfg), dtype=cfg.dtype,
+        precision=FLAGS.precision, matmul_dtype=cfg.matmul_dtype or cfg.dtype, logp_gap_vs_fp32=gaps,
         layers=cfg.num_layers, matmul_peak_flops=peaks, peak_used=peak, cpu_count=os.cpu_count(),
         versions=versions, flags={k: FLAGS[k].value for k in (
             "workload", "steps", "warmup", "variants", "frameworks", "pairs", "prompt_len", "completion_len",
             "max_length", "num_batches", "pad_multiple", "group_multiple", "pack_row_length", "learning_rate",
-            "seed")},
+            "seed", "precision")},
         data=data_info, token_definition="non-padding len(prompt)+len(chosen)+len(prompt)+len(rejected) per pair",
         mfu_definition="model training FLOPs (6N + attention, flops.py) of the counted tokens, each side its own "
                        "sequence / step time / peak",
@@ -802,7 +887,7 @@ def measure_peaks(dtype: str, torch_too: bool, when: str) -> dict[str, float]:
     from align_jax.training.flops import measure_matmul_peak
 
     peaks = {f"jax_{when}": measure_matmul_peak(dtype, size=FLAGS.peak_size, repeats=5)}
-    if torch_too and dtype == "float32":
+    if torch_too and dtype in ("float32", "bfloat16"):
         peaks[f"torch_{when}"] = torch_matmul_peak(FLAGS.peak_size)
     return peaks
 

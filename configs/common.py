@@ -19,7 +19,7 @@ def optional_str(default: str | None = None) -> config_dict.FieldReference:
 def base_config() -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
     c.model = dict(name=optional_str("smollm2-135m-instruct"), path=optional_str(), param_dtype="float32",
-                   dtype="float32", remat="none", scan_layers=True)
+                   dtype="float32", matmul_dtype="", remat="none", scan_layers=True)
     c.mesh = dict(data=1, fsdp=-1, tensor=1)
     c.data = dict(source="checkable_pairs", train_path=optional_str(), eval_path=optional_str(), eval_fraction=0.1,
                   tfds_data_dir=optional_str(), manual_dir=optional_str(), train_split="train", eval_split="",

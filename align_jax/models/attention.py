@@ -229,8 +229,8 @@ class Attention(nnx.Module):
         """x -> rotated q, rotated k, and v (the query / key / value projections)."""
         dt = self.cfg.jnp_dtype
         q, k, v = (
-            rows_matmul(x, w.reshape(w.shape[0], -1)).reshape(*x.shape[:-1], *w.shape[1:])
-            for w in (self.q[...].astype(dt), self.k[...].astype(dt), self.v[...].astype(dt))
+            rows_matmul(x, w.reshape(w.shape[0], -1), self.cfg.jnp_matmul_dtype).reshape(*x.shape[:-1], *w.shape[1:])
+            for w in (self.q[...], self.k[...], self.v[...])
         )
         if self.cfg.qkv_bias:
             q = q + self.q_bias[...].astype(dt)
@@ -242,5 +242,5 @@ class Attention(nnx.Module):
 
     def output(self, attended: jax.Array) -> jax.Array:  # attended [B, T, N, H] -> [B, T, D]
         """The output projection of the heads' attended values."""
-        o = self.o[...].astype(self.cfg.jnp_dtype)
-        return rows_matmul(attended.reshape(*attended.shape[:-2], -1), o.reshape(-1, o.shape[-1]))
+        o = self.o[...]
+        return rows_matmul(attended.reshape(*attended.shape[:-2], -1), o.reshape(-1, o.shape[-1]), self.cfg.jnp_matmul_dtype)

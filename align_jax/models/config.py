@@ -63,6 +63,12 @@ class ModelConfig:
     # Runtime.
     param_dtype: str = "float32"
     dtype: str = "float32"  # compute dtype of activations and matmuls
+    # Operand dtype of the weight matmuls ("" = dtype). "bfloat16" with dtype "float32" is mixed
+    # precision on CPU: activations, norms, softmax and log-softmax in float32, every weight matmul
+    # (and both of its backward matmuls) on bfloat16 operands accumulating in float32. XLA:CPU runs
+    # those dots at up to ~1.8x its float32 rate, and bf16 activations cost more in converts than
+    # they save there (issue #28; ``layers.rows_matmul``).
+    matmul_dtype: str = ""
     # What the backward pass recomputes instead of storing. The attention probabilities are never
     # stored as [B, N, T, S]: FlashAttention's backward recomputes them, which on XLA:CPU is also
     # faster than storing them (issue #28); only soft-capped attention logits under "none" store
@@ -93,6 +99,8 @@ class ModelConfig:
         for name in ("param_dtype", "dtype"):
             if getattr(self, name) not in ("float32", "bfloat16", "float16"):
                 raise ValueError(f"{name} must be float32, bfloat16 or float16")
+        if self.matmul_dtype not in ("", "float32", "bfloat16", "float16"):
+            raise ValueError(f"matmul_dtype must be '' (= dtype), float32, bfloat16 or float16, got {self.matmul_dtype!r}")
 
     @property
     def layer_is_sliding(self) -> tuple[bool, ...]:
@@ -106,6 +114,10 @@ class ModelConfig:
     @property
     def jnp_dtype(self):
         return jnp.dtype(self.dtype)
+
+    @property
+    def jnp_matmul_dtype(self):
+        return jnp.dtype(self.matmul_dtype or self.dtype)
 
     def num_params(self) -> int:
         """Parameter count (embeddings counted once when tied)."""

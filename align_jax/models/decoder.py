@@ -181,7 +181,7 @@ class Decoder(nnx.Module):
     ) -> jax.Array:  # [..., V]
         """Logits of final hidden states; pass ``unembedding`` to reuse one precomputed ``self.unembedding()``."""
         unembedding = self.unembedding() if unembedding is None else unembedding
-        logits = rows_matmul(h, unembedding.astype(h.dtype))
+        logits = rows_matmul(h, unembedding, self.cfg.jnp_matmul_dtype, jnp.float32)  # float32 logits in every precision
         cap = self.cfg.final_logit_softcap
         if cap is not None:
             logits = cap * jnp.tanh(logits / cap)

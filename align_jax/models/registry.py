@@ -68,8 +68,9 @@ class LoadedModel:
     source: str
 
 
-def _runtime(cfg, param_dtype, dtype, remat, scan_layers):
-    return cfg.replace(param_dtype=param_dtype, dtype=dtype, remat=remat, scan_layers=scan_layers)
+def _runtime(cfg, param_dtype, dtype, remat, scan_layers, matmul_dtype=""):
+    return cfg.replace(param_dtype=param_dtype, dtype=dtype, remat=remat, scan_layers=scan_layers,
+                       matmul_dtype=matmul_dtype)
 
 
 def load_model(
@@ -80,10 +81,16 @@ def load_model(
     dtype: str = "float32",
     remat: str = "none",
     scan_layers: bool = True,
+    matmul_dtype: str = "",
     mesh: Mesh | None = None,
     rules: Rules = DEFAULT_RULES,
 ) -> LoadedModel:
-    """Loads weights, tokenizer and chat format; with ``mesh``, parameters are sharded on load."""
+    """Loads weights, tokenizer and chat format; with ``mesh``, parameters are sharded on load.
+
+    ``param_dtype`` / ``dtype`` / ``matmul_dtype`` / ``remat`` / ``scan_layers``: the runtime fields
+    of ``ModelConfig`` (``matmul_dtype="bfloat16"`` with float32 weights and activations is the CPU
+    mixed-precision setting).
+    """
     if (name is None) == (path is None):
         raise ValueError("give exactly one of model name or path")
     if name is not None:
@@ -92,13 +99,13 @@ def load_model(
         path = MODELS[name].path()
     path = Path(path)
     if path.is_dir():
-        cfg = _runtime(read_hf_config(path), param_dtype, dtype, remat, scan_layers)
+        cfg = _runtime(read_hf_config(path), param_dtype, dtype, remat, scan_layers, matmul_dtype)
         shardings = _shardings(cfg, mesh, rules)
         model = load_hf_dir(path, cfg, shardings)
         tokenizer = Tokenizer.from_pretrained_dir(path)
     elif path.suffix == ".gguf":
         cfg, tensors, meta = load_gguf(path)
-        cfg = _runtime(cfg, param_dtype, dtype, remat, scan_layers)
+        cfg = _runtime(cfg, param_dtype, dtype, remat, scan_layers, matmul_dtype)
         model = decoder_from_hf_tensors(cfg, tensors.__getitem__, str(path), _shardings(cfg, mesh, rules))
         tokenizer = Tokenizer.from_gguf(path)
     else:

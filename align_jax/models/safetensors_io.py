@@ -92,7 +92,8 @@ def load_hf_dir(
     arch = read_hf_config(folder)
     if cfg is not None:
         arch = arch.replace(
-            param_dtype=cfg.param_dtype, dtype=cfg.dtype, remat=cfg.remat, scan_layers=cfg.scan_layers
+            param_dtype=cfg.param_dtype, dtype=cfg.dtype, remat=cfg.remat, scan_layers=cfg.scan_layers,
+            matmul_dtype=cfg.matmul_dtype,
         )
     return decoder_from_hf_tensors(arch, _TensorFiles(folder), str(folder), shardings)
 

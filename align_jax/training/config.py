@@ -29,6 +29,7 @@ class ModelSection:
     path: str | None = None  # a Hugging Face folder or a .gguf file
     param_dtype: str = "float32"
     dtype: str = "float32"
+    matmul_dtype: str = ""  # "" = dtype; "bfloat16": bf16 matmul operands, f32 accumulation (ModelConfig)
     remat: str = "none"
     scan_layers: bool = True
 

@@ -76,8 +76,9 @@ def measure_matmul_peak(
     b = jax.device_put((jax.random.normal(kb, (size, size), jnp.float32) / size**0.5).astype(dtype), device)
 
     @jax.jit
-    def chain(x, w):
-        return jax.lax.fori_loop(0, matmuls_per_call, lambda _, y: y @ w, x)
+    def chain(x, w):  # low-precision operands accumulate in float32, as the model's matmuls do
+        mm = lambda _, y: jnp.dot(y, w, preferred_element_type=jnp.float32).astype(y.dtype)  # noqa: E731
+        return jax.lax.fori_loop(0, matmuls_per_call, mm, x)
 
     for _ in range(max(1, warmup)):
         chain(a, b).block_until_ready()

@@ -63,7 +63,7 @@ def load(cfg: RunConfig):
     mesh = make_mesh(cfg.mesh.data, cfg.mesh.fsdp, cfg.mesh.tensor)
     m = cfg.model
     lm = load_model(m.name if m.path is None else None, m.path, param_dtype=m.param_dtype, dtype=m.dtype,
-                    remat=m.remat, scan_layers=m.scan_layers, mesh=mesh)
+                    matmul_dtype=m.matmul_dtype, remat=m.remat, scan_layers=m.scan_layers, mesh=mesh)
     release_free_memory()  # the loader's dequantised copies
     return mesh, lm
 

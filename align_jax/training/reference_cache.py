@@ -30,7 +30,7 @@ def model_fingerprint(source: str, model: Decoder) -> str:
     path = Path(source)
     files = sorted(p for p in path.iterdir() if p.is_file()) if path.is_dir() else [path]
     parts = [f"{p}:{p.stat().st_size}:{p.stat().st_mtime_ns}" for p in files]
-    parts.append(f"{model.cfg.param_dtype}/{model.cfg.dtype}")
+    parts.append(f"{model.cfg.param_dtype}/{model.cfg.dtype}" + (f"/mm-{model.cfg.matmul_dtype}" if model.cfg.matmul_dtype else ""))
     return "|".join(parts)
 
 

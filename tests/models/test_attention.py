@@ -87,6 +87,30 @@ def test_rows_matmul_is_the_batched_matmul():
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-5)
 
 
+def _round_bf16(a) -> np.ndarray:  # float64 values of the bfloat16 rounding of a
+    return np.asarray(jnp.asarray(a, jnp.float32).astype(jnp.bfloat16).astype(jnp.float32), np.float64)
+
+
+@pytest.mark.parametrize("x_dtype", [jnp.float32, jnp.bfloat16])
+def test_mixed_precision_rows_matmul_equals_numpy_on_rounded_operands(x_dtype):
+    """bf16 operands, float32 accumulation: value and both gradients against float64 NumPy of the
+    bf16-rounded operands (the output cotangent rounded too); gradients keep each input's dtype."""
+    x = jax.random.normal(jax.random.PRNGKey(5), (2, 5, 64)).astype(x_dtype)
+    w = jax.random.normal(jax.random.PRNGKey(6), (64, 3))  # float32 master weight
+    c = jax.random.normal(jax.random.PRNGKey(7), (2, 5, 3))  # output cotangent
+    xr, wr, cr = _round_bf16(x).reshape(10, 64), _round_bf16(w), _round_bf16(c).reshape(10, 3)
+    y = rows_matmul(x, w, jnp.bfloat16, jnp.float32)
+    assert y.dtype == jnp.float32
+    np.testing.assert_allclose(np.asarray(y).reshape(10, 3), xr @ wr, rtol=1e-5, atol=1e-5)
+    dx, dw = jax.grad(lambda x, w: jnp.sum(rows_matmul(x, w, jnp.bfloat16, jnp.float32) * c), argnums=(0, 1))(x, w)
+    assert (dx.dtype, dw.dtype) == (x_dtype, jnp.float32)
+    tol = 1e-5 if x_dtype == jnp.float32 else 1e-2  # dx is rounded to bf16 when x is bf16
+    np.testing.assert_allclose(np.asarray(dx, np.float64).reshape(10, 64), cr @ wr.T, rtol=tol, atol=tol)
+    np.testing.assert_allclose(np.asarray(dw), xr.T @ cr, rtol=1e-5, atol=1e-5)
+    # Not the float32 answer: the operands really were rounded.
+    assert np.abs(np.asarray(dw) - np.asarray(x, np.float64).reshape(10, 64).T @ np.asarray(c).reshape(10, 3)).max() > 1e-4
+
+
 def test_a_decode_step_keeps_the_multiply_sum_form():
     """One query over a head-major cache goes to the decode form (no batched matmuls, issue #28)."""
     q, k, v, _ = _inputs(5, kv_heads_first=True)

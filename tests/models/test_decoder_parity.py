@@ -4,6 +4,7 @@ import numpy as np
 import jax
 import jax.numpy as jnp
 import pytest
+from flax import nnx
 
 from align_jax.models import KVCache, hf_layout
 
@@ -151,7 +152,34 @@ def test_bf16_compute_is_close(pair):
         "bf16",
     )
     out = bf16(tokens).logits
-    assert out.dtype == jnp.bfloat16
+    assert out.dtype == jnp.float32  # the unembedding accumulates and returns float32 in every precision
     assert bf16.blocks.attn.q[...].dtype == jnp.bfloat16
     rel = np.linalg.norm(np.asarray(out, np.float32) - ref) / np.linalg.norm(ref)
     assert rel < 3e-2, rel
+
+
+def test_bf16_matmuls_with_float32_activations_are_close_and_train(pair):
+    """Mixed precision (``matmul_dtype="bfloat16"``): float32 weights and activations, bf16 matmul
+    operands. Logits within bf16 rounding of the float32 ones, and closer than full bf16 compute;
+    the weight gradients stay float32 and point the same way as the float32 ones."""
+    _, ours = pair
+    tokens = jnp.asarray(_tokens(2, 10, seed=8))
+    ref = np.asarray(ours(tokens).logits)
+    tensors = hf_layout.decoder_to_hf_tensors(ours)
+    mixed = hf_layout.decoder_from_hf_tensors(ours.cfg.replace(matmul_dtype="bfloat16"), tensors.__getitem__, "mixed")
+    full = hf_layout.decoder_from_hf_tensors(ours.cfg.replace(param_dtype="bfloat16", dtype="bfloat16"),
+                                             tensors.__getitem__, "bf16")
+    out = mixed(tokens).logits
+    assert out.dtype == jnp.float32 and mixed.blocks.attn.q[...].dtype == jnp.float32
+    rel = np.linalg.norm(np.asarray(out) - ref) / np.linalg.norm(ref)
+    rel_full = np.linalg.norm(np.asarray(full(tokens).logits) - ref) / np.linalg.norm(ref)
+    assert 1e-5 < rel < 1e-2 and rel < rel_full, (rel, rel_full)
+
+    def grads(model):
+        g = nnx.grad(lambda m: jnp.sum(jax.nn.log_softmax(m(tokens).logits)[..., 3]))(model)
+        return g.blocks.mlp.down[...]
+
+    g32, gmix = grads(ours), grads(mixed)
+    assert gmix.dtype == jnp.float32
+    cos = float(jnp.sum(g32 * gmix) / (jnp.linalg.norm(g32) * jnp.linalg.norm(gmix)))
+    assert cos > 0.99, cos
