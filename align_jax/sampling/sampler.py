@@ -193,8 +193,8 @@ def sample_program(
     loop = record(loop, last_logits)
 
     # Loop invariants computed once: per-layer weights and the [D, V] unembedding (see ``sample``).
-    layer_states = unstack_layers(model) if hoist_weights else None
-    unembedding = model.unembedding() if hoist_weights else None
+    layer_states = _as_matmul_operands(unstack_layers(model), model.cfg) if hoist_weights else None
+    unembedding = model.unembedding().astype(model.cfg.jnp_matmul_dtype) if hoist_weights else None
 
     def cond(loop: _Loop):
         return (loop.step < max_new_tokens) & ~loop.done.all()
@@ -249,6 +249,24 @@ def decode_shardings(cfg, mesh: Mesh, batch: int, rules: Rules = DEFAULT_RULES) 
     kv_spec = logical_to_spec(("layers", "batch", "kv_heads", "length", "head_dim"), mesh, rules,
                               (cfg.num_layers, batch, cfg.num_kv_heads, 1, cfg.head_dim))
     return NamedSharding(mesh, kv_spec), batch_sharding(mesh, 1, rules), batch_sharding(mesh, 2, rules)
+
+
+_MATMUL_WEIGHTS = ("q", "k", "v", "o", "gate", "up", "down")  # a block's weights that only feed matmuls
+
+
+def _as_matmul_operands(layer_states: tuple[nnx.State, ...], cfg) -> tuple[nnx.State, ...]:
+    """The hoisted matmul weights cast once to the matmul dtype (``cfg.matmul_dtype``, e.g. bf16 over
+    fp32 master weights), so the loop does not cast them again at every step. The values the matmuls
+    see are the same: ``layers.rows_matmul`` casts to that dtype itself. Norms and biases keep theirs."""
+    dtype = cfg.jnp_matmul_dtype
+
+    def cast(path, leaf):
+        name = getattr(path[-1], "key", getattr(path[-1], "name", None)) if path else None
+        if name == "value" and len(path) > 1:  # nnx.Variable's value under its attribute name
+            name = getattr(path[-2], "key", getattr(path[-2], "name", None))
+        return leaf.astype(dtype) if name in _MATMUL_WEIGHTS and leaf.dtype != dtype else leaf
+
+    return tuple(jax.tree_util.tree_map_with_path(cast, state) for state in layer_states)
 
 
 def hoist_default(model_or_state) -> bool:

@@ -113,6 +113,28 @@ def test_hoisted_weights_equal_stacked_decode(model, gemma_like):
     np.testing.assert_allclose(np.asarray(new.sampling_logprobs), np.asarray(ref.sampling_logprobs), atol=1e-5)
 
 
+def test_bf16_matmuls_over_fp32_weights_sample_what_the_trainer_scores(model):
+    """``matmul_dtype="bfloat16"`` over fp32 weights: the hoisted decode casts the matmul weights once
+    (the loop then reads bf16 copies) and still equals the stacked decode, and its log-probs equal a
+    teacher-forced forward of the same mixed-precision model (the RL trainer's view), not the fp32 one."""
+    mixed = init_decoder(CFG.replace(matmul_dtype="bfloat16"), seed=3)
+    nnx.update(mixed, nnx.state(model))  # the same fp32 weights
+    params = SamplingParams(temperature=1.0, n=2, max_new_tokens=10, seed=5)
+    ref, new = (sample(mixed, PROMPTS, params, hoist_weights=h) for h in (False, True))
+    np.testing.assert_array_equal(np.asarray(new.tokens), np.asarray(ref.tokens))
+    np.testing.assert_allclose(np.asarray(new.model_logprobs), np.asarray(ref.model_logprobs), atol=1e-5)
+    mask = np.asarray(new.completion_mask).astype(bool)
+    toks = np.asarray(new.tokens)
+
+    def scored(m):
+        lp = jax.nn.log_softmax(teacher_forced(m, new), -1)
+        return np.take_along_axis(np.asarray(lp), toks[..., None], -1)[..., 0][mask]
+
+    got = np.asarray(new.model_logprobs)[mask]
+    np.testing.assert_allclose(got, scored(mixed), atol=1e-4)
+    assert np.abs(got - scored(model)).max() > 1e-4  # bf16 operands really were used
+
+
 @pytest.mark.parametrize("remat", ["full", "dots"])
 def test_a_remat_model_samples_what_the_plain_one_does(model, remat):
     """A model configured with layer remat (training's setting, e.g. the demo's) decodes through the
