@@ -453,46 +453,23 @@ def precompute_reference(model, batches: list[Batch], pad_id: int, pad_multiple:
 
 
 # -- TRL rows -------------------------------------------------------------------------------
-def autocast():
-    """``torch.autocast`` to bfloat16 under ``--precision=bf16``; a no-op context otherwise."""
+def autocast(bf16: bool | None = None):
+    """``torch.autocast`` to bfloat16 when ``bf16`` (default: ``--precision=bf16``); else a no-op context."""
     import contextlib
 
     import torch
 
-    if FLAGS.precision == "bf16":
+    if FLAGS.precision == "bf16" if bf16 is None else bf16:
         return torch.autocast("cpu", dtype=torch.bfloat16)
     return contextlib.nullcontext()
 
 
-def trl_sequence_logps(folder: Path, batches: list[Batch], *, bf16: bool) -> np.ndarray:
-    """TRL's summed log-probs of every (chosen, rejected) completion [pairs, 2], its
-    ``compute_ref_log_probs`` on its own collated batches, in fp32 or under bf16 autocast."""
-    import contextlib
-
-    import datasets
-    import torch
-    import transformers
-    from trl import DPOConfig, DPOTrainer
-
-    model = transformers.AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
-    args = DPOConfig(output_dir=tempfile.mkdtemp(prefix="dpo_gap_"), report_to="none", use_cpu=True,
-                     max_length=None, per_device_train_batch_size=len(batches[0]), bf16=False)
-    placeholder = datasets.Dataset.from_dict({"prompt": ["Hi"], "chosen": [" a"], "rejected": [" b"]})
-    trainer = DPOTrainer(model=model, args=args, train_dataset=placeholder,
-                         processing_class=transformers.AutoTokenizer.from_pretrained(folder))
-    out = []
-    for batch in batches:
-        collated = trainer.data_collator([{"prompt_ids": p, "chosen_ids": c, "rejected_ids": r} for p, c, r in batch])
-        with torch.autocast("cpu", dtype=torch.bfloat16) if bf16 else contextlib.nullcontext():
-            chosen, rejected = trainer.compute_ref_log_probs(model, collated)
-        out.append(np.stack([chosen.float().numpy(), rejected.float().numpy()], axis=1))
-    return np.concatenate(out)
-
-
-def logp_gap(model_fp32, model_bf16, batches: list[Batch], pad_id: int, trl_folder: Path | None) -> dict:
+def logp_gap(model_fp32, model_bf16, batches: list[Batch], pad_id: int, trl_folder: Path | None,
+             workdir: Path) -> dict:
     """How far each side's bf16 sequence log-probs (the initial policy's, every chosen and rejected
     completion of the workload) lie from its own fp32 ones: max and mean |difference| in nats per
-    sequence, and the mean per completion token."""
+    sequence, and the mean per completion token. TRL's are its ``compute_ref_log_probs`` on its own
+    collated batches, plain and under bf16 autocast."""
     def summary(a: np.ndarray, b: np.ndarray, tokens: np.ndarray) -> dict:
         d = np.abs(a.astype(np.float64) - b.astype(np.float64))
         return dict(max_abs_nats=float(d.max()), mean_abs_nats=float(d.mean()),
@@ -504,8 +481,19 @@ def logp_gap(model_fp32, model_bf16, batches: list[Batch], pad_id: int, trl_fold
                                          for r in refs])
     gap = {"align_jax": summary(stack(ours[0]), stack(ours[1]), tokens)}
     if trl_folder is not None:
-        gap["trl"] = summary(trl_sequence_logps(trl_folder, batches, bf16=False),
-                             trl_sequence_logps(trl_folder, batches, bf16=True), tokens)
+        runner = TrlRunner("trl", trl_folder, batches, learning_rate=FLAGS.learning_rate, workdir=workdir,
+                           cfg=model_bf16.cfg)
+        trainer = runner.trainer
+
+        def trl_logps(bf16: bool) -> np.ndarray:
+            out = []
+            for collated in runner.batches:
+                with autocast(bf16):
+                    chosen, rejected = trainer.compute_ref_log_probs(trainer.model, collated)
+                out.append(np.stack([chosen.float().numpy(), rejected.float().numpy()], axis=1))
+            return np.concatenate(out)
+
+        gap["trl"] = summary(trl_logps(False), trl_logps(True), tokens)
     return gap
 
 
@@ -810,6 +798,11 @@ def main(argv):
     with tempfile.TemporaryDirectory(prefix="dpo_step_") as tmp:
         tmp = Path(tmp)
         trl_folder = trl_model_folder(gguf, tmp / "model") if trl_names else None
+        fp32_model = None  # the fp32 twin of a bf16 run, for the log-prob gap
+        if FLAGS.precision == "bf16" and FLAGS.model == "smollm2-135m-instruct":
+            from align_jax.models.registry import load_model
+
+            fp32_model = load_model(FLAGS.model).model
         for workload in FLAGS.workload:
             if workload == "fixed":
                 batches = fixed_batches(cfg.vocab_size, FLAGS.pairs, FLAGS.prompt_len, FLAGS.completion_len, FLAGS.seed)
@@ -825,13 +818,8 @@ def main(argv):
             else:
                 raise app.UsageError(f"unknown workload {workload!r}; valid: fixed, realistic")
             data_info[workload]["counted_tokens_per_batch"] = [counted_tokens(b) for b in batches]
-            if FLAGS.precision == "bf16" and FLAGS.model == "smollm2-135m-instruct":
-                from align_jax.models.registry import load_model
-
-                fp32 = load_model(FLAGS.model).model
-                gaps[workload] = logp_gap(fp32, model, batches, pad_id, trl_folder)
-                del fp32
-                gc.collect()
+            if fp32_model is not None:
+                gaps[workload] = logp_gap(fp32_model, model, batches, pad_id, trl_folder, tmp)
                 log(f"log-prob gap bf16 vs fp32 ({workload}): {json.dumps(gaps[workload])}")
             log(f"workload {workload}: {len(batches)} batch(es) of {FLAGS.pairs} pairs, counted tokens "
                 f"{data_info[workload]['counted_tokens_per_batch']}")
@@ -846,6 +834,7 @@ def main(argv):
             for r in results[workload]:
                 log(json.dumps({k: v for k, v in r.items() if k not in ("step_s", "batch_index")}))
 
+    del fp32_model
     # The peak again after the rows: a busy moment of the VM at the start must not inflate MFU.
     peaks.update(measure_peaks(peak_dtype, bool(trl_names), "end"))
     peak = max(peaks.values())

@@ -68,7 +68,7 @@ class LoadedModel:
     source: str
 
 
-def _runtime(cfg, param_dtype, dtype, remat, scan_layers, matmul_dtype=""):
+def _runtime(cfg, param_dtype, dtype, remat, scan_layers, matmul_dtype):
     return cfg.replace(param_dtype=param_dtype, dtype=dtype, remat=remat, scan_layers=scan_layers,
                        matmul_dtype=matmul_dtype)
 

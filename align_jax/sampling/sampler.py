@@ -19,6 +19,7 @@ the batch is split over the rule for ``batch`` (data, fsdp) and the cache follow
 from __future__ import annotations
 
 import dataclasses
+import re
 import functools
 from typing import NamedTuple, Sequence
 
@@ -251,7 +252,7 @@ def decode_shardings(cfg, mesh: Mesh, batch: int, rules: Rules = DEFAULT_RULES) 
     return NamedSharding(mesh, kv_spec), batch_sharding(mesh, 1, rules), batch_sharding(mesh, 2, rules)
 
 
-_MATMUL_WEIGHTS = ("q", "k", "v", "o", "gate", "up", "down")  # a block's weights that only feed matmuls
+_MATMUL_WEIGHT = re.compile(r"\['(q|k|v|o|gate|up|down)'\]")  # a block's weights that only feed matmuls
 
 
 def _as_matmul_operands(layer_states: tuple[nnx.State, ...], cfg) -> tuple[nnx.State, ...]:
@@ -261,10 +262,7 @@ def _as_matmul_operands(layer_states: tuple[nnx.State, ...], cfg) -> tuple[nnx.S
     dtype = cfg.jnp_matmul_dtype
 
     def cast(path, leaf):
-        name = getattr(path[-1], "key", getattr(path[-1], "name", None)) if path else None
-        if name == "value" and len(path) > 1:  # nnx.Variable's value under its attribute name
-            name = getattr(path[-2], "key", getattr(path[-2], "name", None))
-        return leaf.astype(dtype) if name in _MATMUL_WEIGHTS and leaf.dtype != dtype else leaf
+        return leaf.astype(dtype) if _MATMUL_WEIGHT.search(jax.tree_util.keystr(path)) else leaf
 
     return tuple(jax.tree_util.tree_map_with_path(cast, state) for state in layer_states)
 
