@@ -3,14 +3,15 @@
 #   make test   # the test suite (what .ci/run calls)
 # Also: make test-fast (the tests not marked slow: tiny models only, no real weights, subprocesses
 # or long training; ~4.5 CPU-minutes, ~2.5 minutes on two free cores: run it on every change),
-# make chat (batched generation demo), make bench-dpo (DPO step vs TRL; installs requirements-bench.txt),
+# make chat (batched generation demo), make bench-dpo (DPO step vs TRL, each row alone in its process;
+# installs requirements-bench.txt), make bench-generation (sampler vs transformers.generate, likewise),
 # make bench-gcg (GCG steps/s vs nanoGCG).
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo chat test test-fast setup clean bench-dpo bench-gcg
+.PHONY: demo chat test test-fast setup clean bench-dpo bench-generation bench-gcg
 
 $(STAMP): requirements.txt requirements-test.txt requirements-models.txt requirements-experiments.txt
 	$(PYTHON) -m venv $(VENV)
@@ -31,7 +32,11 @@ chat: $(STAMP)
 
 bench-dpo: $(STAMP)
 	$(PY) -m pip install -q -r requirements-bench.txt
-	$(PY) -m benchmarks.dpo_step
+	$(PY) -m benchmarks.dpo_race
+
+bench-generation: $(STAMP)
+	$(PY) -m pip install -q -r requirements-bench.txt
+	$(PY) -m benchmarks.generation_race
 
 # nanoGCG 0.3.0 pins transformers<=4.47.1; installed without its dependencies it runs on ours (5.x)
 # with its prefix cache off (benchmarks/gcg.py says why).

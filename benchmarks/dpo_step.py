@@ -42,7 +42,8 @@ Rows (``--variants``; each optimisation can be seen on and off):
   probabilities in the backward pass, so ``remat="attention"`` rows equal their plain ones),
   ``shared_prefix_grouped`` (e: c with length groups, ``pair_packing.pack_length_groups``: each
   pair's row padded to a multiple of ``--group_multiple`` only, rows of equal length batched
-  together, all groups accumulated into one update) and ``shared_prefix_grouped_remat_attention``.
+  together, all groups accumulated into one update), ``shared_prefix_grouped_remat_attention`` and
+  ``shared_prefix_grouped_scored_only`` (the latter with the scored-only unembedding).
   Padded rows are padded to a multiple of ``--pad_multiple`` (one compile per shape; all shapes
   are compiled during warm-up).
 
@@ -110,6 +111,7 @@ JAX_VARIANTS = (
     "packed_remat_dots",
     "shared_prefix_grouped",
     "shared_prefix_grouped_remat_attention",
+    "shared_prefix_grouped_scored_only",
 )
 TRL_VARIANTS = ("trl", "trl_precomputed")
 MODELS = ("smollm2-135m-instruct", "llama-1b-random")
@@ -254,6 +256,7 @@ VARIANTS = {
         JaxVariant("packed_remat_dots", "packed", "precomputed", remat="dots"),
         JaxVariant("shared_prefix_grouped", "grouped", "precomputed"),
         JaxVariant("shared_prefix_grouped_remat_attention", "grouped", "precomputed", remat="attention"),
+        JaxVariant("shared_prefix_grouped_scored_only", "grouped", "precomputed", remat="attention", scored_only=True),
     )
 }
 assert tuple(VARIANTS) == JAX_VARIANTS

@@ -2,10 +2,13 @@
 
     nice python -m benchmarks.generation [--batch_sizes=1,16,64] [--output_json=...]
     python -m benchmarks.generation --nohf --new_tokens=32 --repeats=1   # ours only, quick
+    python -m benchmarks.generation_race     # each side of each row alone in its process (the fair race)
 
 Greedy, 64-token prompts, 128 new tokens, EOS ignored by both (ours: ``ignore_eos``; HF:
 ``min_new_tokens = max_new_tokens``). Runs alternate (ours, HF, ours, HF, ...) so that machine
-load hits both alike; the figure is the median over repeats. Also reported: the fraction of the
+load hits both alike; the figure is the median over repeats. Before its timed runs each side makes
+an untimed call (ours compiles; HF generates 4 tokens, so torch's first-call costs are not timed).
+``--noours`` / ``--nohf`` run one side only (``generation_race.py`` uses them). Also reported: the fraction of the
 compute ceiling, i.e. (new tokens/s x 2 x params FLOPs) / the fp32 matmul peak measured here with
 a large ``jnp.dot``. Prints a Markdown table and writes JSON.
 
@@ -34,6 +37,8 @@ flags.DEFINE_integer("new_tokens", 128, "new tokens per sequence")
 flags.DEFINE_integer("repeats", 2, "timed runs per implementation and batch size")
 flags.DEFINE_string("model", "smollm2-135m-instruct", "registered model name")
 flags.DEFINE_bool("hf", True, "also run transformers.generate (--nohf: ours only)")
+flags.DEFINE_bool("ours", True, "run our sampler (--noours: transformers only; benchmarks.generation_race runs "
+                  "each side alone in its process)")
 flags.DEFINE_enum("hoist_weights", "auto", ["auto", "true", "false"], "sample(hoist_weights=...)")
 flags.DEFINE_bool("rollout", True, "also the rollout-shaped row: 8 chat prompts of mixed length x 8 samples at "
                   "temperature 1, EOS on (tokens/s counts tokens up to and including each row's stop)")
@@ -51,8 +56,10 @@ def main(argv):
     from align_jax.training.flops import measure_matmul_peak
     from align_jax.sampling import SamplingParams, sample
 
-    loaded = load_model(FLAGS.model)
-    model, cfg = loaded.model, loaded.model.cfg
+    if not (FLAGS.ours or FLAGS.hf):
+        raise app.UsageError("--noours --nohf leaves nothing to run")
+    loaded = load_model(FLAGS.model) if FLAGS.ours else tokenizer_only(FLAGS.model)
+    model = loaded.model
     path = Path(loaded.source)
     if FLAGS.hf:
         import torch
@@ -63,7 +70,9 @@ def main(argv):
         ).eval()
     threads = torch.get_num_threads() if FLAGS.hf else None
     hoist = {"auto": None, "true": True, "false": False}[FLAGS.hoist_weights]
-    n_params = cfg.num_params()
+    # Tied embeddings count once on both sides (torch's parameters() yields a shared tensor once).
+    n_params = model.cfg.num_params() if FLAGS.ours else sum(p.numel() for p in hf.parameters())
+    vocab = model.cfg.vocab_size if FLAGS.ours else hf.config.vocab_size
     peak = measure_matmul_peak("float32", size=2048)
     print(f"params {n_params / 1e6:.1f}M; fp32 matmul peak {peak / 1e9:.1f} GFLOP/s; "
           f"torch threads {threads}; jax devices {jax.devices()}")
@@ -72,31 +81,34 @@ def main(argv):
     params = SamplingParams(temperature=0.0, max_new_tokens=FLAGS.new_tokens, ignore_eos=True)
     rows = []
     for batch in map(int, FLAGS.batch_sizes):
-        prompts = rng.integers(100, cfg.vocab_size, (batch, FLAGS.prompt_len)).tolist()
+        prompts = rng.integers(100, vocab, (batch, FLAGS.prompt_len)).tolist()
 
         def ours():
             out = sample(model, prompts, params, pad_id=loaded.tokenizer.pad_id or 0, hoist_weights=hoist)
             return jax.block_until_ready(out)
 
-        def theirs():
+        def theirs(new_tokens=FLAGS.new_tokens):
             with torch.no_grad():
                 ids = torch.tensor(prompts)
                 return hf.generate(ids, attention_mask=torch.ones_like(ids), do_sample=False,
-                                   max_new_tokens=FLAGS.new_tokens, min_new_tokens=FLAGS.new_tokens,
-                                   pad_token_id=0)
+                                   max_new_tokens=new_tokens, min_new_tokens=new_tokens, pad_token_id=0)
 
-        t = time.perf_counter()
-        ours()  # compile + first run
-        first = time.perf_counter() - t
+        first = None
+        if FLAGS.ours:
+            t = time.perf_counter()
+            ours()  # compile + first run
+            first = time.perf_counter() - t
+        if FLAGS.hf:
+            theirs(new_tokens=4)  # torch's first-call costs (thread pool, allocator) out of the timed runs
         times = {"ours": [], "hf": []}
-        impls = (("ours", ours), ("hf", theirs)) if FLAGS.hf else (("ours", ours),)
+        impls = (("ours", ours),) * FLAGS.ours + (("hf", theirs),) * FLAGS.hf
         with Contention() as machine:
             for _ in range(FLAGS.repeats):
                 for name, fn in impls:
                     t = time.perf_counter()
                     fn()
                     times[name].append(time.perf_counter() - t)
-        ours_s = statistics.median(times["ours"])
+        ours_s = statistics.median(times["ours"]) if FLAGS.ours else float("nan")
         hf_s = statistics.median(times["hf"]) if FLAGS.hf else float("nan")
         new = batch * FLAGS.new_tokens
         row = dict(
@@ -109,7 +121,7 @@ def main(argv):
         print(json.dumps(row), flush=True)
 
     if FLAGS.rollout:
-        rows.append(rollout_row(loaded, hf if FLAGS.hf else None, hoist, n_params, peak))
+        rows.append(rollout_row(loaded, hf if FLAGS.hf else None, hoist, n_params, peak, ours_too=FLAGS.ours))
         print(json.dumps(rows[-1]), flush=True)
 
     print("\n| batch | ours tok/s | HF tok/s | ratio | ours % of peak | HF % of peak | ours 1st call s | other cores |")
@@ -118,19 +130,39 @@ def main(argv):
         if r["batch"] == "rollout":
             print(f"| rollout 8x8 | {r['ours_tok_s']:.1f} | {r['hf_tok_s']:.1f} | {r['speedup']:.2f}x | "
                   f"{100 * r['ours_compute_fraction']:.1f}% | {100 * r['hf_compute_fraction']:.1f}% | "
-                  f"{r['ours_first_call_s']:.1f} | {r['other_cores']}{' BUSY' if r['busy_machine'] else ''} |")
+                  f"{first_call(r)} | {r['other_cores']}{' BUSY' if r['busy_machine'] else ''} |")
             continue
         print(f"| {r['batch']} | {r['ours_tok_s']:.1f} | {r['hf_tok_s']:.1f} | {r['speedup']:.2f}x | "
               f"{100 * r['ours_compute_fraction']:.1f}% | {100 * r['hf_compute_fraction']:.1f}% | "
-              f"{r['ours_first_call_s']:.1f} | {r['other_cores']}{' BUSY' if r['busy_machine'] else ''} |")
+              f"{first_call(r)} | {r['other_cores']}{' BUSY' if r['busy_machine'] else ''} |")
     out = Path(FLAGS.output_json)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(dict(
-        model=FLAGS.model, params=n_params, matmul_peak_flops=peak, prompt_len=FLAGS.prompt_len,
+        model=FLAGS.model, params=n_params, matmul_peak_flops=peak, sides=["ours"] * FLAGS.ours + ["hf"] * FLAGS.hf, prompt_len=FLAGS.prompt_len,
         new_tokens=FLAGS.new_tokens, cpu_count=os.cpu_count(), torch_threads=threads,
         hoist_weights=FLAGS.hoist_weights,
         rows=rows), indent=2))
     print(f"wrote {out}")
+
+
+def tokenizer_only(name: str):
+    """``load_model``'s result without our weights (``model=None``), for a transformers-only process, so
+    that its peak RSS is transformers' own."""
+    from align_jax.models.chat import detect_template
+    from align_jax.models.registry import MODELS, LoadedModel
+    from align_jax.models.tokenizer import Tokenizer
+
+    path = MODELS[name].path()
+    tokenizer = Tokenizer.from_gguf(path) if path.suffix == ".gguf" else Tokenizer.from_pretrained_dir(path)
+    try:
+        template = detect_template(tokenizer)
+    except ValueError:
+        template = None
+    return LoadedModel(None, tokenizer, template, str(path))
+
+
+def first_call(row: dict) -> str:
+    return "-" if row["ours_first_call_s"] is None else f"{row['ours_first_call_s']:.1f}"
 
 
 def rollout_prompts(loaded, n_prompts: int = 8) -> list[list[int]]:
@@ -145,9 +177,11 @@ def rollout_prompts(loaded, n_prompts: int = 8) -> list[list[int]]:
                         add_generation_prompt=True).ids for t in picks]
 
 
-def rollout_row(loaded, hf, hoist, n_params, peak, n: int = 8, repeats: int | None = None) -> dict:
+def rollout_row(loaded, hf, hoist, n_params, peak, n: int = 8, repeats: int | None = None,
+                ours_too: bool = True) -> dict:
     """8 prompts x ``n`` samples, temperature 1, EOS on: what an RL rollout asks of the sampler.
-    Both sides sample (different draws), so each side's tokens/s counts its own generated tokens."""
+    Both sides sample (different draws), so each side's tokens/s counts its own generated tokens.
+    ``hf=None`` runs ours only, ``ours_too=False`` transformers only."""
     import jax
     import numpy as np
 
@@ -164,7 +198,7 @@ def rollout_row(loaded, hf, hoist, n_params, peak, n: int = 8, repeats: int | No
         out = sample(loaded.model, prompts, p, eos_ids=eos, pad_id=pad, hoist_weights=hoist)
         return int(np.asarray(jax.block_until_ready(out.completion_mask)).sum())
 
-    def theirs(seed):
+    def theirs(seed, new=new):
         import torch
 
         width = max(map(len, prompts))
@@ -179,10 +213,14 @@ def rollout_row(loaded, hf, hoist, n_params, peak, n: int = 8, repeats: int | No
         first = np.where(stopped.any(1), stopped.argmax(1) + 1, gen.shape[1])
         return int(first.sum())
 
-    t = time.perf_counter()
-    ours(0)
-    first = time.perf_counter() - t
-    impls = (("ours", ours), ("hf", theirs)) if hf is not None else (("ours", ours),)
+    first = None
+    if ours_too:
+        t = time.perf_counter()
+        ours(0)
+        first = time.perf_counter() - t
+    if hf is not None:
+        theirs(0, new=4)  # torch's first-call costs out of the timed runs
+    impls = (("ours", ours),) * ours_too + (("hf", theirs),) * (hf is not None)
     times = {"ours": [], "hf": []}
     toks = {"ours": [], "hf": []}
     with Contention() as machine:

@@ -18,6 +18,7 @@ from align_jax.models.chat import detect_template
 from align_jax.models.decoder import Decoder
 from align_jax.models.gguf_loader import load_gguf
 from align_jax.models.hf_layout import CheckpointError, decoder_from_hf_tensors
+from align_jax.models.host_memory import release_free_memory
 from align_jax.models.safetensors_io import load_hf_dir, read_hf_config
 from align_jax.models.tokenizer import Tokenizer
 from align_jax.parallel.rules import DEFAULT_RULES, Rules, param_shardings
@@ -107,6 +108,7 @@ def load_model(
         cfg, tensors, meta = load_gguf(path)
         cfg = _runtime(cfg, param_dtype, dtype, remat, scan_layers, matmul_dtype)
         model = decoder_from_hf_tensors(cfg, tensors.__getitem__, str(path), _shardings(cfg, mesh, rules))
+        del tensors  # the dequantised float32 copies, freed before release_free_memory below
         tokenizer = Tokenizer.from_gguf(path)
     else:
         raise CheckpointError(f"{path}: expected a Hugging Face model folder or a .gguf file")
@@ -114,6 +116,7 @@ def load_model(
         template = detect_template(tokenizer)
     except ValueError:
         template = None
+    release_free_memory()  # the loader's dequantised / converted copies (~0.4 GB for SmolLM2 from GGUF)
     return LoadedModel(model, tokenizer, template, str(path))
 
 

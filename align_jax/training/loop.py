@@ -13,7 +13,6 @@ and the C heap's free pages go back to the OS after each phase (``release_free_m
 
 from __future__ import annotations
 
-import ctypes
 import dataclasses
 import functools
 import json
@@ -31,6 +30,7 @@ from align_jax.data import pipeline
 from align_jax.data.packing import pad
 from align_jax.data.tokenization import Tokenize
 from align_jax.models import LoadedModel, load_model, save_hf_dir
+from align_jax.models.host_memory import release_free_memory
 from align_jax.parallel.mesh import make_mesh
 from align_jax.parallel.rules import member_of
 from align_jax.rewards.model import save_head, save_member_ensemble
@@ -64,8 +64,7 @@ def load(cfg: RunConfig):
     m = cfg.model
     lm = load_model(m.name if m.path is None else None, m.path, param_dtype=m.param_dtype, dtype=m.dtype,
                     matmul_dtype=m.matmul_dtype, remat=m.remat, scan_layers=m.scan_layers, mesh=mesh)
-    release_free_memory()  # the loader's dequantised copies
-    return mesh, lm
+    return mesh, lm  # load_model has handed the loader's freed copies back to the OS
 
 
 def frozen_reference_fn(cfg: RunConfig):
@@ -347,25 +346,6 @@ def run(cfg: RunConfig, workdir: str | Path) -> dict[str, Any]:
     if model_fingerprint(lm.source, lm.model) != fingerprint:
         logging.warning("%s changed during the run: the reloaded 'before' policy is the new file", lm.source)
     return finish(cfg, spec, state, lm, workdir, result)
-
-
-@functools.lru_cache(maxsize=None)
-def _malloc_trim():
-    try:
-        return ctypes.CDLL(None).malloc_trim  # glibc
-    except (OSError, AttributeError):
-        return None
-
-
-def release_free_memory() -> None:
-    """Hands the C heap's free pages back to the OS (glibc's ``malloc_trim``; a no-op elsewhere).
-
-    glibc keeps freed memory in its arenas (e.g. ~0.4 GB of dequantised copies after loading SmolLM2-135M
-    from GGUF; less after the reference pass or a checkpoint save). On CPU, where the arrays are host
-    memory too, that slack adds to the next phase's peak RSS (measured: benchmarks/memory.py)."""
-    trim = _malloc_trim()
-    if trim is not None:
-        trim(0)
 
 
 def _lr(cfg: RunConfig, step: int) -> float:

@@ -3,24 +3,17 @@ what the benchmark claims, the TRL reward wrapper equals our reward, and the sum
 warm-up iterations and adds up the raw numbers. (The end-to-end run loads two frameworks and
 takes minutes: it is smoke-run by hand, see benchmarks/README.md.)"""
 
-import importlib.util
-import pathlib
-
 import pytest
 
 from align_jax.data.records import PromptRecord
 from align_jax.rewards import instruction_following
 from align_jax.training.config import parse_config
-
-REPO = pathlib.Path(__file__).resolve().parents[2]
+from bench_scripts import load_script
 
 
 @pytest.fixture(scope="module")
 def rl_step():
-    spec = importlib.util.spec_from_file_location("rl_step_under_test", REPO / "benchmarks" / "rl_step.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)  # defines no absl flags (only when run as a script)
-    return module
+    return load_script("rl_step")
 
 
 PLAN = dict(prompts=2, group_size=2, max_new_tokens=8, steps=2, warmup=1, learning_rate=1e-6, seed=0)
