@@ -29,14 +29,14 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import statistics
 import sys
-import tempfile
 from pathlib import Path
 
 from absl import app, flags
 
-from benchmarks.isolated import run_measured, schedule
+from benchmarks.isolated import run_measured, schedule, workdir
 TRL_ROWS = ("trl", "trl_precomputed")
 PASSED_FLAGS = ("workload", "steps", "warmup", "precision", "pairs", "prompt_len", "completion_len", "hh_rlhf",
                 "max_length", "num_batches", "group_multiple", "pad_multiple", "pack_row_length", "learning_rate",
@@ -58,11 +58,16 @@ def framework_of(row: str) -> str:
     return "trl" if row in TRL_ROWS else "align_jax"
 
 
+def child_args(row: str, out: Path, passed: dict) -> list[str]:
+    """``benchmarks.dpo_step`` arguments for one row: its variant and framework, and the passed flags."""
+    value = lambda v: ",".join(v) if isinstance(v, list) else v  # noqa: E731
+    return ["-m", "benchmarks.dpo_step", f"--variants={row}", f"--frameworks={framework_of(row)}",
+            f"--output_json={out}"] + [f"--{k}={value(v)}" for k, v in passed.items()]
+
+
 def run_child(row: str, out: Path, log_path: Path, passed: dict) -> dict:
     """``benchmarks.dpo_step`` for one row in a fresh process: its JSON plus wall time and peak RSS."""
-    args = ["-m", "benchmarks.dpo_step", f"--variants={row}", f"--frameworks={framework_of(row)}",
-            f"--output_json={out}"] + [f"--{k}={','.join(v) if isinstance(v, list) else v}" for k, v in passed.items()]
-    measured = run_measured(args, log_path)
+    measured = run_measured(child_args(row, out, passed), log_path)
     result = json.loads(out.read_text())
     result.update(row=row, **measured)
     return result
@@ -144,20 +149,27 @@ def main(argv):
         raise app.UsageError(f"unknown variants {unknown}; valid: {', '.join(JAX_VARIANTS + TRL_ROWS)}")
     if FLAGS.repeats < 1 or FLAGS.steps < 1:
         raise app.UsageError("--repeats and --steps must be >= 1")
+    ignored = [k for k in ("model", "model_override_layers", "frameworks") if FLAGS[k].present]
+    if ignored:
+        raise app.UsageError(f"--{', --'.join(ignored)}: not for the race (SmolLM2, each row's own framework); "
+                             "use benchmarks.dpo_step")
     passed = {k: FLAGS[k].value for k in PASSED_FLAGS}
+    passed["hh_rlhf"] = str(Path(passed["hh_rlhf"]).resolve())  # the children run from the repository root
     load_start = os.getloadavg()
     print(f"load average at start {load_start[0]:.2f} {load_start[1]:.2f} {load_start[2]:.2f}", flush=True)
     children = []
-    with tempfile.TemporaryDirectory(prefix="dpo_race_") as tmp:
-        for repeat, row in schedule(rows, FLAGS.repeats):
-            out, log_path = Path(tmp) / f"{row}_{repeat}.json", Path(tmp) / f"{row}_{repeat}.log"
-            child = run_child(row, out, log_path, passed)
-            child["repeat"] = repeat
-            children.append(child)
-            got = {w: next((f"{r['tokens_per_s']:.1f} tok/s" for r in rs if r["row"] == row and "tokens_per_s" in r),
-                           "not run") for w, rs in child["results"].items()}
-            print(f"repeat {repeat + 1}/{FLAGS.repeats} {row}: {got}; process {child['process_s']:.0f}s, "
-                  f"peak RSS {child['peak_rss_process_mib']:.0f} MiB", flush=True)
+    tmp = workdir("dpo_race_")
+    print(f"children's JSON and logs: {tmp} (deleted after a good run)", flush=True)
+    for repeat, row in schedule(rows, FLAGS.repeats):
+        out, log_path = tmp / f"{row}_{repeat}.json", tmp / f"{row}_{repeat}.log"
+        child = run_child(row, out, log_path, passed)
+        child["repeat"] = repeat
+        children.append(child)
+        got = {w: next((f"{r['tokens_per_s']:.1f} tok/s" for r in rs if r["row"] == row and "tokens_per_s" in r),
+                       "not run") for w, rs in child["results"].items()}
+        print(f"repeat {repeat + 1}/{FLAGS.repeats} {row}: {got}; process {child['process_s']:.0f}s, "
+              f"peak RSS {child['peak_rss_process_mib']:.0f} MiB", flush=True)
+    shutil.rmtree(tmp)
     merged = merge(children)
     table = markdown(merged, "bf16" if FLAGS.precision == "bf16" else "fp32")
     print("\n" + table)

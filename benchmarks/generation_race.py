@@ -19,14 +19,14 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 import statistics
 import sys
-import tempfile
 from pathlib import Path
 
 from absl import app, flags
 
-from benchmarks.isolated import run_measured, schedule
+from benchmarks.isolated import run_measured, schedule, workdir
 
 SIDES = ("ours", "hf")
 
@@ -113,16 +113,18 @@ def main(argv):
     load_start = os.getloadavg()
     print(f"load average at start {load_start[0]:.2f} {load_start[1]:.2f} {load_start[2]:.2f}", flush=True)
     children = []
-    with tempfile.TemporaryDirectory(prefix="generation_race_") as tmp:
-        for repeat, (row, side) in schedule([(row, side) for row in rows for side in SIDES], FLAGS.repeats):
-            out, log_path = Path(tmp) / f"{row}_{side}_{repeat}.json", Path(tmp) / f"{row}_{side}_{repeat}.log"
-            measured = run_measured(child_args(row, side, out, values), log_path)
-            child = json.loads(out.read_text())
-            child.update(side=side, row=row, repeat=repeat, **measured)
-            children.append(child)
-            rate = child["rows"][0][f"{side}_tok_s"]
-            print(f"repeat {repeat + 1}/{FLAGS.repeats} {row} {side}: {rate:.1f} tok/s; process "
-                  f"{child['process_s']:.0f}s, peak RSS {child['peak_rss_process_mib']:.0f} MiB", flush=True)
+    tmp = workdir("generation_race_")
+    print(f"children's JSON and logs: {tmp} (deleted after a good run)", flush=True)
+    for repeat, (row, side) in schedule([(row, side) for row in rows for side in SIDES], FLAGS.repeats):
+        out, log_path = tmp / f"{row}_{side}_{repeat}.json", tmp / f"{row}_{side}_{repeat}.log"
+        measured = run_measured(child_args(row, side, out, values), log_path)
+        child = json.loads(out.read_text())
+        child.update(side=side, row=row, repeat=repeat, **measured)
+        children.append(child)
+        rate = child["rows"][0][f"{side}_tok_s"]
+        print(f"repeat {repeat + 1}/{FLAGS.repeats} {row} {side}: {rate:.1f} tok/s; process "
+              f"{child['process_s']:.0f}s, peak RSS {child['peak_rss_process_mib']:.0f} MiB", flush=True)
+    shutil.rmtree(tmp)
     merged = merge(children)
     table = markdown(merged)
     print("\n" + table)

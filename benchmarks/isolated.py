@@ -11,10 +11,17 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def workdir(prefix: str) -> Path:
+    """A folder for the children's JSON and logs: the drivers delete it after a good run and keep it
+    (and say where) when a child fails, so finished rounds are not lost with it."""
+    return Path(tempfile.mkdtemp(prefix=prefix))
 
 
 def schedule(rows: list, repeats: int) -> list[tuple[int, object]]:
@@ -26,13 +33,14 @@ def schedule(rows: list, repeats: int) -> list[tuple[int, object]]:
 def run_measured(args: list[str], log_path: Path) -> dict:
     """``python <args>`` from the repository root, output to ``log_path``: ``process_s`` and
     ``peak_rss_process_mib`` (the child's maximum resident set, from ``wait4``). Raises with the log's
-    path when it fails."""
+    path and its last lines when it fails."""
     cmd = [sys.executable, *args]
     t = time.perf_counter()
     with open(log_path, "w") as log:
         proc = subprocess.Popen(cmd, cwd=REPO_ROOT, stdout=log, stderr=subprocess.STDOUT)
         _, status, usage = os.wait4(proc.pid, 0)
-    code = os.waitstatus_to_exitcode(status)
+    code = proc.returncode = os.waitstatus_to_exitcode(status)
     if code != 0:
-        raise RuntimeError(f"exit {code} from {' '.join(cmd)}; its log: {log_path}")
+        tail = Path(log_path).read_text(errors="replace")[-2000:]
+        raise RuntimeError(f"exit {code} from {' '.join(cmd)}; its log ({log_path}) ends:\n{tail}")
     return dict(process_s=time.perf_counter() - t, peak_rss_process_mib=usage.ru_maxrss / 1024)

@@ -1,7 +1,7 @@
 """benchmarks/dpo_race.py without starting a process: the running order alternates rows, and the
 merge takes medians over processes, one shared peak, ratios against TRL's default and best rows, and
-each row's largest peak RSS. (The race itself loads both frameworks per row and takes most of an
-hour: it is run by hand, see benchmarks/README.md.)"""
+each row's largest peak RSS. (The race itself starts a process per row and round and takes about
+half an hour: it is run by hand, see benchmarks/README.md.)"""
 
 import pytest
 
@@ -19,14 +19,18 @@ def test_schedule_alternates_rows_round_by_round(race):
     assert race.framework_of("trl_precomputed") == "trl" and race.framework_of("packed") == "align_jax"
 
 
+def _row(row, tps, steps, other=0.01, busy=False):
+    return dict(row=row, tokens_per_s=tps, step_s=steps, model_flops_per_s=tps * 1e9, computed_flops_per_s=tps * 2e9,
+                counted_tokens_per_step=1000, computed_tokens_per_step=1200, first_call_s=9.0,
+                other_cores=other, busy_machine=busy)
+
+
 def _child(row, tps, steps, peak, rss, other=0.01, busy=False):
-    """A dpo_step JSON of a process that ran ``row`` (and reported a row it did not run, to be ignored)."""
-    r = dict(row=row, tokens_per_s=tps, step_s=steps, model_flops_per_s=tps * 1e9, computed_flops_per_s=tps * 2e9,
-             counted_tokens_per_step=1000, computed_tokens_per_step=1200, first_call_s=9.0,
-             other_cores=other, busy_machine=busy)
-    skipped = dict(row="trl" if row != "trl" else "packed", notes="not in this process")
+    """A dpo_step JSON of a process that ran ``row``, plus a full row of another variant (as a process
+    running several would report) that the merge must not count for this one."""
+    foreign = _row("trl" if row != "trl" else "packed", 1e6, [1e-3])
     return dict(row=row, matmul_peak_flops={"jax_start": peak, "jax_end": peak / 2}, peak_rss_process_mib=rss,
-                results={"fixed": [r, skipped]})
+                results={"fixed": [_row(row, tps, steps, other, busy), foreign]})
 
 
 def test_merge_takes_medians_one_peak_and_both_trl_ratios(race):
@@ -42,7 +46,8 @@ def test_merge_takes_medians_one_peak_and_both_trl_ratios(race):
     merged = race.merge(children)
     assert merged["peak_used"] == 150e9  # the largest any process measured
     fixed = merged["workloads"]["fixed"]
-    assert set(fixed) == {"ours", "trl", "trl_precomputed"}
+    assert set(fixed) == {"ours", "trl", "trl_precomputed"}  # "packed" only ever came from foreign rows
+    assert fixed["trl"]["processes"] == 2  # not the foreign trl rows of the other processes
     ours, trl, pre = fixed["ours"], fixed["trl"], fixed["trl_precomputed"]
     assert ours["processes"] == 3 and ours["run_tokens_per_s"] == [300.0, 200.0, 250.0]
     assert ours["tokens_per_s"] == 250.0 and (ours["tokens_per_s_min"], ours["tokens_per_s_max"]) == (200.0, 300.0)
@@ -56,3 +61,12 @@ def test_merge_takes_medians_one_peak_and_both_trl_ratios(race):
     assert ours["busy_machine"] and not trl["busy_machine"]
     table = race.markdown(merged, "fp32")
     assert "| fixed | ours | 250.0 | 200.0 - 300.0 | 2.38x | 1.72x |" in table and "BUSY" in table
+
+
+def test_child_arguments_name_the_row_its_framework_and_every_passed_flag(race, tmp_path):
+    passed = dict(workload=["fixed", "realistic"], steps=3, precision="fp32")
+    args = race.child_args("trl_precomputed", tmp_path / "c.json", passed)
+    assert args[:2] == ["-m", "benchmarks.dpo_step"]
+    assert {"--variants=trl_precomputed", "--frameworks=trl", "--workload=fixed,realistic", "--steps=3",
+            "--precision=fp32", f"--output_json={tmp_path / 'c.json'}"} == set(args[2:])
+    assert "--frameworks=align_jax" in race.child_args("packed", tmp_path / "d.json", passed)

@@ -36,7 +36,7 @@ def test_merge_takes_medians_per_side_one_peak_and_each_sides_rss(race):
     children = [_child("ours", 64, 300.0, 1000.0, 1900), _child("hf", 64, 200.0, 2000.0, 1500),
                 _child("ours", 64, 280.0, 1000.0, 2000), _child("hf", 64, 150.0, 1000.0, 1400, busy=True),
                 _child("ours", 64, 320.0, 1000.0, 1950), _child("hf", 64, 190.0, 1000.0, 1450),
-                _child("ours", "rollout", 250.0, 1000.0, 2100)]
+                _child("ours", "rollout", 250.0, 1000.0, 2100), _child("hf", "rollout", float("nan"), 1000.0, 1)]
     merged = race.merge(children)
     assert merged["peak_used"] == 2000.0
     b64 = merged["rows"]["64"]
@@ -47,7 +47,7 @@ def test_merge_takes_medians_per_side_one_peak_and_each_sides_rss(race):
     assert (b64["ours"]["peak_rss_process_mib"], b64["hf"]["peak_rss_process_mib"]) == (2000, 1500)
     assert b64["hf"]["busy_machine"] and not b64["ours"]["busy_machine"]
     assert b64["ours"]["first_call_s"] == [5.0] * 3 and b64["hf"]["first_call_s"] is None
-    assert "ratio" not in merged["rows"]["rollout"] and "hf" not in merged["rows"]["rollout"]
+    assert "ratio" not in merged["rows"]["rollout"] and "hf" not in merged["rows"]["rollout"]  # its only run: NaN
     table = race.markdown(merged)
     assert "| b64 | 300.0 (280.0 - 320.0) | 190.0 (150.0 - 200.0) | 1.58x |" in table
     assert "| rollout 8x8 | 250.0 (250.0 - 250.0) | - | - |" in table
