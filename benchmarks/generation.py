@@ -148,17 +148,10 @@ def main(argv):
 def tokenizer_only(name: str):
     """``load_model``'s result without our weights (``model=None``), for a transformers-only process, so
     that its peak RSS is transformers' own."""
-    from align_jax.models.chat import detect_template
-    from align_jax.models.registry import MODELS, LoadedModel
-    from align_jax.models.tokenizer import Tokenizer
+    from align_jax.models.registry import MODELS, LoadedModel, load_tokenizer
 
     path = MODELS[name].path()
-    tokenizer = Tokenizer.from_gguf(path) if path.suffix == ".gguf" else Tokenizer.from_pretrained_dir(path)
-    try:
-        template = detect_template(tokenizer)
-    except ValueError:
-        template = None
-    return LoadedModel(None, tokenizer, template, str(path))
+    return LoadedModel(None, *load_tokenizer(path), str(path))
 
 
 def first_call(row: dict) -> str:

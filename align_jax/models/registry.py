@@ -103,21 +103,27 @@ def load_model(
         cfg = _runtime(read_hf_config(path), param_dtype, dtype, remat, scan_layers, matmul_dtype)
         shardings = _shardings(cfg, mesh, rules)
         model = load_hf_dir(path, cfg, shardings)
-        tokenizer = Tokenizer.from_pretrained_dir(path)
     elif path.suffix == ".gguf":
         cfg, tensors, meta = load_gguf(path)
         cfg = _runtime(cfg, param_dtype, dtype, remat, scan_layers, matmul_dtype)
         model = decoder_from_hf_tensors(cfg, tensors.__getitem__, str(path), _shardings(cfg, mesh, rules))
         del tensors  # the dequantised float32 copies, freed before release_free_memory below
-        tokenizer = Tokenizer.from_gguf(path)
     else:
         raise CheckpointError(f"{path}: expected a Hugging Face model folder or a .gguf file")
+    tokenizer, template = load_tokenizer(path)
+    release_free_memory()  # the loader's dequantised / converted copies (~0.4 GB for SmolLM2 from GGUF)
+    return LoadedModel(model, tokenizer, template, str(path))
+
+
+def load_tokenizer(path: str | os.PathLike) -> tuple[Tokenizer, str | None]:
+    """(tokenizer, chat template name or None) of a Hugging Face folder or a .gguf file, without its weights."""
+    path = Path(path)
+    tokenizer = Tokenizer.from_pretrained_dir(path) if path.is_dir() else Tokenizer.from_gguf(path)
     try:
         template = detect_template(tokenizer)
     except ValueError:
         template = None
-    release_free_memory()  # the loader's dequantised / converted copies (~0.4 GB for SmolLM2 from GGUF)
-    return LoadedModel(model, tokenizer, template, str(path))
+    return tokenizer, template
 
 
 def _shardings(cfg, mesh, rules):

@@ -19,8 +19,8 @@ the batch is split over the rule for ``batch`` (data, fsdp) and the cache follow
 from __future__ import annotations
 
 import dataclasses
-import re
 import functools
+import re
 from typing import NamedTuple, Sequence
 
 import jax
